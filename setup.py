@@ -1,0 +1,46 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="parsec-twisted",
+    version="0.1.0",
+    description="Parsec zero-trust file sharing server on Twisted and Autobahn",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="Proprietary",
+    python_requires=">=3.11",
+    package_dir={"": "src"},
+    packages=find_packages("src") + ["twisted.plugins"],
+    package_data={
+        "parsec": [
+            "web/static/*",
+            "web/templates/*",
+            "templates/*",
+            "storage/postgresql/migrations/*.sql",
+        ],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=24.3",
+        "autobahn>=23.1",
+        "treq>=23.11",
+        "txpostgres>=1.7",
+        "psycopg2-binary>=2.9",
+        "msgpack>=1.0",
+        "pynacl>=1.5",
+        "attrs>=23.1",
+        "botocore>=1.31",
+    ],
+    extras_require={
+        "sentry": ["sentry-sdk>=1.40"],
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "sentry-sdk>=1.40",
+            "boto3",
+            "python-swiftclient",
+        ],
+        "lint": ["ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["parsec = parsec.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,3 @@
+"""parsec-twisted: a Parsec 2.x server on Twisted and Autobahn."""
+
+__version__ = "0.1.0"
