@@ -81,7 +81,7 @@ class EmailConfig:
     host: str = "MOCKED"
     port: int = 25
     host_user: str | None = None
-    host_password: str | None = None
+    host_password: str | None = attrs.field(default=None, repr=False)
     use_ssl: bool = False  # implicit TLS from the first byte (SMTPS)
     use_tls: bool = False  # plain connection upgraded with STARTTLS
     sender: str = "no-reply@parsec.com"
@@ -94,13 +94,14 @@ class EmailConfig:
 
 @attrs.frozen
 class BackendConfig:
-    db_url: str = "MOCKED"
+    # A PostgreSQL DSN may embed a password: keep it out of reprs (and so of logs).
+    db_url: str = attrs.field(default="MOCKED", repr=False)
     db_min_connections: int = 5
     db_max_connections: int = 7
     db_max_connection_attempts: int = 10
     db_pause_before_retry: float = 1.0
     blockstore: BlockStoreConfig = attrs.field(factory=MockedBlockStoreConfig)
-    administration_token: str = "s3cr3t"
+    administration_token: str = attrs.field(default="s3cr3t", repr=False)
     backend_addr: BackendAddr | None = None
     email: EmailConfig = attrs.field(factory=EmailConfig)
     spontaneous_organization_bootstrap: bool = False
@@ -129,7 +130,7 @@ class LogConfig:
     level: str = "WARNING"  # DEBUG/INFO/WARNING/ERROR/CRITICAL
     format: str = "CONSOLE"  # CONSOLE or JSON
     file: str | None = None  # None or "-" = stderr
-    sentry_dsn: str | None = None
+    sentry_dsn: str | None = attrs.field(default=None, repr=False)
     sentry_environment: str = "production"
 
 
@@ -140,3 +141,13 @@ class ServerConfig:
     backend: BackendConfig
     listen: ListenConfig = attrs.field(factory=ListenConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
+
+
+@attrs.frozen
+class MigrateConfig:
+    """Everything `parsec backend migrate` needs."""
+
+    db_url: str = attrs.field(repr=False)  # postgresql:// or postgres:// DSN
+    dry_run: bool = False
+    log: LogConfig = attrs.field(factory=LogConfig)
+    debug: bool = False

@@ -1,0 +1,306 @@
+"""The backend application: components wired to storage, bus and blockstore, and the dispatcher.
+
+Transport code (websocket, HTTP) only talks to `BackendApp`: it performs the
+handshake lookups, dispatches decoded requests and registers connections so
+that server-side events (revocation, expiration, invitation deletion) can close
+them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from parsec.api import protocol
+from parsec.api import schema as s
+from parsec.api.handshake import (
+    HELP_INVITATION_DELETED,
+    HELP_INVITATION_NOT_FOUND,
+    HELP_ORGANIZATION_EXPIRED,
+    HELP_REVOKED_DEVICE,
+    HELP_RVK_MISMATCH,
+    AnonymousV1Answer,
+    AuthenticatedAnswer,
+    HandshakeFailed,
+    InvitedAnswer,
+    ServerHandshake,
+    bad_identity,
+)
+from parsec.backend.bus import BackendEvent, EventBus
+from parsec.backend.command import (
+    ANONYMOUS,
+    APIV1_ANONYMOUS,
+    AUTHENTICATED,
+    INVITED,
+    AnonymousContext,
+    ApiMeta,
+    AuthenticatedContext,
+    ClientContext,
+    Handler,
+    InvitedContext,
+    Reply,
+    collect_handlers,
+    not_admin,
+    status,
+)
+from parsec.backend.storage import NotFoundError, Storage
+from parsec.config import BackendConfig
+
+_log = Logger()
+
+COMMAND_SPECS: dict[str, dict[str, protocol.CommandSpec]] = {
+    AUTHENTICATED: protocol.AUTHENTICATED_COMMANDS,
+    INVITED: protocol.INVITED_COMMANDS,
+    APIV1_ANONYMOUS: protocol.APIV1_ANONYMOUS_COMMANDS,
+    ANONYMOUS: protocol.ANONYMOUS_COMMANDS,
+}
+
+
+@attrs.frozen
+class Route:
+    meta: ApiMeta
+    handler: Handler
+    spec: protocol.CommandSpec
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+class BackendApp:
+    def __init__(
+        self,
+        config: BackendConfig,
+        storage: Storage,
+        bus: EventBus,
+        blockstore: Any,
+        *,
+        now: Callable[[], datetime] = utcnow,
+        send_email: Callable[..., Any] | None = None,
+        webhook: Callable[..., Any] | None = None,
+    ) -> None:
+        # Imported here: the components import this module's helpers indirectly.
+        from parsec.backend.block import BlockComponent
+        from parsec.backend.events import EventsComponent
+        from parsec.backend.invite import InviteComponent
+        from parsec.backend.message import MessageComponent
+        from parsec.backend.organization import OrganizationComponent
+        from parsec.backend.ping import PingComponent
+        from parsec.backend.pki import PkiComponent
+        from parsec.backend.realm import RealmComponent
+        from parsec.backend.user import UserComponent
+        from parsec.backend.vlob import VlobComponent
+
+        self.config = config
+        self.storage = storage
+        self.bus = bus
+        self.blockstore = blockstore
+        self.now = now
+        self.send_email = send_email
+        self.webhook = webhook
+        self._conn_ids = itertools.count(1)
+        # organization_id -> connection contexts, to close them on server-side events
+        self._connections: dict[str, set[ClientContext]] = {}
+
+        self.events = EventsComponent(self)
+        self.components: list[object] = [
+            PingComponent(self),
+            self.events,
+            OrganizationComponent(self),
+            UserComponent(self),
+            InviteComponent(self),
+            MessageComponent(self),
+            RealmComponent(self),
+            VlobComponent(self),
+            BlockComponent(self),
+            PkiComponent(self),
+        ]
+        self.routes: dict[str, dict[str, Route]] = {kind: {} for kind in COMMAND_SPECS}
+        for component in self.components:
+            for meta, handler in collect_handlers(component):
+                for kind in meta.kinds:
+                    spec = COMMAND_SPECS[kind].get(meta.name)
+                    if spec is None:
+                        raise RuntimeError(f"No schema for {kind} command {meta.name}")
+                    self.routes[kind][meta.name] = Route(meta, handler, spec)
+        self.bus.connect(self._on_event)
+
+    # ---- component lookup ----------------------------------------------------------------
+
+    def component(self, cls: type) -> Any:
+        for component in self.components:
+            if isinstance(component, cls):
+                return component
+        raise LookupError(cls)
+
+    # ---- dispatch ------------------------------------------------------------------------
+
+    def route(self, kind: str, cmd: Any) -> Route | None:
+        if not isinstance(cmd, str):
+            return None
+        return self.routes[kind].get(cmd)
+
+    async def dispatch(self, ctx: ClientContext, route: Route, msg: dict[str, Any]) -> Reply:
+        meta = route.meta
+        if isinstance(ctx, AuthenticatedContext):
+            if meta.admin_only and ctx.profile != "ADMIN":
+                return not_admin(ctx)
+            if meta.outsider_reason is not None and ctx.profile == "OUTSIDER":
+                return status("not_allowed", meta.outsider_reason)
+        try:
+            req = route.spec.req.load(msg)
+        except s.ValidationError as exc:
+            return {"status": "bad_message", "reason": "Invalid message.", "errors": exc.errors}
+        return await route.handler(ctx, req)
+
+    # ---- connections ---------------------------------------------------------------------
+
+    def register(self, ctx: ClientContext) -> None:
+        ctx.conn_id = next(self._conn_ids)
+        self._connections.setdefault(ctx.organization_id, set()).add(ctx)
+
+    def unregister(self, ctx: ClientContext) -> None:
+        conns = self._connections.get(ctx.organization_id)
+        if conns is not None:
+            conns.discard(ctx)
+            if not conns:
+                del self._connections[ctx.organization_id]
+        if isinstance(ctx, AuthenticatedContext):
+            self.events.unsubscribe(ctx)
+        elif isinstance(ctx, InvitedContext):
+            self.bus.publish(
+                BackendEvent(
+                    "invite.status_changed",
+                    ctx.organization_id,
+                    {
+                        "greeter": ctx.greeter_user_id,
+                        "token": ctx.token,
+                        "status": "IDLE",
+                    },
+                )
+            )
+
+    def connections(self, organization_id: str) -> list[ClientContext]:
+        return list(self._connections.get(organization_id, ()))
+
+    def _on_event(self, event: BackendEvent) -> None:
+        if event.name == "organization.expired":
+            for ctx in self.connections(event.organization_id):
+                if isinstance(ctx, AuthenticatedContext):
+                    ctx.close()
+        elif event.name == "user.revoked":
+            for ctx in self.connections(event.organization_id):
+                if isinstance(ctx, AuthenticatedContext) and ctx.user_id == event["user_id"]:
+                    ctx.close()
+        elif event.name == "invite.status_changed" and event["status"] == "DELETED":
+            for ctx in self.connections(event.organization_id):
+                if isinstance(ctx, InvitedContext) and ctx.token == event["token"]:
+                    ctx.close()
+
+    # ---- handshake -----------------------------------------------------------------------
+
+    async def handshake(self, hs: ServerHandshake, raw: bytes) -> ClientContext:
+        """Process the client's answer; returns the context or raises HandshakeFailed."""
+        answer = hs.process_answer(raw)
+        assert hs.backend_api_version is not None
+        if isinstance(answer, AuthenticatedAnswer):
+            return await self._handshake_authenticated(hs, answer)
+        if isinstance(answer, InvitedAnswer):
+            return await self._handshake_invited(hs, answer)
+        return await self._handshake_anonymous_v1(answer)
+
+    def _expired(self, organization_id: str) -> HandshakeFailed:
+        self.bus.publish(BackendEvent("organization.expired", organization_id, {}))
+        return HandshakeFailed("organization_expired", HELP_ORGANIZATION_EXPIRED)
+
+    async def _handshake_authenticated(
+        self, hs: ServerHandshake, answer: AuthenticatedAnswer
+    ) -> AuthenticatedContext:
+        try:
+            identity = await self.storage.user.get_authenticated_identity(
+                answer.organization_id, answer.device_id
+            )
+        except NotFoundError:
+            raise bad_identity() from None
+        org, user, device = identity.organization, identity.user, identity.device
+        if org.root_verify_key != answer.rvk:
+            raise HandshakeFailed("rvk_mismatch", HELP_RVK_MISMATCH)
+        if org.is_expired:
+            raise self._expired(org.organization_id)
+        if user.is_revoked(self.now()):
+            raise HandshakeFailed("revoked_device", HELP_REVOKED_DEVICE)
+        hs.check_signature(answer, device.verify_key)
+        assert hs.backend_api_version is not None
+        return AuthenticatedContext(
+            organization_id=org.organization_id,
+            device_id=device.device_id,
+            user_id=user.user_id,
+            profile=user.profile,
+            human_handle=user.human_handle,
+            device_label=device.device_label,
+            public_key=user.public_key,
+            verify_key=device.verify_key,
+            api_version=hs.backend_api_version,
+        )
+
+    async def _handshake_invited(self, hs: ServerHandshake, answer: InvitedAnswer) -> InvitedContext:
+        try:
+            org = await self.storage.organization.get(answer.organization_id)
+        except NotFoundError:
+            raise bad_identity() from None
+        if org.is_expired:
+            raise self._expired(org.organization_id)
+        try:
+            invitation = await self.storage.invite.info(answer.organization_id, answer.token)
+        except NotFoundError:
+            raise bad_identity(HELP_INVITATION_NOT_FOUND) from None
+        if invitation.is_deleted:
+            raise bad_identity(HELP_INVITATION_DELETED)
+        if invitation.type != answer.invitation_type:
+            raise bad_identity()
+        assert hs.backend_api_version is not None
+        return InvitedContext(
+            organization_id=org.organization_id,
+            token=invitation.token,
+            invitation_type=invitation.type,
+            greeter_user_id=invitation.greeter_user_id,
+            greeter_human_handle=invitation.greeter_human_handle,
+            claimer_email=invitation.claimer_email,
+            api_version=hs.backend_api_version,
+        )
+
+    async def _handshake_anonymous_v1(self, answer: AnonymousV1Answer) -> AnonymousContext:
+        org_component = self.component(_organization_component())
+        try:
+            org = await self.storage.organization.get(answer.organization_id)
+        except NotFoundError:
+            if not self.config.spontaneous_organization_bootstrap:
+                raise bad_identity() from None
+            org = await org_component.spontaneous_create(answer.organization_id)
+        if org.is_expired:
+            raise self._expired(org.organization_id)
+        if answer.rvk is not None and answer.rvk != org.root_verify_key:
+            raise HandshakeFailed("rvk_mismatch", HELP_RVK_MISMATCH)
+        return AnonymousContext(organization_id=org.organization_id)
+
+    def on_handshake_done(self, ctx: ClientContext) -> None:
+        """Called once the `ok` result is sent and the context registered."""
+        if isinstance(ctx, InvitedContext):
+            self.bus.publish(
+                BackendEvent(
+                    "invite.status_changed",
+                    ctx.organization_id,
+                    {"greeter": ctx.greeter_user_id, "token": ctx.token, "status": "READY"},
+                )
+            )
+
+
+def _organization_component() -> type:
+    from parsec.backend.organization import OrganizationComponent
+
+    return OrganizationComponent

@@ -1,0 +1,150 @@
+"""`events_subscribe` / `events_listen` (events.md).
+
+One bus listener for the whole process routes each backend event to the
+subscribed connections of its organization, converting it to the API event
+the client sees. Each subscription has a bounded FIFO queue (100 events,
+overflow dropped) and at most one pending `events_listen(wait=true)`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from uuid import UUID
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from parsec.backend.bus import BackendEvent
+from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+
+_log = Logger()
+
+QUEUE_SIZE = 100
+
+
+class Subscription:
+    def __init__(self, ctx: AuthenticatedContext) -> None:
+        self.ctx = ctx
+        self.queue: deque[Reply] = deque()
+        self.realms: set[UUID] = set()
+        self.waiter: defer.Deferred[Reply] | None = None
+
+    def push(self, reply: Reply) -> None:
+        if self.waiter is not None:
+            waiter, self.waiter = self.waiter, None
+            waiter.callback(reply)
+            return
+        if len(self.queue) >= QUEUE_SIZE:
+            _log.warn(
+                "Event queue full for {device_id}, dropping {event}",
+                device_id=self.ctx.device_id,
+                event=reply["event"],
+            )
+            return
+        self.queue.append(reply)
+
+
+class EventsComponent:
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._by_org: dict[str, dict[int, Subscription]] = {}
+        app.bus.connect(self._on_event)
+
+    def unsubscribe(self, ctx: AuthenticatedContext) -> None:
+        subs = self._by_org.get(ctx.organization_id)
+        if subs is None:
+            return
+        sub = subs.pop(ctx.conn_id, None)
+        if not subs:
+            del self._by_org[ctx.organization_id]
+        if sub is not None and sub.waiter is not None:
+            waiter, sub.waiter = sub.waiter, None
+            waiter.cancel()
+
+    @api("events_subscribe")
+    async def api_events_subscribe(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        subs = self._by_org.setdefault(ctx.organization_id, {})
+        if ctx.conn_id in subs:
+            return ok()
+        sub = Subscription(ctx)
+        subs[ctx.conn_id] = sub
+        ctx.events = sub
+        # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
+        # current ones (events arriving meanwhile only add to the set).
+        realms = await self._app.storage.realm.get_realms_for_user(ctx.organization_id, ctx.user_id)
+        sub.realms.update(realms)
+        return ok()
+
+    @api("events_listen", cancellable=True)
+    async def api_events_listen(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        sub: Subscription | None = self._by_org.get(ctx.organization_id, {}).get(ctx.conn_id)
+        if sub is not None and sub.queue:
+            return sub.queue.popleft()
+        if not req["wait"]:
+            return status("no_events")
+        waiter: defer.Deferred[Reply] = defer.Deferred()
+        if sub is not None:
+            sub.waiter = waiter
+        try:
+            return await waiter
+        finally:
+            if sub is not None and sub.waiter is waiter:
+                sub.waiter = None
+
+    # ---- routing -------------------------------------------------------------------------
+
+    def _on_event(self, event: BackendEvent) -> None:
+        subs = self._by_org.get(event.organization_id)
+        if not subs:
+            return
+        name = event.name
+        data = event.data
+        for sub in list(subs.values()):
+            ctx = sub.ctx
+            if name == "pinged":
+                if data["author"] != ctx.device_id:
+                    sub.push(ok(event="pinged", ping=data["ping"]))
+            elif name == "message.received":
+                if data["recipient"] == ctx.user_id:
+                    sub.push(ok(event="message.received", index=data["index"]))
+            elif name == "invite.status_changed":
+                if data["greeter"] == ctx.user_id:
+                    sub.push(
+                        ok(
+                            event="invite.status_changed",
+                            token=data["token"],
+                            invitation_status=data["status"],
+                        )
+                    )
+            elif name == "realm.roles_updated":
+                if data["user"] == ctx.user_id:
+                    if data["role"] is None:
+                        sub.realms.discard(data["realm_id"])
+                    else:
+                        sub.realms.add(data["realm_id"])
+                    sub.push(ok(event="realm.roles_updated", realm_id=data["realm_id"], role=data["role"]))
+            elif name == "realm.vlobs_updated":
+                if data["author"] != ctx.device_id and data["realm_id"] in sub.realms:
+                    sub.push(
+                        ok(
+                            event="realm.vlobs_updated",
+                            realm_id=data["realm_id"],
+                            checkpoint=data["checkpoint"],
+                            src_id=data["src_id"],
+                            src_version=data["src_version"],
+                        )
+                    )
+            elif name in ("realm.maintenance_started", "realm.maintenance_finished"):
+                if data["author"] != ctx.device_id and data["realm_id"] in sub.realms:
+                    sub.push(
+                        ok(
+                            event=name,
+                            realm_id=data["realm_id"],
+                            encryption_revision=data["encryption_revision"],
+                        )
+                    )
+            elif name == "pki_enrollment.updated":
+                # DECISIONS.md: only the ADMINs of the same organization.
+                if ctx.profile == "ADMIN":
+                    sub.push(ok(event="pki_enrollment.updated"))

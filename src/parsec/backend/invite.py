@@ -1,0 +1,10 @@
+"""invite commands (see commands.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InviteComponent:
+    def __init__(self, app: Any) -> None:
+        self._app = app

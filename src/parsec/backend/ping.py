@@ -1,0 +1,33 @@
+"""`ping` on every connection type (commands.md §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parsec.backend.bus import BackendEvent
+from parsec.backend.command import (
+    APIV1_ANONYMOUS,
+    AUTHENTICATED,
+    INVITED,
+    AuthenticatedContext,
+    Reply,
+    api,
+    ok,
+)
+
+
+class PingComponent:
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    @api("ping", kinds=(AUTHENTICATED, INVITED, APIV1_ANONYMOUS))
+    async def api_ping(self, ctx: Any, req: dict[str, Any]) -> Reply:
+        if isinstance(ctx, AuthenticatedContext):
+            self._app.bus.publish(
+                BackendEvent(
+                    "pinged",
+                    ctx.organization_id,
+                    {"author": ctx.device_id, "ping": req["ping"]},
+                )
+            )
+        return ok(pong=req["ping"])

@@ -1,0 +1,187 @@
+"""Assembly: configuration -> one MultiService (storage, event bus, blockstore, web site).
+
+Start-up: the listening port is bound synchronously in privilegedStartService
+(a busy port fails start-up at once), then storage and blockstore start
+asynchronously; until they are ready, HTTP requests get 503 and websockets
+are refused. A start-up failure is logged as one line and stops the process
+with exit status 1.
+
+Shutdown (SIGTERM/SIGINT): stop listening, close every websocket with 1001,
+let in-flight HTTP requests finish (bounded), then stop the blockstore and the
+storage. twistd waits for the Deferred returned by stopService.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.logger import Logger
+
+from parsec.backend.app import BackendApp
+from parsec.backend.bus import MemoryEventBus
+from parsec.config import ServerConfig
+from parsec.web.admin import AdminResource
+from parsec.web.anonymous import AnonymousResource
+from parsec.web.site import ParsecSite, RootResource
+from parsec.web.websocket import ParsecWebSocketFactory
+
+_log = Logger()
+
+SHUTDOWN_WEBSOCKET_TIMEOUT = 5.0
+
+
+def endpoint_description(config: ServerConfig) -> str:
+    listen = config.listen
+    interface = quoteStringArgument(listen.host)
+    if listen.ssl_keyfile or listen.ssl_certfile:
+        key = listen.ssl_keyfile or listen.ssl_certfile
+        cert = listen.ssl_certfile or listen.ssl_keyfile
+        assert key is not None and cert is not None
+        return (
+            f"ssl:{listen.port}:interface={interface}"
+            f":privateKey={quoteStringArgument(key)}:certKey={quoteStringArgument(cert)}"
+        )
+    return f"tcp:{listen.port}:interface={interface}"
+
+
+class StartupError(Exception):
+    pass
+
+
+def _exit_after_shutdown(reactor: Any, code: int) -> None:
+    def _exit() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    reactor.addSystemEventTrigger("after", "shutdown", _exit)
+    if reactor.running:
+        reactor.stop()
+
+
+class ParsecService(service.MultiService):
+    """The whole server. `ready` fires once storage and blockstore are started."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        reactor: Any = None,
+        on_startup_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self._on_startup_failure = on_startup_failure or self._default_startup_failure
+        self.storage, self.bus, self._storage_resources = self._build_storage()
+        self.blockstore = self._build_blockstore()
+        self.app = BackendApp(
+            config.backend,
+            self.storage,
+            self.bus,
+            self.blockstore,
+            send_email=self._send_email,
+            webhook=self._webhook if config.backend.organization_bootstrap_webhook else None,
+        )
+        self.app.ready = False
+        self.ws_factory = ParsecWebSocketFactory(self.app)
+        root = RootResource(self.app, self.ws_factory, AdminResource(self.app), AnonymousResource(self.app))
+        self.site = ParsecSite(root, debug=config.backend.debug)
+        self.port_service = strports.service(endpoint_description(config), self.site, reactor=reactor)
+        self.port_service.setServiceParent(self)
+
+    # ---- building ------------------------------------------------------------------------
+
+    def _build_storage(self) -> tuple[Any, Any, Any]:
+        backend = self.config.backend
+        if backend.db_type == "MOCKED":
+            from parsec.storage.memory import build_memory_storage
+
+            return build_memory_storage(), MemoryEventBus(), None
+        from parsec.storage.postgresql.factory import build_postgresql_storage
+
+        return build_postgresql_storage(backend, reactor=self.reactor)
+
+    def _build_blockstore(self) -> Any:
+        from parsec.blockstore.factory import build_blockstore
+
+        pg_pool = getattr(self._storage_resources, "pool", None)
+        return build_blockstore(self.config.backend.blockstore, reactor=self.reactor, pg_pool=pg_pool)
+
+    async def _send_email(self, *args: Any, **kwargs: Any) -> str:
+        from parsec.mail import send_invitation_email
+
+        return await send_invitation_email(*args, **kwargs)
+
+    async def _webhook(self, payload: dict[str, Any]) -> None:
+        from parsec.webhooks import send_bootstrap_webhook
+
+        url = self.config.backend.organization_bootstrap_webhook
+        assert url is not None
+        await send_bootstrap_webhook(url, payload, reactor=self.reactor)
+
+    async def listening_port(self) -> Any:
+        """The IListeningPort once bound (useful with port 0)."""
+        return await self.port_service._waitingForPort  # type: ignore[attr-defined]
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+        d.addErrback(self._startup_failed)
+
+    async def _start(self) -> None:
+        await self.storage.start()
+        await self.blockstore.start()
+        self.app.ready = True
+        _log.info("Parsec server ready")
+        self.ready.callback(None)
+
+    def _startup_failed(self, failure: Any) -> None:
+        message = failure.getErrorMessage() or failure.type.__name__
+        if self.config.backend.debug:
+            _log.failure("Start-up failed", failure=failure)
+        self.ready.errback(failure)
+        self.ready.addErrback(lambda _: None)
+        self._on_startup_failure(message)
+
+    def _default_startup_failure(self, message: str) -> None:
+        _log.critical("Start-up failed: {message}", message=message)
+        print(f"Error: {message}", file=sys.stderr, flush=True)
+        _exit_after_shutdown(self.reactor, 1)
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self.running = False
+        # 1. Stop accepting new connections.
+        await defer.maybeDeferred(self.port_service.stopService)
+        # 2. Close every websocket with 1001 (going away), bounded.
+        await self.ws_factory.close_all(SHUTDOWN_WEBSOCKET_TIMEOUT)
+        # 3. Stop the stores, in reverse order of start.
+        for stop in (self.blockstore.stop, self.storage.stop):
+            try:
+                await stop()
+            except Exception:
+                _log.failure("Error while stopping")
+
+
+def make_service(config: ServerConfig, *, reactor: Any = None) -> ParsecService:
+    from parsec.options import startup_line
+
+    svc = ParsecService(config, reactor=reactor)
+    print(startup_line(config), flush=True)
+    return svc

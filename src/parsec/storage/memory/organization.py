@@ -1,0 +1,300 @@
+"""In-memory organizations, users and devices (`--db MOCKED`).
+
+All memory storages share one `MemoryDatastore`; every method runs without
+yielding to the reactor between its checks and its writes, which makes it
+atomic in a single-threaded process.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from parsec.backend.models import (
+    AuthenticatedIdentity,
+    Device,
+    HumanFindResult,
+    Organization,
+    OrganizationStats,
+    User,
+    UserWithTrustchain,
+)
+from parsec.backend.storage import (
+    UNSET,
+    ActiveUsersLimitReachedError,
+    AlreadyBootstrappedError,
+    AlreadyExistsError,
+    AlreadyRevokedError,
+    NotFoundError,
+)
+
+
+@attrs.define
+class OrgData:
+    organization: Organization
+    users: dict[str, User] = attrs.field(factory=dict)
+    devices: dict[str, Device] = attrs.field(factory=dict)
+    # Free-form per-domain state (realms, vlobs, invitations...), keyed by domain name.
+    domains: dict[str, Any] = attrs.field(factory=dict)
+
+    def active_users_count(self) -> int:
+        return sum(1 for u in self.users.values() if u.revoked_on is None)
+
+
+class MemoryDatastore:
+    def __init__(self) -> None:
+        self.orgs: dict[str, OrgData] = {}
+
+    def get(self, organization_id: str) -> OrgData:
+        try:
+            return self.orgs[organization_id]
+        except KeyError:
+            raise NotFoundError() from None
+
+    def domain(self, organization_id: str, name: str, factory: Any) -> Any:
+        data = self.get(organization_id)
+        state = data.domains.get(name)
+        if state is None:
+            state = data.domains[name] = factory()
+        return state
+
+
+class MemoryOrganizationStorage:
+    def __init__(self, store: MemoryDatastore) -> None:
+        self._store = store
+
+    async def create(
+        self,
+        organization_id: str,
+        bootstrap_token: str,
+        active_users_limit: int | None,
+        user_profile_outsider_allowed: bool,
+        created_on: datetime,
+    ) -> None:
+        existing = self._store.orgs.get(organization_id)
+        if existing is not None and existing.organization.is_bootstrapped:
+            raise AlreadyExistsError()
+        self._store.orgs[organization_id] = OrgData(
+            Organization(
+                organization_id=organization_id,
+                bootstrap_token=bootstrap_token,
+                active_users_limit=active_users_limit,
+                user_profile_outsider_allowed=user_profile_outsider_allowed,
+                created_on=created_on,
+            )
+        )
+
+    async def create_if_missing(
+        self,
+        organization_id: str,
+        bootstrap_token: str,
+        created_on: datetime,
+        active_users_limit: int | None,
+        user_profile_outsider_allowed: bool,
+    ) -> Organization:
+        existing = self._store.orgs.get(organization_id)
+        if existing is None:
+            await self.create(
+                organization_id, bootstrap_token, active_users_limit, user_profile_outsider_allowed, created_on
+            )
+            existing = self._store.orgs[organization_id]
+        return existing.organization
+
+    async def get(self, organization_id: str) -> Organization:
+        return self._store.get(organization_id).organization
+
+    async def update(
+        self,
+        organization_id: str,
+        *,
+        is_expired: bool = UNSET,
+        user_profile_outsider_allowed: bool = UNSET,
+        active_users_limit: int | None = UNSET,
+    ) -> None:
+        data = self._store.get(organization_id)
+        changes = {
+            key: value
+            for key, value in (
+                ("is_expired", is_expired),
+                ("user_profile_outsider_allowed", user_profile_outsider_allowed),
+                ("active_users_limit", active_users_limit),
+            )
+            if value is not UNSET
+        }
+        data.organization = attrs.evolve(data.organization, **changes)
+
+    async def bootstrap(
+        self,
+        organization_id: str,
+        bootstrap_token: str,
+        root_verify_key: bytes,
+        user: User,
+        device: Device,
+        bootstrapped_on: datetime,
+    ) -> None:
+        data = self._store.get(organization_id)
+        org = data.organization
+        if org.is_bootstrapped:
+            raise AlreadyBootstrappedError()
+        if org.bootstrap_token != bootstrap_token:
+            raise NotFoundError()
+        if org.active_users_limit is not None and data.active_users_count() >= org.active_users_limit:
+            raise ActiveUsersLimitReachedError()
+        data.users[user.user_id] = user
+        data.devices[device.device_id] = device
+        data.organization = attrs.evolve(
+            org, root_verify_key=root_verify_key, bootstrapped_on=bootstrapped_on
+        )
+
+    async def stats(self, organization_id: str, now: datetime) -> OrganizationStats:
+        data = self._store.get(organization_id)
+        per_profile = {p: [0, 0] for p in ("ADMIN", "STANDARD", "OUTSIDER")}
+        for user in data.users.values():
+            per_profile[user.profile][1 if user.revoked_on is not None else 0] += 1
+        stats_hook = data.domains.get("stats")
+        data_size, metadata_size, realms = stats_hook(data) if stats_hook else (0, 0, 0)
+        return OrganizationStats(
+            data_size=data_size,
+            metadata_size=metadata_size,
+            realms=realms,
+            users=len(data.users),
+            active_users=data.active_users_count(),
+            users_per_profile_detail=[(p, a, r) for p, (a, r) in per_profile.items()],
+        )
+
+
+class MemoryUserStorage:
+    def __init__(self, store: MemoryDatastore) -> None:
+        self._store = store
+
+    async def get_authenticated_identity(self, organization_id: str, device_id: str) -> AuthenticatedIdentity:
+        data = self._store.get(organization_id)
+        device = data.devices.get(device_id)
+        if device is None:
+            raise NotFoundError()
+        return AuthenticatedIdentity(data.organization, data.users[device.user_id], device)
+
+    def _check_human_free(self, data: OrgData, user: User, now: datetime) -> None:
+        if user.human_handle is None:
+            return
+        email = user.human_handle[0]
+        for other in data.users.values():
+            if other.human_handle and other.human_handle[0] == email and not other.is_revoked(now):
+                from parsec.backend.user import human_handle_taken_reason
+
+                raise AlreadyExistsError(human_handle_taken_reason(user.human_handle))
+
+    async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
+        data = self._store.get(organization_id)
+        limit = data.organization.active_users_limit
+        if limit is not None and data.active_users_count() >= limit:
+            raise ActiveUsersLimitReachedError()
+        if user.user_id in data.users:
+            raise AlreadyExistsError(f"User `{user.user_id}` already exists")
+        self._check_human_free(data, user, now)
+        if device.device_id in data.devices:
+            raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
+        data.users[user.user_id] = user
+        data.devices[device.device_id] = device
+
+    async def create_device(self, organization_id: str, device: Device) -> None:
+        data = self._store.get(organization_id)
+        if device.user_id not in data.users:
+            raise NotFoundError()
+        if device.device_id in data.devices:
+            raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
+        data.devices[device.device_id] = device
+
+    async def revoke_user(
+        self,
+        organization_id: str,
+        user_id: str,
+        revoked_user_certificate: bytes,
+        revoked_user_certifier: str,
+        revoked_on: datetime,
+    ) -> None:
+        data = self._store.get(organization_id)
+        user = data.users.get(user_id)
+        if user is None:
+            raise NotFoundError()
+        if user.revoked_on is not None:
+            raise AlreadyRevokedError()
+        data.users[user_id] = attrs.evolve(
+            user,
+            revoked_on=revoked_on,
+            revoked_user_certificate=revoked_user_certificate,
+            revoked_user_certifier=revoked_user_certifier,
+        )
+
+    async def get_user(self, organization_id: str, user_id: str) -> User:
+        data = self._store.get(organization_id)
+        try:
+            return data.users[user_id]
+        except KeyError:
+            raise NotFoundError() from None
+
+    async def get_user_with_trustchain(self, organization_id: str, user_id: str) -> UserWithTrustchain:
+        data = self._store.get(organization_id)
+        user = data.users.get(user_id)
+        if user is None:
+            raise NotFoundError()
+        devices = sorted(
+            (d for d in data.devices.values() if d.user_id == user_id), key=lambda d: d.created_on
+        )
+        chain_users: dict[str, User] = {}
+        chain_devices: dict[str, Device] = {}
+        todo = [user.user_certifier, user.revoked_user_certifier, *(d.device_certifier for d in devices)]
+        while todo:
+            device_id = todo.pop()
+            if device_id is None or device_id in chain_devices:
+                continue
+            device = data.devices[device_id]
+            chain_devices[device_id] = device
+            certifier_user = data.users[device.user_id]
+            chain_users[certifier_user.user_id] = certifier_user
+            todo += [device.device_certifier, certifier_user.revoked_user_certifier, certifier_user.user_certifier]
+        return UserWithTrustchain(user, devices, list(chain_users.values()), list(chain_devices.values()))
+
+    async def find_humans(
+        self,
+        organization_id: str,
+        query: str | None,
+        omit_revoked: bool,
+        omit_non_human: bool,
+        page: int,
+        per_page: int,
+        now: datetime,
+    ) -> tuple[list[HumanFindResult], int]:
+        data = self._store.get(organization_id)
+        humans: list[User] = []
+        non_humans: list[User] = []
+        needle = query.casefold() if query else None
+        for user in data.users.values():
+            if omit_revoked and user.is_revoked(now):
+                continue
+            if user.human_handle is None:
+                if needle is None and not omit_non_human:
+                    non_humans.append(user)
+                continue
+            email, label = user.human_handle
+            if needle is not None and needle not in label.casefold() and needle not in email.casefold():
+                continue
+            humans.append(user)
+        humans.sort(key=lambda u: (u.human_handle[1].lower(), u.user_id))  # type: ignore[index]
+        non_humans.sort(key=lambda u: u.user_id)
+        matches = humans + non_humans
+        start = (page - 1) * per_page
+        selected = matches[start : start + per_page]
+        return (
+            [HumanFindResult(u.user_id, u.human_handle, u.is_revoked(now)) for u in selected],
+            len(matches),
+        )
+
+    async def is_email_used_by_active_user(self, organization_id: str, email: str, now: datetime) -> bool:
+        data = self._store.get(organization_id)
+        return any(
+            u.human_handle and u.human_handle[0] == email and not u.is_revoked(now)
+            for u in data.users.values()
+        )

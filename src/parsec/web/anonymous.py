@@ -1,0 +1,63 @@
+"""Anonymous HTTP commands: `GET|POST /anonymous/<organization_id>` (transport.md §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parsec.api import ids
+from parsec.api.codec import DecodeError, packb, unpackb
+from parsec.backend.command import ANONYMOUS, AnonymousContext
+from parsec.backend.storage import NotFoundError
+from parsec.web.site import ParsecRequest, finish
+
+MSGPACK = b"application/msgpack"
+EMPTY = packb({})
+
+
+def _reply(request: ParsecRequest, code: int, body: bytes) -> None:
+    finish(request, code, body, MSGPACK)
+
+
+class AnonymousResource:
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def handle(self, request: ParsecRequest, raw_organization_id: str) -> None:
+        app = self._app
+        try:
+            organization_id = ids.organization_id(raw_organization_id)
+        except ids.InvalidId:
+            _reply(request, 404, EMPTY)
+            return
+        try:
+            await app.storage.organization.get(organization_id)
+            exists = True
+        except NotFoundError:
+            exists = False
+        if request.method == b"GET":
+            _reply(request, 200 if exists else 404, EMPTY)
+            return
+        if not exists and not app.config.spontaneous_organization_bootstrap:
+            _reply(request, 404, EMPTY)
+            return
+        try:
+            msg = unpackb(request.body())
+        except DecodeError:
+            _reply(request, 200, packb({"status": "invalid_msg_format"}))
+            return
+        cmd = msg.get("cmd")
+        if not exists:
+            if cmd != "organization_bootstrap":
+                # Spontaneous bootstrap only creates organizations for a bootstrap.
+                _reply(request, 404, EMPTY)
+                return
+            from parsec.backend.organization import OrganizationComponent
+
+            await app.component(OrganizationComponent).spontaneous_create(organization_id)
+        route = app.route(ANONYMOUS, cmd)
+        if route is None:
+            _reply(request, 200, packb({"status": "unknown_command"}))
+            return
+        ctx = AnonymousContext(organization_id=organization_id, kind=ANONYMOUS, api_version=(2, 7))
+        reply = await app.dispatch(ctx, route, msg)
+        _reply(request, 200, packb(reply))

@@ -1,0 +1,252 @@
+"""The HTTP side of the listener (transport.md §2): one twisted.web Site, one request per connection.
+
+`RootResource` routes on the percent-decoded path itself (twisted's segment
+tree neither decodes `+` as space nor matches the reference's route table), and
+hands websocket upgrades of exactly `GET /ws` to Autobahn's WebSocketResource.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+import parsec
+
+_log = Logger()
+
+MAX_HEAD_SIZE = 8192
+MAX_BODY_SIZE = 1024 * 1024
+HTML = b"text/html;charset=utf-8"
+STATIC_FILES = ("base.css", "favicon.ico", "parsec-vert.png", "parsec.png")
+_STATIC_TYPES = {".ico": "image/vnd.microsoft.icon"}
+
+
+def _template(name: str) -> str:
+    return resources.files("parsec.web").joinpath("templates", name).read_text("utf8")
+
+
+class ParsecRequest(server.Request):
+    """Bounded body (read only when 0 < Content-Length < 1 MiB), fixed server header."""
+
+    _discard_body = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is None or length >= MAX_BODY_SIZE:
+            # Chunked or too large: the body is treated as empty and not buffered.
+            self._discard_body = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self._discard_body:
+            super().handleContentChunk(data)
+
+    def body(self) -> bytes:
+        if self._discard_body or self.content is None:
+            return b""
+        self.content.seek(0)
+        return self.content.read()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.setHeader(b"server", self.site.server_header)  # type: ignore[attr-defined]
+        super().write(data)
+
+
+class ParsecChannel(http.HTTPChannel):
+    totalHeadersSize = MAX_HEAD_SIZE
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # No keep-alive: every response closes the connection.
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n")
+            self.loseConnection()
+            return
+        super()._respondToBadRequestAndDisconnect()
+
+
+class ParsecSite(server.Site):
+    requestFactory = ParsecRequest
+    protocol = ParsecChannel
+
+    def __init__(self, root: Resource, *, debug: bool = False) -> None:
+        super().__init__(root)
+        self.server_header = (
+            f"parsec/{parsec.__version__} python-twisted".encode() if debug else b"parsec"
+        )
+
+    def log(self, request: Any) -> None:
+        _log.debug(
+            "Request {method} {path} -> {code}",
+            method=request.method.decode("latin1"),
+            path=request.path.decode("latin1"),
+            code=request.code,
+        )
+
+
+def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: bytes | None = None) -> None:
+    if request.finished or request._disconnected:
+        return
+    request.setResponseCode(code)
+    if content_type is not None:
+        request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", str(len(body)).encode())
+    if body:
+        request.write(body)
+    else:
+        request.setHeader(b"server", request.site.server_header)  # type: ignore[attr-defined]
+    request.finish()
+
+
+AsyncHandler = Callable[[ParsecRequest, list[str]], Awaitable[None]]
+
+
+class RootResource(Resource):
+    isLeaf = True
+
+    def __init__(self, app: Any, ws_factory: Any, admin: Any, anonymous: Any) -> None:
+        super().__init__()
+        self._app = app
+        self._ws = WebSocketResource(ws_factory)
+        self._admin = admin
+        self._anonymous = anonymous
+        self._landing = _template("index.html").encode("utf8")
+        self._not_found = _template("404.html").encode("utf8")
+
+    # ---- entry ---------------------------------------------------------------------------
+
+    def render(self, request: ParsecRequest) -> Any:  # type: ignore[override]
+        try:
+            return self._render(request)
+        except Exception:
+            _log.failure("HTTP request crashed")
+            finish(request, 500, b"Parsec server has crashed :'(")
+            return server.NOT_DONE_YET
+
+    def _render(self, request: ParsecRequest) -> Any:
+        config = self._app.config
+        if config.forward_proto_enforce_https is not None:
+            name, expected = config.forward_proto_enforce_https
+            value = request.requestHeaders.getRawHeaders(name.encode("latin1"))
+            if value is not None and value[0] != expected.encode("latin1"):
+                netloc = config.backend_addr.netloc if config.backend_addr else ""
+                request.setHeader(b"location", f"https://{netloc}".encode() + request.uri)
+                finish(request, 301)
+                return server.NOT_DONE_YET
+
+        if not getattr(self._app, "ready", True):
+            finish(request, 503, b"Parsec server is starting")
+            return server.NOT_DONE_YET
+
+        if self._is_websocket_upgrade(request):
+            if not request.requestHeaders.getRawHeaders(b"sec-websocket-key"):
+                finish(request, 400)
+                return server.NOT_DONE_YET
+            return self._ws.render(request)
+
+        raw_path = request.path.decode("latin1")
+        try:
+            path = unquote_plus(raw_path, encoding="utf8", errors="strict")
+        except UnicodeDecodeError:
+            finish(request, 400)
+            return server.NOT_DONE_YET
+        method = request.method
+        segments = path.split("/")[1:] if path.startswith("/") else [path]
+
+        if path in ("", "/"):
+            return self._only(request, (b"GET",), self._get_landing)
+        head = segments[0]
+        if head == "redirect" and len(segments) >= 2:
+            return self._only(request, (b"GET",), lambda r: self._redirect(r, "/".join(segments[1:])))
+        if head == "static" and len(segments) == 2:
+            return self._only(request, (b"GET",), lambda r: self._static(r, segments[1]))
+        if head == "administration":
+            route = self._admin.match(segments[1:])
+            if route is not None:
+                methods, handler = route
+                if method not in methods:
+                    finish(request, 405)
+                    return server.NOT_DONE_YET
+                self._spawn(request, handler)
+                return server.NOT_DONE_YET
+        if head == "anonymous" and len(segments) == 2:
+            if method not in (b"GET", b"POST"):
+                finish(request, 405)
+                return server.NOT_DONE_YET
+            self._spawn(request, lambda r: self._anonymous.handle(r, segments[1]))
+            return server.NOT_DONE_YET
+        finish(request, 404, self._not_found, HTML)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _is_websocket_upgrade(request: ParsecRequest) -> bool:
+        if request.clientproto != b"HTTP/1.1" or request.uri != b"/ws":
+            return False
+        connection = request.requestHeaders.getRawHeaders(b"connection")
+        upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+        return bool(
+            connection
+            and upgrade
+            and connection[0].strip().lower() == b"upgrade"
+            and upgrade[0].strip().lower() == b"websocket"
+        )
+
+    def _only(self, request: ParsecRequest, methods: tuple[bytes, ...], handler: Callable[[ParsecRequest], None]) -> Any:
+        if request.method not in methods:
+            finish(request, 405)
+        else:
+            handler(request)
+        return server.NOT_DONE_YET
+
+    def _spawn(self, request: ParsecRequest, handler: Callable[[ParsecRequest], Awaitable[None]]) -> None:
+        async def run() -> None:
+            try:
+                await handler(request)
+            except Exception:
+                _log.failure("HTTP request crashed")
+                finish(request, 500, b"Parsec server has crashed :'(")
+
+        defer.ensureDeferred(run())
+
+    # ---- simple routes ------------------------------------------------------------------
+
+    def _get_landing(self, request: ParsecRequest) -> None:
+        finish(request, 200, self._landing, HTML)
+
+    def _static(self, request: ParsecRequest, name: str) -> None:
+        if name not in STATIC_FILES:
+            finish(request, 404)
+            return
+        data = resources.files("parsec.web").joinpath("static", name).read_bytes()
+        ext = "." + name.rsplit(".", 1)[-1]
+        ctype = _STATIC_TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        finish(request, 200, data, ctype.encode())
+
+    def _redirect(self, request: ParsecRequest, path: str) -> None:
+        addr = self._app.config.backend_addr
+        if addr is None:
+            finish(request, 501, b"Url redirection is not available")
+            return
+        query = request.uri.split(b"?", 1)[1].decode("latin1") if b"?" in request.uri else ""
+        params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "no_ssl"]
+        if not addr.use_ssl:
+            params.append(("no_ssl", "true"))
+        location = f"parsec://{addr.netloc}/{quote_plus(path, safe='/')}"
+        if params:
+            location += "?" + urlencode(params)
+        request.setHeader(b"location", location.encode("utf8"))
+        finish(request, 302)
+

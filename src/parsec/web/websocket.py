@@ -1,0 +1,227 @@
+"""The Parsec websocket: handshake, then one request at a time (transport.md §3, §6).
+
+The protocol object is a thin shell: frames in, `BackendApp.handshake` /
+`BackendApp.dispatch` in the middle, frames out. Rules it enforces itself:
+
+* only binary messages; a text message or an undecodable one gets
+  `invalid_msg_format` and a Close(1000);
+* after a failed handshake the result is sent and TCP is dropped without a
+  Close frame;
+* requests are processed strictly in order; while a *cancellable* command
+  (`events_listen` wait, `invite_1_claimer_wait_peer`) waits, a new message
+  abandons it without any reply;
+* a connection closed by the server (revocation, expiration, invitation
+  deleted, shutdown) never gets a reply for its in-flight request.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from parsec.api.codec import DecodeError, packb, unpackb
+from parsec.api.handshake import HandshakeFailed, ServerHandshake
+from parsec.backend.command import ClientContext
+
+_log = Logger()
+
+INVALID_MSG_FORMAT = packb({"status": "invalid_msg_format", "reason": "Invalid message format"})
+UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
+# Autobahn enforces this; beyond it the connection is closed (1009). The protocol's
+# own limit is on msgpack bin values (1 MiB), strings are not limited.
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+_HANDSHAKE, _HANDSHAKE_BUSY, _READY, _CLOSED = range(4)
+
+
+class ParsecServerProtocol(WebSocketServerProtocol):
+    factory: ParsecWebSocketFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = _HANDSHAKE
+        self._hs: ServerHandshake | None = None
+        self._ctx: ClientContext | None = None
+        self._incoming: deque[bytes] = deque()
+        self._current: defer.Deferred[Any] | None = None
+        self._current_cancellable = False
+        self._running = False
+
+    # ---- autobahn callbacks --------------------------------------------------------------
+
+    def onOpen(self) -> None:
+        try:
+            self.factory.connections.add(self)
+            self._hs = ServerHandshake()
+            self.sendMessage(self._hs.build_challenge(self.factory.app.now()), isBinary=True)
+        except Exception:
+            _log.failure("Cannot start the handshake")
+            self.sendClose(code=1011)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._state == _CLOSED:
+            return
+        if not isBinary:
+            self._protocol_error()
+            return
+        if self._state == _HANDSHAKE:
+            self._state = _HANDSHAKE_BUSY
+            self._run(self._handshake(payload))
+        elif self._state == _HANDSHAKE_BUSY:
+            # The client must wait for the result; anything else is a protocol violation.
+            self._protocol_error()
+        else:
+            self._incoming.append(payload)
+            if self._current is not None and self._current_cancellable:
+                self._current.cancel()
+            self._pump()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._state = _CLOSED
+        self.factory.connections.discard(self)
+        self._incoming.clear()
+        if self._current is not None:
+            self._current.cancel()
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            self.factory.app.unregister(ctx)
+
+    # ---- handshake -----------------------------------------------------------------------
+
+    def _run(self, coro: Any) -> None:
+        d = defer.ensureDeferred(coro)
+        d.addErrback(self._internal_error)
+
+    def _internal_error(self, failure: Any) -> None:
+        _log.failure("Unexpected error on a websocket connection", failure=failure)
+        if self._state != _CLOSED:
+            self._state = _CLOSED
+            self.sendClose(code=1011)
+
+    async def _handshake(self, payload: bytes) -> None:
+        assert self._hs is not None
+        app = self.factory.app
+        try:
+            ctx = await app.handshake(self._hs, payload)
+        except HandshakeFailed as exc:
+            _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=exc.help)
+            if self._state != _CLOSED:
+                self._state = _CLOSED
+                self.sendMessage(ServerHandshake.build_failure(exc), isBinary=True)
+                self.dropConnection(abort=False)
+            return
+        if self._state == _CLOSED:
+            return
+        ctx.close = self._server_close
+        app.register(ctx)
+        self._ctx = ctx
+        self._state = _READY
+        self.sendMessage(ServerHandshake.build_result("ok"), isBinary=True)
+        app.on_handshake_done(ctx)
+        self._pump()
+
+    # ---- command loop --------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._running or self._state != _READY or not self._incoming:
+            return
+        self._running = True
+        self._run(self._loop())
+
+    async def _loop(self) -> None:
+        try:
+            while self._incoming and self._state == _READY:
+                payload = self._incoming.popleft()
+                await self._process(payload)
+        finally:
+            self._running = False
+
+    async def _process(self, payload: bytes) -> None:
+        app = self.factory.app
+        ctx = self._ctx
+        assert ctx is not None
+        try:
+            msg = unpackb(payload)
+        except DecodeError:
+            self._protocol_error()
+            return
+        cmd = msg.get("cmd")
+        route = app.route(ctx.kind, cmd)
+        if route is None:
+            self._send(UNKNOWN_COMMAND)
+            return
+        d = defer.ensureDeferred(app.dispatch(ctx, route, msg))
+        self._current = d
+        self._current_cancellable = route.meta.cancellable
+        if self._current_cancellable and self._incoming:
+            d.cancel()
+        try:
+            reply = await d
+        except defer.CancelledError:
+            return
+        finally:
+            self._current = None
+            self._current_cancellable = False
+        _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
+        self._send(reply)
+
+    def _send(self, reply: dict[str, Any]) -> None:
+        if self._state == _READY:
+            self.sendMessage(packb(reply), isBinary=True)
+
+    def _protocol_error(self) -> None:
+        self._state = _CLOSED
+        self.sendMessage(INVALID_MSG_FORMAT, isBinary=True)
+        self.sendClose(code=1000)
+
+    def _server_close(self) -> None:
+        """Server-side termination (revocation, expiration, invitation deleted)."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        if self._current is not None:
+            self._current.cancel()
+        self.sendClose(code=1000)
+
+    def shutdown_close(self) -> defer.Deferred[Any]:
+        if self._state != _CLOSED:
+            self._state = _CLOSED
+            if self._current is not None:
+                self._current.cancel()
+            self.sendClose(code=1001)
+        return self.is_closed
+
+
+class ParsecWebSocketFactory(WebSocketServerFactory):
+    protocol = ParsecServerProtocol
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+        self.connections: set[ParsecServerProtocol] = set()
+        self.server = None  # no Server header on the 101 answer
+        self.setProtocolOptions(
+            maxMessagePayloadSize=MAX_MESSAGE_SIZE,
+            maxFramePayloadSize=MAX_MESSAGE_SIZE,
+            perMessageCompressionAccept=lambda offers: None,
+            openHandshakeTimeout=3,
+            closeHandshakeTimeout=5,
+        )
+
+    async def close_all(self, timeout: float = 5.0) -> None:
+        from twisted.internet import reactor
+
+        waits = [p.shutdown_close() for p in list(self.connections)]
+        if not waits:
+            return
+        done = defer.DeferredList(waits, consumeErrors=True)
+        done.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        try:
+            await done
+        except defer.TimeoutError:
+            for proto in list(self.connections):
+                proto.dropConnection(abort=True)

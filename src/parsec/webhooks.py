@@ -1,0 +1,50 @@
+"""Organization bootstrap webhook (admin-api.md §3): JSON POST, 30 s timeout, never blocking forever."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+
+_log = Logger()
+
+WEBHOOK_TIMEOUT = 30.0
+
+
+async def send_bootstrap_webhook(
+    url: str, payload: dict[str, Any], *, reactor: Any = None, timeout: float = WEBHOOK_TIMEOUT
+) -> bool:
+    """POST the payload; errors and non-2xx answers are logged, never raised."""
+    from treq.client import HTTPClient
+
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    try:
+        d = client.post(
+            url,
+            data=json.dumps(payload).encode("utf8"),
+            headers={b"content-type": [b"application/json; charset=utf-8"]},
+        )
+        d.addTimeout(timeout, reactor)
+        response = await d
+        body = response.content()
+        body.addTimeout(timeout, reactor)
+        await body
+        if not 200 <= response.code < 300:
+            _log.warn(
+                "Bootstrap webhook {url} answered {code}", url=url, code=response.code
+            )
+            return False
+        return True
+    except (Exception, defer.CancelledError) as exc:
+        _log.warn("Bootstrap webhook {url} failed: {error}", url=url, error=str(exc) or type(exc).__name__)
+        return False
+    finally:
+        await pool.closeCachedConnections()
