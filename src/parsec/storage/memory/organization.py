@@ -153,8 +153,9 @@ class MemoryOrganizationStorage:
         per_profile = {p: [0, 0] for p in ("ADMIN", "STANDARD", "OUTSIDER")}
         for user in data.users.values():
             per_profile[user.profile][1 if user.revoked_on is not None else 0] += 1
-        stats_hook = data.domains.get("stats")
-        data_size, metadata_size, realms = stats_hook(data) if stats_hook else (0, 0, 0)
+        # The realm domain's state (if any realm exists) knows its sizes.
+        realm_state = data.domains.get("realm")
+        data_size, metadata_size, realms = realm_state.stats() if realm_state is not None else (0, 0, 0)
         return OrganizationStats(
             data_size=data_size,
             metadata_size=metadata_size,
