@@ -60,7 +60,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self.sendMessage(self._hs.build_challenge(self.factory.app.now()), isBinary=True)
         except Exception:
             _log.failure("Cannot start the handshake")
-            self.sendClose(code=1011)
+            self.sendCloseFrame(code=1011, isReply=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._state == _CLOSED:
@@ -100,7 +100,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         _log.failure("Unexpected error on a websocket connection", failure=failure)
         if self._state != _CLOSED:
             self._state = _CLOSED
-            self.sendClose(code=1011)
+            self.sendCloseFrame(code=1011, isReply=False)
 
     async def _handshake(self, payload: bytes) -> None:
         assert self._hs is not None
@@ -192,7 +192,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._state = _CLOSED
             if self._current is not None:
                 self._current.cancel()
-            self.sendClose(code=1001)
+            # Autobahn's sendClose() only accepts 1000 and 3000-4999 from applications;
+            # 1001 "going away" is the right code for a server shutting down.
+            self.sendCloseFrame(code=1001, isReply=False)
         return self.is_closed
 
 

@@ -1,23 +1,123 @@
-"""In-memory invitations and conduits."""
+"""In-memory invitations and conduits (invitations.md)."""
 
 from __future__ import annotations
 
-from uuid import UUID
+from datetime import datetime
+from uuid import UUID, uuid4
 
-from parsec.backend.models import Invitation
-from parsec.backend.storage import NotFoundError
+import attrs
+
+from parsec.backend.conduit import ConduitListenCtx, ConduitSlots, conduit_listen, conduit_talk
+from parsec.backend.models import HumanHandle, Invitation
+from parsec.backend.storage import (
+    AlreadyDeletedError,
+    AlreadyMemberError,
+    NotFoundError,
+)
 from parsec.storage.memory.organization import MemoryDatastore
+
+
+@attrs.define
+class _Entry:
+    invitation: Invitation
+    conduit: ConduitSlots = attrs.field(factory=ConduitSlots)
 
 
 class MemoryInviteStorage:
     def __init__(self, store: MemoryDatastore) -> None:
         self._store = store
 
-    def _invitations(self, organization_id: str) -> dict[UUID, Invitation]:
+    def _entries(self, organization_id: str) -> dict[UUID, _Entry]:
         return self._store.domain(organization_id, "invitations", dict)
 
     async def info(self, organization_id: str, token: UUID) -> Invitation:
         try:
-            return self._invitations(organization_id)[token]
+            return self._entries(organization_id)[token].invitation
         except KeyError:
             raise NotFoundError() from None
+
+    async def new(
+        self,
+        organization_id: str,
+        greeter_user_id: str,
+        greeter_human_handle: HumanHandle | None,
+        type: str,
+        claimer_email: str | None,
+        created_on: datetime,
+    ) -> Invitation:
+        entries = self._entries(organization_id)
+        if type == "USER":
+            assert claimer_email is not None
+            data = self._store.get(organization_id)
+            for user in data.users.values():
+                if (
+                    user.human_handle
+                    and user.human_handle[0] == claimer_email
+                    and not user.is_revoked(created_on)
+                ):
+                    raise AlreadyMemberError()
+        for entry in entries.values():
+            inv = entry.invitation
+            if (
+                not inv.is_deleted
+                and inv.greeter_user_id == greeter_user_id
+                and inv.type == type
+                and inv.claimer_email == claimer_email
+            ):
+                return inv
+        invitation = Invitation(
+            token=uuid4(),
+            type=type,
+            greeter_user_id=greeter_user_id,
+            greeter_human_handle=greeter_human_handle,
+            created_on=created_on,
+            claimer_email=claimer_email,
+        )
+        entries[invitation.token] = _Entry(invitation)
+        return invitation
+
+    async def delete(
+        self, organization_id: str, greeter_user_id: str, token: UUID, on: datetime, reason: str
+    ) -> None:
+        entry = self._entries(organization_id).get(token)
+        if entry is None or entry.invitation.greeter_user_id != greeter_user_id:
+            raise NotFoundError()
+        if entry.invitation.is_deleted:
+            raise AlreadyDeletedError()
+        entry.invitation = attrs.evolve(entry.invitation, deleted_on=on, deleted_reason=reason)
+
+    async def list(self, organization_id: str, greeter_user_id: str) -> list[Invitation]:
+        invitations = [
+            e.invitation
+            for e in self._entries(organization_id).values()
+            if e.invitation.greeter_user_id == greeter_user_id and not e.invitation.is_deleted
+        ]
+        return sorted(invitations, key=lambda inv: inv.created_on)
+
+    def _locate(self, organization_id: str, token: UUID, greeter_user_id: str | None) -> _Entry:
+        try:
+            entry = self._entries(organization_id)[token]
+        except (KeyError, NotFoundError):
+            raise NotFoundError() from None
+        if greeter_user_id is not None and entry.invitation.greeter_user_id != greeter_user_id:
+            raise NotFoundError()
+        if entry.invitation.is_deleted:
+            raise AlreadyDeletedError()
+        return entry
+
+    async def conduit_talk(
+        self,
+        organization_id: str,
+        token: UUID,
+        greeter_user_id: str | None,
+        state: str,
+        payload: bytes,
+    ) -> ConduitListenCtx:
+        entry = self._locate(organization_id, token, greeter_user_id)
+        return conduit_talk(entry.conduit, greeter_user_id is not None, state, payload)
+
+    async def conduit_listen(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
+    ) -> tuple[bytes | None, bool]:
+        entry = self._locate(organization_id, token, greeter_user_id)
+        return conduit_listen(entry.conduit, ctx)
