@@ -35,6 +35,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "hypothesis>=6",
             "sentry-sdk>=1.40",
             "boto3",
             "python-swiftclient",

@@ -1,0 +1,170 @@
+"""Shared HTTP plumbing of the S3 and Swift blockstores.
+
+Each store owns one treq client on its own `HTTPConnectionPool` (closed by `stop`), never
+follows redirects, and bounds every operation (connect + request + body, authentication
+included) by one timeout, so a hung server surfaces as a `BlockStoreError` in time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+
+from parsec.blockstore.base import BlockStoreError, log_block_error
+
+T = TypeVar("T")
+
+# Idle keep-alive connections are dropped before servers usually drop them themselves.
+_IDLE_CONNECTION_SECONDS = 20
+_MAX_IDLE_CONNECTIONS_PER_HOST = 16
+
+
+@attrs.frozen
+class HTTPReply:
+    code: int
+    phrase: str
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name.encode("ascii"))
+        return values[0].decode("latin-1") if values else None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+
+class HTTPStoreFailure(Exception):
+    """Internal: one-line reason, turned into a BlockStoreError naming the store."""
+
+
+def _describe_failure(failure: Failure | BaseException) -> str:
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, ResponseFailed | ResponseNeverReceived | RequestTransmissionFailed) and exc.reasons:
+        inner = exc.reasons[0]
+        return f"{type(exc).__name__}: {_describe_failure(inner)}"
+    text = str(exc).strip().replace("\n", " ") or "no details"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _is_cancellation(exc: Exception) -> bool:
+    if isinstance(exc, ResponseFailed | ResponseNeverReceived | RequestTransmissionFailed):
+        return any(reason.check(defer.CancelledError) for reason in exc.reasons)
+    return False
+
+
+def _is_stale_connection(exc: Exception) -> bool:
+    # The server closed an idle keep-alive connection just as we reused it: nothing was
+    # answered, so sending again (on a new connection) is safe for our idempotent requests.
+    if isinstance(exc, ResponseNeverReceived | RequestTransmissionFailed):
+        return any(reason.check(ConnectionDone, ConnectionLost) for reason in exc.reasons)
+    return False
+
+
+class HTTPBlockStore:
+    """Base of the HTTP stores: pool, bounded operations, failure logging."""
+
+    description: str
+
+    def __init__(self, description: str, *, reactor: Any = None, timeout: float = 30.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.description = description
+        self._reactor: IReactorTime = reactor
+        self._timeout = timeout
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS_PER_HOST
+        self._pool.cachedConnectionTimeout = _IDLE_CONNECTION_SECONDS
+        self._http = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=timeout))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description})"
+
+    async def stop(self) -> None:
+        await self._pool.closeCachedConnections()
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> HTTPReply:
+        """One HTTP exchange, body read in full. Transport errors become HTTPStoreFailure."""
+        for attempt in (1, 2):
+            try:
+                response = await self._http.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+                content = await response.content()
+            except defer.CancelledError:
+                raise
+            except Exception as exc:
+                if _is_cancellation(exc):
+                    # The Agent reports its own cancellation wrapped; it is ours (timeout, RAID loser).
+                    raise defer.CancelledError() from exc
+                if attempt == 1 and _is_stale_connection(exc):
+                    continue
+                raise HTTPStoreFailure(f"{method} failed: {_describe_failure(exc)}") from exc
+            phrase = response.phrase.decode("latin-1") if isinstance(response.phrase, bytes) else ""
+            return HTTPReply(code=response.code, phrase=phrase, headers=response.headers, body=content)
+        raise AssertionError("unreachable")
+
+    async def _bounded(self, operation: Callable[[], Coroutine[Any, Any, T]], what: str) -> T:
+        """Run `operation` within the timeout; any failure becomes a BlockStoreError naming the store.
+
+        Cancellation from the caller (e.g. a RAID cancelling a losing node) is passed through as
+        is: it is not a failure of this store.
+        """
+        deferred: defer.Deferred[T] = defer.Deferred.fromCoroutine(operation())
+        deferred.addTimeout(self._timeout, self._reactor)
+        try:
+            return await deferred
+        except defer.TimeoutError:
+            raise BlockStoreError(self.description, f"{what}: no answer within {self._timeout:g} s") from None
+        except HTTPStoreFailure as exc:
+            raise BlockStoreError(self.description, f"{what}: {exc}") from None
+
+    async def _block_operation(
+        self,
+        kind: Literal["read", "create"],
+        organization_id: str,
+        block_id: uuid.UUID,
+        operation: Callable[[], Coroutine[Any, Any, T]],
+    ) -> T:
+        """`_bounded` plus the `Block read error` / `Block create error` log line on failure."""
+        try:
+            return await self._bounded(operation, kind)
+        except BlockStoreError as exc:
+            log_block_error(kind, exc, organization_id, block_id)
+            raise
+
+    async def _start_checked(self, check: Callable[[], Coroutine[Any, Any, None]], what: str) -> None:
+        """Start-up check; on failure the pool is closed so that nothing is left behind."""
+        try:
+            await self._bounded(check, what)
+        except BaseException:
+            await self.stop()
+            raise
+
+
+def error_reason(reply: HTTPReply, detail: str = "") -> str:
+    reason = f"HTTP {reply.code} {reply.phrase}".rstrip()
+    return f"{reason} ({detail})" if detail else reason

@@ -1,0 +1,62 @@
+"""Build a BlockStore from its parsed configuration (see `config.parse_blockstore_params`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parsec.blockstore.base import BlockStore
+from parsec.blockstore.config import (
+    BlockStoreConfig,
+    MockedBlockStoreConfig,
+    PostgreSQLBlockStoreConfig,
+    RaidBlockStoreConfig,
+    S3BlockStoreConfig,
+    SingleBlockStoreConfig,
+    SwiftBlockStoreConfig,
+)
+from parsec.blockstore.memory import MemoryBlockStore
+from parsec.blockstore.raid import RAID0BlockStore, RAID1BlockStore, RAID5BlockStore
+from parsec.blockstore.swift import SwiftBlockStore
+
+
+class BlockStoreUnavailableError(Exception):
+    """The configuration cannot be served (e.g. POSTGRESQL blockstore without a PostgreSQL pool)."""
+
+
+def _build_single(config: SingleBlockStoreConfig, reactor: Any, pg_pool: Any, timeout: float) -> BlockStore:
+    if isinstance(config, MockedBlockStoreConfig):
+        return MemoryBlockStore()
+    if isinstance(config, PostgreSQLBlockStoreConfig):
+        if pg_pool is None:
+            raise BlockStoreUnavailableError("PostgreSQL block store is not available")
+        # Written separately; imported only when configured.
+        from parsec.blockstore.postgresql import PostgreSQLBlockStore
+
+        store: BlockStore = PostgreSQLBlockStore(pg_pool)
+        return store
+    if isinstance(config, S3BlockStoreConfig):
+        from parsec.blockstore.s3 import S3BlockStore  # botocore is slow to import: only when used
+
+        return S3BlockStore(config, reactor=reactor, timeout=timeout)
+    if isinstance(config, SwiftBlockStoreConfig):
+        return SwiftBlockStore(config, reactor=reactor, timeout=timeout)
+    raise TypeError(f"unknown blockstore config {type(config).__name__}")
+
+
+def build_blockstore(
+    config: BlockStoreConfig, *, reactor: Any = None, pg_pool: Any = None, timeout: float = 30.0
+) -> BlockStore:
+    """A new, not yet started, store: call `await store.start()` then, at shutdown, `stop()`.
+
+    `timeout` bounds every S3/Swift request (seconds). Raises BlockStoreUnavailableError, or
+    ValueError for an invalid RAID (e.g. RAID5 with fewer than 3 nodes).
+    """
+    if isinstance(config, RaidBlockStoreConfig):
+        raid_classes = {"RAID0": RAID0BlockStore, "RAID1": RAID1BlockStore, "RAID5": RAID5BlockStore}
+        try:
+            raid_class = raid_classes[config.type.upper()]
+        except KeyError:
+            raise ValueError(f"Invalid multi blockstore mode `{config.type}`") from None
+        nodes = [_build_single(node, reactor, pg_pool, timeout) for node in config.nodes]
+        return raid_class(nodes, partial_create_ok=config.partial_create_ok)
+    return _build_single(config, reactor, pg_pool, timeout)

@@ -1,0 +1,279 @@
+"""Fixtures of the blockstore tests.
+
+* `objectstore`: a real Swift (+ S3 API) on loopback for the whole session, started with
+  `<repo>/../shared/objectstore/start-swift` (Debian packages: swift swift-proxy swift-account
+  swift-container swift-object memcached). Tests using it are marked `objectstore`; deselect
+  them with `-m "not objectstore"`.
+* `swift_admin`: raw Swift requests (to look at objects behind the stores' back).
+* `hung_server`: a loopback TCP server that accepts and never answers.
+* `captured_logs`: twisted.logger events emitted during the test.
+* fake stores for the RAID fault tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from twisted.internet import defer, protocol
+from twisted.logger import globalLogPublisher
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from parsec.blockstore.base import BlockStoreError
+from parsec.blockstore.config import S3BlockStoreConfig, SwiftBlockStoreConfig
+from parsec.blockstore.memory import MemoryBlockStore
+
+REPO = Path(__file__).resolve().parents[2]
+OBJECTSTORE_SCRIPTS = Path(
+    os.environ.get("PARSEC_OBJECTSTORE_SCRIPTS", REPO.parent / "shared" / "objectstore")
+)
+CONTAINERS = ("blocks", "node0", "node1", "node2", "node3")
+
+
+# --- real object store --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ObjectStore:
+    env: dict[str, str]
+
+    @property
+    def endpoint(self) -> str:
+        return self.env["S3_ENDPOINT"]
+
+    @property
+    def auth_url(self) -> str:
+        return self.env["SWIFT_AUTH_URL"]
+
+    def s3(self, bucket: str) -> S3BlockStoreConfig:
+        return S3BlockStoreConfig(
+            endpoint_url=self.endpoint,
+            region=self.env["S3_REGION"],
+            bucket=bucket,
+            key=self.env["S3_ACCESS_KEY"],
+            secret=self.env["S3_SECRET_KEY"],
+        )
+
+    def swift(self, container: str) -> SwiftBlockStoreConfig:
+        # parsec's <user>:<tenant> is tempauth's <account>:<user>
+        account, user = self.env["SWIFT_USER"].split(":", 1)
+        return SwiftBlockStoreConfig(
+            auth_url=self.auth_url,
+            tenant=user,
+            container=container,
+            user=account,
+            password=self.env["SWIFT_KEY"],
+        )
+
+
+@pytest.fixture(scope="session")
+def objectstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    start = OBJECTSTORE_SCRIPTS / "start-swift"
+    stop = OBJECTSTORE_SCRIPTS / "stop-swift"
+    if not start.exists():
+        pytest.fail(f"{start} not found (the shared/ checkout must sit beside the repository)")
+    run_dir = tmp_path_factory.mktemp("swift")
+    try:
+        result = subprocess.run(
+            ["bash", str(start), str(run_dir), *CONTAINERS],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "START_SWIFT_WATCH_PID": str(os.getpid())},
+        )
+        if result.returncode != 0:
+            pytest.fail(f"start-swift failed (status {result.returncode}):\n{result.stderr[-3000:]}")
+        env = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        yield ObjectStore(env=env)
+    finally:
+        subprocess.run(["bash", str(stop), str(run_dir)], check=False, timeout=60)
+
+
+class SwiftAdmin:
+    """Plain Swift v1 calls, independent from the code under test."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        from twisted.internet import reactor
+
+        self._store = store
+        self._pool = HTTPConnectionPool(reactor)
+        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._token: str | None = None
+        self._storage_url: str | None = None
+
+    async def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        if self._token is None:
+            response = await self._http.get(
+                self._store.auth_url,
+                headers={
+                    "X-Auth-User": self._store.env["SWIFT_USER"],
+                    "X-Auth-Key": self._store.env["SWIFT_KEY"],
+                },
+            )
+            await response.content()
+            self._token = response.headers.getRawHeaders("X-Auth-Token")[0]
+            self._storage_url = response.headers.getRawHeaders("X-Storage-Url")[0]
+        response = await self._http.request(
+            method, f"{self._storage_url}/{path}", headers={"X-Auth-Token": self._token}, data=body
+        )
+        return response.code, await response.content()
+
+    async def put_container(self, container: str) -> None:
+        code, _ = await self._request("PUT", quote(container, safe=""))
+        assert code in (201, 202), code
+
+    async def delete_container(self, container: str) -> None:
+        """Delete a container and everything in it."""
+        code, listing = await self._request("GET", quote(container, safe=""))
+        assert code in (200, 204), code
+        for name in listing.decode().splitlines():
+            code, _ = await self._request("DELETE", f"{quote(container, safe='')}/{quote(name, safe='/')}")
+            assert code == 204, code
+        code, _ = await self._request("DELETE", quote(container, safe=""))
+        assert code == 204, code
+
+    async def list(self, container: str) -> list[str]:
+        code, listing = await self._request("GET", quote(container, safe=""))
+        assert code in (200, 204), code
+        return listing.decode().splitlines()
+
+    async def get(self, container: str, name: str) -> bytes | None:
+        code, body = await self._request("GET", f"{quote(container, safe='')}/{quote(name, safe='/')}")
+        if code == 404:
+            return None
+        assert code == 200, code
+        return body
+
+    async def close(self) -> None:
+        await self._pool.closeCachedConnections()
+
+
+@pytest_twisted.async_yield_fixture
+async def swift_admin(objectstore: ObjectStore) -> Any:
+    admin = SwiftAdmin(objectstore)
+    yield admin
+    await admin.close()
+
+
+# --- misbehaving servers ------------------------------------------------------------------------
+
+
+class _Silent(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.discard(self)  # type: ignore[attr-defined]
+
+
+@pytest_twisted.async_yield_fixture
+async def hung_server() -> Any:
+    """`http://127.0.0.1:<port>`: accepts connections, reads requests, never answers."""
+    from twisted.internet import reactor
+
+    factory = protocol.Factory.forProtocol(_Silent)
+    factory.connections = set()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}"
+    for connection in list(factory.connections):  # type: ignore[attr-defined]
+        connection.transport.abortConnection()
+    await port.stopListening()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """`http://127.0.0.1:<port>` where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --- logs and reactor hygiene -----------------------------------------------------------------
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_delayed_calls() -> Iterator[None]:
+    """pytest-twisted does not check for a dirty reactor: fail on leftover timers (pools not closed)."""
+    from twisted.internet import reactor
+
+    before = set(reactor.getDelayedCalls())
+    yield
+    leftover = [call for call in reactor.getDelayedCalls() if call not in before and call.active()]
+    assert not leftover, f"delayed calls left behind: {leftover}"
+
+
+# --- fake stores for fault tests ------------------------------------------------------------------
+
+
+class FakeStore(MemoryBlockStore):
+    """A memory store that can be told to fail or to hang (cancellably) on read or create."""
+
+    def __init__(self, name: str = "fake") -> None:
+        super().__init__()
+        self.description = name
+        self.fail_read = False
+        self.fail_create = False
+        self.hang_read = False
+        self.hang_create = False
+        self.fail_start = False
+        self.stopped = 0
+        self.cancelled = 0
+        self.reads = 0
+        self.creates = 0
+
+    @property
+    def blocks(self) -> dict[tuple[str, uuid.UUID], bytes]:
+        return self._blocks
+
+    async def _hang(self) -> None:
+        def count_cancel(_: defer.Deferred[None]) -> None:
+            self.cancelled += 1
+
+        await defer.Deferred(count_cancel)
+
+    async def start(self) -> None:
+        if self.fail_start:
+            raise BlockStoreError(self.description, "start refused by the test")
+
+    async def stop(self) -> None:
+        self.stopped += 1
+
+    async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
+        self.reads += 1
+        if self.hang_read:
+            await self._hang()
+        if self.fail_read:
+            raise BlockStoreError(self.description, "read refused by the test")
+        return await super().read(organization_id, block_id)
+
+    async def create(self, organization_id: str, block_id: uuid.UUID, block: bytes) -> None:
+        self.creates += 1
+        if self.hang_create:
+            await self._hang()
+        if self.fail_create:
+            raise BlockStoreError(self.description, "create refused by the test")
+        await super().create(organization_id, block_id, block)
+
+
+@pytest.fixture
+def fake_stores() -> list[FakeStore]:
+    return [FakeStore(f"fake{i}") for i in range(16)]
