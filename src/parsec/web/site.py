@@ -158,11 +158,8 @@ class RootResource(Resource):
             return self._ws.render(request)
 
         raw_path = request.path.decode("latin1")
-        try:
-            path = unquote_plus(raw_path, encoding="utf8", errors="strict")
-        except UnicodeDecodeError:
-            finish(request, 400)
-            return server.NOT_DONE_YET
+        # Invalid UTF-8 escapes become U+FFFD: no route or identifier accepts it.
+        path = unquote_plus(raw_path, encoding="utf8", errors="replace")
         method = request.method
         segments = path.split("/")[1:] if path.startswith("/") else [path]
 
