@@ -14,6 +14,7 @@ storage. twistd waits for the Deferred returned by stopService.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -179,9 +180,32 @@ class ParsecService(service.MultiService):
                 _log.failure("Error while stopping")
 
 
+def install_clean_exit_signal_handlers(reactor: Any) -> None:
+    """SIGTERM/SIGINT: stop gracefully and exit with status 0.
+
+    Twisted's own handlers make twistd re-kill itself with the signal once stopped
+    (exit status 143); a daemon that shut down cleanly should report success.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        _log.info("Received signal {signum}, shutting down", signum=signum)
+        reactor.callFromThread(reactor.stop)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    reactor.callWhenRunning(install)
+
+
 def make_service(config: ServerConfig, *, reactor: Any = None) -> ParsecService:
     from parsec.options import startup_line
 
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
     svc = ParsecService(config, reactor=reactor)
+    install_clean_exit_signal_handlers(reactor)
     print(startup_line(config), flush=True)
     return svc
