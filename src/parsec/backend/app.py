@@ -275,13 +275,14 @@ class BackendApp:
         )
 
     async def _handshake_anonymous_v1(self, answer: AnonymousV1Answer) -> AnonymousContext:
-        org_component = self.component(_organization_component())
+        from parsec.backend.organization import OrganizationComponent
+
         try:
             org = await self.storage.organization.get(answer.organization_id)
         except NotFoundError:
             if not self.config.spontaneous_organization_bootstrap:
                 raise bad_identity() from None
-            org = await org_component.spontaneous_create(answer.organization_id)
+            org = await self.component(OrganizationComponent).spontaneous_create(answer.organization_id)
         if org.is_expired:
             raise self._expired(org.organization_id)
         if answer.rvk is not None and answer.rvk != org.root_verify_key:
@@ -299,8 +300,3 @@ class BackendApp:
                 )
             )
 
-
-def _organization_component() -> type:
-    from parsec.backend.organization import OrganizationComponent
-
-    return OrganizationComponent
