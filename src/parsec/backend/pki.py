@@ -1,10 +1,208 @@
-"""pki commands (see commands.md)."""
+"""PKI enrollment (commands.md §12).
+
+An anonymous submitter posts an enrollment request over HTTP (`pki_enrollment_submit`) and
+polls it (`pki_enrollment_info`); an ADMIN lists, rejects or accepts it, accepting creating
+the user exactly as `user_create` would. The X.509 certificates and the payload signatures
+are opaque: the server only checks that the payloads decode.
+
+Every state change publishes `pki_enrollment.updated` (delivered to the ADMINs of the same
+organization only, DECISIONS.md).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from parsec.api import certificates as certs
+from parsec.backend.bus import BackendEvent
+from parsec.backend.command import (
+    ANONYMOUS,
+    AnonymousContext,
+    AuthenticatedContext,
+    Reply,
+    api,
+    ok,
+    status,
+)
+from parsec.backend.storage import (
+    ActiveUsersLimitReachedError,
+    AlreadyEnrolledError,
+    AlreadyExistsError,
+    AlreadySubmittedError,
+    EmailAlreadyUsedError,
+    EnrollmentIdAlreadyUsedError,
+    NoLongerAvailableError,
+    NotFoundError,
+    PkiAcceptance,
+    PkiEnrollment,
+    PkiStorage,
+)
+from parsec.backend.user import UserComponent, user_from_certificates
+
+PKI_ENROLLMENT_UPDATED = "pki_enrollment.updated"
+
+
+def _not_found() -> Reply:
+    # The reason key is present and empty (upstream tests compare it).
+    return status("not_found", "")
+
+
+def _no_longer_available() -> Reply:
+    return status("no_longer_available", "")
+
+
+def _info_reply(enrollment: PkiEnrollment) -> Reply:
+    state = enrollment.status
+    if state == "SUBMITTED":
+        return ok(enrollment_status=state, submitted_on=enrollment.submitted_on)
+    if state == "ACCEPTED":
+        return ok(
+            enrollment_status=state,
+            submitted_on=enrollment.submitted_on,
+            accepted_on=enrollment.accepted_on,
+            accepter_der_x509_certificate=enrollment.accepter_der_x509_certificate,
+            accept_payload_signature=enrollment.accept_payload_signature,
+            accept_payload=enrollment.accept_payload,
+        )
+    if state == "REJECTED":
+        return ok(
+            enrollment_status=state, submitted_on=enrollment.submitted_on, rejected_on=enrollment.rejected_on
+        )
+    if state == "CANCELLED":
+        return ok(
+            enrollment_status=state,
+            submitted_on=enrollment.submitted_on,
+            cancelled_on=enrollment.cancelled_on,
+        )
+    raise AssertionError(f"unknown enrollment status {state!r}")
+
 
 class PkiComponent:
     def __init__(self, app: Any) -> None:
         self._app = app
+
+    @property
+    def _storage(self) -> PkiStorage:
+        return self._app.storage.pki
+
+    def _updated(self, organization_id: str) -> None:
+        self._app.bus.publish(BackendEvent(PKI_ENROLLMENT_UPDATED, organization_id, {}))
+
+    # ---- anonymous (HTTP) ----------------------------------------------------------------
+
+    @api("pki_enrollment_submit", kinds=(ANONYMOUS,))
+    async def api_pki_enrollment_submit(self, ctx: AnonymousContext, req: dict[str, Any]) -> Reply:
+        try:
+            certs.load_pki_submit_payload(req["submit_payload"])
+        except certs.CertificateError as exc:
+            return status("invalid_payload_data", str(exc))
+        now = self._app.now()
+        enrollment = PkiEnrollment(
+            enrollment_id=req["enrollment_id"],
+            submitter_der_x509_certificate=req["submitter_der_x509_certificate"],
+            submit_payload_signature=req["submit_payload_signature"],
+            submit_payload=req["submit_payload"],
+            submitted_on=now,
+        )
+        # Absent (clients < 2.8.3), nil or "": no e-mail check.
+        email = req.get("submitter_der_x509_certificate_email") or None
+        try:
+            cancelled = await self._storage.submit(ctx.organization_id, enrollment, req["force"], email, now)
+        except EnrollmentIdAlreadyUsedError:
+            return status("enrollment_id_already_used")
+        except AlreadySubmittedError as exc:
+            return status("already_submitted", submitted_on=exc.submitted_on)
+        except AlreadyEnrolledError:
+            return status("already_enrolled")
+        except EmailAlreadyUsedError:
+            return status("email_already_used")
+        if cancelled is not None:
+            self._updated(ctx.organization_id)
+        self._updated(ctx.organization_id)
+        return ok(submitted_on=now)
+
+    @api("pki_enrollment_info", kinds=(ANONYMOUS,))
+    async def api_pki_enrollment_info(self, ctx: AnonymousContext, req: dict[str, Any]) -> Reply:
+        try:
+            enrollment = await self._storage.info(ctx.organization_id, req["enrollment_id"])
+        except NotFoundError:
+            return _not_found()
+        return _info_reply(enrollment)
+
+    # ---- authenticated, ADMIN ------------------------------------------------------------
+
+    @api("pki_enrollment_list", admin_only=True)
+    async def api_pki_enrollment_list(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        enrollments = await self._storage.list_submitted(ctx.organization_id)
+        return ok(
+            enrollments=[
+                {
+                    "enrollment_id": e.enrollment_id,
+                    "submitted_on": e.submitted_on,
+                    "submitter_der_x509_certificate": e.submitter_der_x509_certificate,
+                    "submit_payload_signature": e.submit_payload_signature,
+                    "submit_payload": e.submit_payload,
+                }
+                for e in enrollments
+            ]
+        )
+
+    @api("pki_enrollment_reject", admin_only=True)
+    async def api_pki_enrollment_reject(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        try:
+            await self._storage.reject(ctx.organization_id, req["enrollment_id"], self._app.now())
+        except NotFoundError:
+            return _not_found()
+        except NoLongerAvailableError:
+            return _no_longer_available()
+        self._updated(ctx.organization_id)
+        return ok()
+
+    @api("pki_enrollment_accept", admin_only=True)
+    async def api_pki_enrollment_accept(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        try:
+            certs.load_pki_accept_payload(req["accept_payload"])
+        except certs.CertificateError as exc:
+            return status("invalid_payload_data", str(exc))
+        now = self._app.now()
+        try:
+            validated = certs.validate_new_user(
+                author=ctx.device_id,
+                author_verify_key=ctx.verify_key,
+                user_certificate=req["user_certificate"],
+                device_certificate=req["device_certificate"],
+                redacted_user_certificate=req["redacted_user_certificate"],
+                redacted_device_certificate=req["redacted_device_certificate"],
+                now=now,
+            )
+        except certs.CertificateValidationError as exc:
+            return status(exc.status, exc.reason)
+        user, device = user_from_certificates(validated, req, ctx.device_id)
+        # DECISIONS.md: an organization refusing outsiders refuses them here too.
+        refused = await self._app.component(UserComponent).check_outsider_allowed(
+            ctx.organization_id, user.profile
+        )
+        if refused is not None:
+            return refused
+        acceptance = PkiAcceptance(
+            accepter=ctx.device_id,
+            accepter_der_x509_certificate=req["accepter_der_x509_certificate"],
+            accept_payload_signature=req["accept_payload_signature"],
+            accept_payload=req["accept_payload"],
+            accepted_on=now,
+        )
+        try:
+            await self._storage.accept(
+                ctx.organization_id, req["enrollment_id"], acceptance, user, device, now
+            )
+        except NotFoundError:
+            return _not_found()
+        except NoLongerAvailableError:
+            return _no_longer_available()
+        except ActiveUsersLimitReachedError:
+            return status("active_users_limit_reached")
+        except AlreadyExistsError:
+            return status("already_exists", "")
+        self._app.bus.publish(BackendEvent("user.created", ctx.organization_id, {"user_id": user.user_id}))
+        self._updated(ctx.organization_id)
+        return ok()

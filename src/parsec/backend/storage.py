@@ -19,10 +19,18 @@ from parsec.backend.models import (
     Device,
     HumanFindResult,
     Invitation,
+    Message,
     Organization,
     OrganizationStats,
+    RealmGrant,
+    RealmStats,
+    RealmStatus,
+    ReencryptionBatchEntry,
     User,
     UserWithTrustchain,
+    VlobChanges,
+    VlobVersion,
+    VlobWrite,
 )
 
 
@@ -61,6 +69,105 @@ class AlreadyDeletedError(StorageError):
 
 class AlreadyMemberError(StorageError):
     pass
+
+
+# ---- realms, vlobs, blocks, messages ------------------------------------------------------
+# The component chooses the wire reply (and its reason text) from the exception type alone,
+# so storages raise the most specific class and never need a reason.
+
+
+class RealmNotFoundError(NotFoundError):
+    pass
+
+
+class VlobNotFoundError(NotFoundError):
+    pass
+
+
+class BlockNotFoundError(NotFoundError):
+    pass
+
+
+class UserNotFoundError(NotFoundError):
+    pass
+
+
+class NotAllowedError(StorageError):
+    """The connected user's realm role does not allow the operation."""
+
+
+class InMaintenanceError(StorageError):
+    pass
+
+
+class NotInMaintenanceError(StorageError):
+    pass
+
+
+class BadEncryptionRevisionError(StorageError):
+    pass
+
+
+class BadVersionError(StorageError):
+    pass
+
+
+class MaintenanceError(StorageError):
+    """Re-encryption not over (some vlob versions of the previous revision not re-encrypted)."""
+
+
+class ParticipantsMismatchError(StorageError):
+    pass
+
+
+class IncompatibleProfileError(StorageError):
+    pass
+
+
+class UserRevokedError(StorageError):
+    pass
+
+
+class AlreadyGrantedError(StorageError):
+    pass
+
+
+class RequireGreaterTimestampError(StorageError):
+    """A causality rule failed: the client must retry with a timestamp strictly greater than
+    `strictly_greater_than`."""
+
+    def __init__(self, strictly_greater_than: datetime) -> None:
+        super().__init__(strictly_greater_than=strictly_greater_than)
+        self.strictly_greater_than = strictly_greater_than
+
+
+# ---- PKI enrollments ------------------------------------------------------------------------
+
+
+class EnrollmentIdAlreadyUsedError(StorageError):
+    pass
+
+
+class AlreadySubmittedError(StorageError):
+    """The latest enrollment of the same X.509 certificate is still SUBMITTED (and the
+    submission was not forced)."""
+
+    def __init__(self, submitted_on: datetime) -> None:
+        super().__init__(submitted_on=submitted_on)
+        self.submitted_on = submitted_on
+
+
+class AlreadyEnrolledError(StorageError):
+    """The latest enrollment of the same X.509 certificate was accepted and the user it
+    created is not revoked."""
+
+
+class EmailAlreadyUsedError(StorageError):
+    pass
+
+
+class NoLongerAvailableError(StorageError):
+    """The enrollment is not SUBMITTED any more."""
 
 
 class UNSET_TYPE:
@@ -165,6 +272,243 @@ class InviteStorage(Protocol):
         """Any invitation of the organization, deleted or not. Raises NotFoundError."""
 
 
+# ---- realms, vlobs, blocks, messages ------------------------------------------------------
+#
+# Every method below is one atomic unit (one transaction, ideally one round trip): it reads the
+# facts it needs, applies the rules of `parsec.backend.realm_rules` IN THE ORDER those helpers
+# define (the first failing rule raises), then writes. `author` is always the connected device
+# and `user_id` the connected user; the author's role is read inside the same unit. Events are
+# not the storage's business: the component publishes them from the returned values.
+
+
+class RealmStorage(Protocol):
+    async def create(self, organization_id: str, grant: RealmGrant) -> None:
+        """New realm (encryption revision 1, no maintenance, checkpoint 0) whose first role is
+        `grant` (the creator as OWNER). Raises AlreadyExistsError."""
+
+    async def get_status(self, organization_id: str, user_id: str, realm_id: UUID) -> RealmStatus:
+        """Raises RealmNotFoundError, NotAllowedError (no current role)."""
+
+    async def get_stats(self, organization_id: str, user_id: str, realm_id: UUID) -> RealmStats:
+        """Raises RealmNotFoundError, NotAllowedError (no current role)."""
+
+    async def get_role_certificates(self, organization_id: str, user_id: str, realm_id: UUID) -> list[bytes]:
+        """Every role certificate of the realm, oldest first (by certificate timestamp).
+        Raises RealmNotFoundError, NotAllowedError (no current role)."""
+
+    async def update_roles(
+        self, organization_id: str, grant: RealmGrant, recipient_message: bytes | None
+    ) -> int | None:
+        """`realm_rules.check_update_roles` then: store the grant, bump the author user's last
+        role change, and append `recipient_message` (when non-empty) to the target's messages
+        (sender = grant author, timestamp = grant timestamp). Returns the message index, or
+        None when no message was stored. Raises UserNotFoundError, IncompatibleProfileError,
+        UserRevokedError, RealmNotFoundError, InMaintenanceError, NotAllowedError,
+        AlreadyGrantedError, RequireGreaterTimestampError."""
+
+    async def start_reencryption_maintenance(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        encryption_revision: int,
+        per_participant_message: dict[str, bytes],
+        timestamp: datetime,
+        now: datetime,
+    ) -> list[tuple[str, int]]:
+        """`realm_rules.check_start_reencryption` then: bump the revision, enter REENCRYPTION
+        maintenance (started by `author` on `timestamp`) and append one message per
+        participant (sender = author, timestamp = `timestamp`). "Participants" are the users
+        with a current role who are not revoked at `now`. Returns [(recipient, message index)]
+        in `per_participant_message` order. Raises RealmNotFoundError, InMaintenanceError,
+        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError."""
+
+    async def finish_reencryption_maintenance(
+        self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
+    ) -> None:
+        """`realm_rules.check_finish_reencryption` then leave maintenance. Raises
+        RealmNotFoundError, NotAllowedError, NotInMaintenanceError, BadEncryptionRevisionError,
+        MaintenanceError."""
+
+    async def get_realms_for_user(self, organization_id: str, user_id: str) -> dict[UUID, str]:
+        """realm id -> current (non-nil) role of the user."""
+
+
+class VlobStorage(Protocol):
+    async def create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        encryption_revision: int,
+        vlob_id: UUID,
+        timestamp: datetime,
+        blob: bytes,
+    ) -> VlobWrite:
+        """`realm_rules.check_vlob_create` then store version 1, bump the realm checkpoint and
+        the author user's last vlob write. Raises RealmNotFoundError, InMaintenanceError,
+        BadEncryptionRevisionError, NotAllowedError, RequireGreaterTimestampError,
+        AlreadyExistsError (vlob id used anywhere in the organization)."""
+
+    async def update(
+        self,
+        organization_id: str,
+        author: str,
+        encryption_revision: int,
+        vlob_id: UUID,
+        version: int,
+        timestamp: datetime,
+        blob: bytes,
+    ) -> VlobWrite:
+        """`realm_rules.check_vlob_update` then append the version (as `create`). Raises
+        VlobNotFoundError, InMaintenanceError, BadEncryptionRevisionError, NotAllowedError,
+        RequireGreaterTimestampError, BadVersionError."""
+
+    async def read(
+        self,
+        organization_id: str,
+        user_id: str,
+        encryption_revision: int,
+        vlob_id: UUID,
+        version: int | None,
+        timestamp: datetime | None,
+    ) -> VlobVersion:
+        """`version` wins over `timestamp` (highest version at or before it); neither = latest.
+        Raises VlobNotFoundError, InMaintenanceError, BadEncryptionRevisionError,
+        NotAllowedError, BadVersionError."""
+
+    async def poll_changes(
+        self, organization_id: str, user_id: str, realm_id: UUID, last_checkpoint: int
+    ) -> VlobChanges:
+        """Vlobs written after `last_checkpoint` and the realm's real current checkpoint.
+        Raises RealmNotFoundError, InMaintenanceError, NotAllowedError."""
+
+    async def list_versions(
+        self, organization_id: str, user_id: str, vlob_id: UUID
+    ) -> dict[int, tuple[datetime, str]]:
+        """version -> (timestamp, author). Raises VlobNotFoundError, InMaintenanceError,
+        NotAllowedError."""
+
+    async def get_reencryption_batch(
+        self, organization_id: str, user_id: str, realm_id: UUID, encryption_revision: int, size: int
+    ) -> list[ReencryptionBatchEntry]:
+        """Up to `size` versions of revision N-1 not yet re-encrypted (their N-1 blobs), in a
+        stable order. Raises RealmNotFoundError, NotInMaintenanceError,
+        BadEncryptionRevisionError, NotAllowedError."""
+
+    async def save_reencryption_batch(
+        self,
+        organization_id: str,
+        user_id: str,
+        realm_id: UUID,
+        encryption_revision: int,
+        batch: list[ReencryptionBatchEntry],
+    ) -> tuple[int, int]:
+        """Store each entry that exists at revision N-1 of this realm and is not yet at N (same
+        author and timestamp as the original; first write wins; others ignored). Returns
+        (total versions at N-1, versions present at N). Errors as `get_reencryption_batch`."""
+
+
+class BlockStorage(Protocol):
+    """Block metadata. The bytes live in the blockstore, written between `check_create` and
+    `record_create` (never inside a storage transaction)."""
+
+    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
+        """Raises RealmNotFoundError, InMaintenanceError, NotAllowedError, AlreadyExistsError
+        (block id used in the organization)."""
+
+    async def record_create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        block_id: UUID,
+        size: int,
+        created_on: datetime,
+    ) -> None:
+        """Record the metadata once the bytes are written. Raises AlreadyExistsError when a
+        concurrent creation of the same id won the race, RealmNotFoundError."""
+
+    async def check_read(self, organization_id: str, user_id: str, block_id: UUID) -> None:
+        """Raises BlockNotFoundError, InMaintenanceError, NotAllowedError."""
+
+
+class MessageStorage(Protocol):
+    async def get(self, organization_id: str, user_id: str, offset: int) -> list[Message]:
+        """The user's messages after position `offset`, in arrival order."""
+
+
+@attrs.frozen
+class PkiEnrollment:
+    """One PKI enrollment request and what became of it (storage.md §3). The X.509
+    certificates and the payloads are opaque bytes."""
+
+    enrollment_id: UUID
+    submitter_der_x509_certificate: bytes = attrs.field(repr=False)
+    submit_payload_signature: bytes = attrs.field(repr=False)
+    submit_payload: bytes = attrs.field(repr=False)
+    submitted_on: datetime
+    status: str = "SUBMITTED"  # SUBMITTED | ACCEPTED | REJECTED | CANCELLED
+    cancelled_on: datetime | None = None
+    rejected_on: datetime | None = None
+    accepted_on: datetime | None = None
+    accepter_der_x509_certificate: bytes | None = attrs.field(default=None, repr=False)
+    accept_payload_signature: bytes | None = attrs.field(default=None, repr=False)
+    accept_payload: bytes | None = attrs.field(default=None, repr=False)
+    accepter: str | None = None  # device id of the ADMIN who accepted
+    accepted_device: str | None = None  # device id created by the acceptance
+
+
+@attrs.frozen
+class PkiAcceptance:
+    """What `PkiStorage.accept` records on the enrollment."""
+
+    accepter: str  # the connected ADMIN device
+    accepter_der_x509_certificate: bytes = attrs.field(repr=False)
+    accept_payload_signature: bytes = attrs.field(repr=False)
+    accept_payload: bytes = attrs.field(repr=False)
+    accepted_on: datetime
+
+
+class PkiStorage(Protocol):
+    """PKI enrollments (commands.md §12). Every mutating method is one atomic unit,
+    serialized per organization with user creation and revocation (one transaction under
+    the organization's user/device write lock in PostgreSQL)."""
+
+    async def submit(
+        self, organization_id: str, enrollment: PkiEnrollment, force: bool, email: str | None, now: datetime
+    ) -> UUID | None:
+        """Store `enrollment` (SUBMITTED). In order: EnrollmentIdAlreadyUsedError (id known in
+        the organization); then the latest enrollment with the same certificate (compared by
+        SHA-1 of the DER bytes): SUBMITTED -> AlreadySubmittedError(submitted_on) unless
+        `force`, in which case it becomes CANCELLED (cancelled_on = `enrollment.submitted_on`);
+        ACCEPTED and its user not revoked at `now` -> AlreadyEnrolledError; then, when `email`
+        is given, EmailAlreadyUsedError if a user not revoked at `now` has exactly this
+        e-mail. Returns the id of the enrollment cancelled by `force`, or None."""
+
+    async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
+        """Raises NotFoundError."""
+
+    async def list_submitted(self, organization_id: str) -> list[PkiEnrollment]:
+        """The SUBMITTED enrollments, in submission order."""
+
+    async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
+        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED)."""
+
+    async def accept(
+        self,
+        organization_id: str,
+        enrollment_id: UUID,
+        acceptance: PkiAcceptance,
+        user: User,
+        device: Device,
+        now: datetime,
+    ) -> None:
+        """Create `user` + `device` and mark the enrollment ACCEPTED. In order: NotFoundError,
+        NoLongerAvailableError (not SUBMITTED), then the checks of `UserStorage.create_user`
+        (ActiveUsersLimitReachedError, AlreadyExistsError)."""
+
+
 @attrs.define
 class Storage:
     """Every domain storage of one backend (memory or PostgreSQL)."""
@@ -172,11 +516,11 @@ class Storage:
     organization: OrganizationStorage
     user: UserStorage
     invite: Any
-    realm: Any
-    vlob: Any
-    block: Any
-    message: Any
-    pki: Any
+    realm: RealmStorage
+    vlob: VlobStorage
+    block: BlockStorage
+    message: MessageStorage
+    pki: PkiStorage
 
     async def start(self) -> None:
         pass

@@ -43,6 +43,33 @@ class OrgData:
         return sum(1 for u in self.users.values() if u.revoked_on is None)
 
 
+def email_used_by_active_user(data: OrgData, email: str, now: datetime) -> bool:
+    """Whether a user not revoked at `now` has a human handle with exactly this e-mail."""
+    return any(
+        u.human_handle is not None and u.human_handle[0] == email and not u.is_revoked(now)
+        for u in data.users.values()
+    )
+
+
+def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) -> None:
+    """The checks and writes of a user creation (user_create, PKI accept), without yielding:
+    ActiveUsersLimitReachedError, then AlreadyExistsError(reason) for the user id, the human
+    handle (held by a user not revoked at `now`) and the device id."""
+    limit = data.organization.active_users_limit
+    if limit is not None and data.active_users_count() >= limit:
+        raise ActiveUsersLimitReachedError()
+    if user.user_id in data.users:
+        raise AlreadyExistsError(f"User `{user.user_id}` already exists")
+    if user.human_handle is not None and email_used_by_active_user(data, user.human_handle[0], now):
+        from parsec.backend.user import human_handle_taken_reason
+
+        raise AlreadyExistsError(human_handle_taken_reason(user.human_handle))
+    if device.device_id in data.devices:
+        raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
+    data.users[user.user_id] = user
+    data.devices[device.device_id] = device
+
+
 class MemoryDatastore:
     def __init__(self) -> None:
         self.orgs: dict[str, OrgData] = {}
@@ -177,28 +204,8 @@ class MemoryUserStorage:
             raise NotFoundError()
         return AuthenticatedIdentity(data.organization, data.users[device.user_id], device)
 
-    def _check_human_free(self, data: OrgData, user: User, now: datetime) -> None:
-        if user.human_handle is None:
-            return
-        email = user.human_handle[0]
-        for other in data.users.values():
-            if other.human_handle and other.human_handle[0] == email and not other.is_revoked(now):
-                from parsec.backend.user import human_handle_taken_reason
-
-                raise AlreadyExistsError(human_handle_taken_reason(user.human_handle))
-
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
-        data = self._store.get(organization_id)
-        limit = data.organization.active_users_limit
-        if limit is not None and data.active_users_count() >= limit:
-            raise ActiveUsersLimitReachedError()
-        if user.user_id in data.users:
-            raise AlreadyExistsError(f"User `{user.user_id}` already exists")
-        self._check_human_free(data, user, now)
-        if device.device_id in data.devices:
-            raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
-        data.users[user.user_id] = user
-        data.devices[device.device_id] = device
+        insert_new_user(self._store.get(organization_id), user, device, now)
 
     async def create_device(self, organization_id: str, device: Device) -> None:
         data = self._store.get(organization_id)
@@ -294,8 +301,4 @@ class MemoryUserStorage:
         )
 
     async def is_email_used_by_active_user(self, organization_id: str, email: str, now: datetime) -> bool:
-        data = self._store.get(organization_id)
-        return any(
-            u.human_handle and u.human_handle[0] == email and not u.is_revoked(now)
-            for u in data.users.values()
-        )
+        return email_used_by_active_user(self._store.get(organization_id), email, now)

@@ -1,10 +1,150 @@
-"""In-memory PKI enrollments."""
+"""In-memory PKI enrollments (`--db MOCKED`).
+
+Each organization's enrollments live in its `pki` domain. Every method runs its checks and
+writes without yielding to the reactor, which makes it atomic with respect to the user
+creations and revocations of the same process.
+"""
 
 from __future__ import annotations
 
-from parsec.storage.memory.organization import MemoryDatastore
+import hashlib
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from parsec.api import ids
+from parsec.backend.models import Device, User
+from parsec.backend.storage import (
+    AlreadyEnrolledError,
+    AlreadySubmittedError,
+    EmailAlreadyUsedError,
+    EnrollmentIdAlreadyUsedError,
+    NoLongerAvailableError,
+    NotFoundError,
+    PkiAcceptance,
+    PkiEnrollment,
+)
+from parsec.storage.memory.organization import (
+    MemoryDatastore,
+    OrgData,
+    email_used_by_active_user,
+    insert_new_user,
+)
+
+
+def certificate_digest(der_x509_certificate: bytes) -> bytes:
+    """How enrollments of the same certificate are recognized (SHA-1 of the DER bytes, as the
+    reference's production storage does)."""
+    return hashlib.sha1(der_x509_certificate, usedforsecurity=False).digest()
+
+
+@attrs.define
+class _PkiState:
+    # Insertion order is submission order.
+    enrollments: dict[UUID, PkiEnrollment] = attrs.field(factory=dict)
+    # certificate digest -> id of the latest enrollment submitted with that certificate
+    latest_by_certificate: dict[bytes, UUID] = attrs.field(factory=dict)
 
 
 class MemoryPkiStorage:
     def __init__(self, store: MemoryDatastore) -> None:
         self._store = store
+
+    def _state(self, organization_id: str) -> _PkiState:
+        return self._store.domain(organization_id, "pki", _PkiState)
+
+    async def submit(
+        self, organization_id: str, enrollment: PkiEnrollment, force: bool, email: str | None, now: datetime
+    ) -> UUID | None:
+        data = self._store.get(organization_id)
+        state = self._state(organization_id)
+        if enrollment.enrollment_id in state.enrollments:
+            raise EnrollmentIdAlreadyUsedError()
+        digest = certificate_digest(enrollment.submitter_der_x509_certificate)
+        to_cancel: UUID | None = None
+        previous_id = state.latest_by_certificate.get(digest)
+        if previous_id is not None:
+            previous = state.enrollments[previous_id]
+            if previous.status == "SUBMITTED":
+                if not force:
+                    raise AlreadySubmittedError(previous.submitted_on)
+                to_cancel = previous_id
+            elif previous.status == "ACCEPTED" and _accepted_user_is_active(data, previous, now):
+                raise AlreadyEnrolledError()
+        if email and email_used_by_active_user(data, email, now):
+            raise EmailAlreadyUsedError()
+        # Every check passed: write.
+        if to_cancel is not None:
+            state.enrollments[to_cancel] = attrs.evolve(
+                state.enrollments[to_cancel], status="CANCELLED", cancelled_on=enrollment.submitted_on
+            )
+        state.enrollments[enrollment.enrollment_id] = attrs.evolve(
+            enrollment,
+            status="SUBMITTED",
+            cancelled_on=None,
+            rejected_on=None,
+            accepted_on=None,
+            accepter_der_x509_certificate=None,
+            accept_payload_signature=None,
+            accept_payload=None,
+            accepter=None,
+            accepted_device=None,
+        )
+        state.latest_by_certificate[digest] = enrollment.enrollment_id
+        return to_cancel
+
+    async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
+        try:
+            return self._state(organization_id).enrollments[enrollment_id]
+        except KeyError:
+            raise NotFoundError() from None
+
+    async def list_submitted(self, organization_id: str) -> list[PkiEnrollment]:
+        return [e for e in self._state(organization_id).enrollments.values() if e.status == "SUBMITTED"]
+
+    def _submitted(self, state: _PkiState, enrollment_id: UUID) -> PkiEnrollment:
+        enrollment = state.enrollments.get(enrollment_id)
+        if enrollment is None:
+            raise NotFoundError()
+        if enrollment.status != "SUBMITTED":
+            raise NoLongerAvailableError()
+        return enrollment
+
+    async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
+        state = self._state(organization_id)
+        enrollment = self._submitted(state, enrollment_id)
+        state.enrollments[enrollment_id] = attrs.evolve(
+            enrollment, status="REJECTED", rejected_on=rejected_on
+        )
+
+    async def accept(
+        self,
+        organization_id: str,
+        enrollment_id: UUID,
+        acceptance: PkiAcceptance,
+        user: User,
+        device: Device,
+        now: datetime,
+    ) -> None:
+        data = self._store.get(organization_id)
+        state = self._state(organization_id)
+        enrollment = self._submitted(state, enrollment_id)
+        # Raises before writing anything when the user cannot be created.
+        insert_new_user(data, user, device, now)
+        state.enrollments[enrollment_id] = attrs.evolve(
+            enrollment,
+            status="ACCEPTED",
+            accepted_on=acceptance.accepted_on,
+            accepter_der_x509_certificate=acceptance.accepter_der_x509_certificate,
+            accept_payload_signature=acceptance.accept_payload_signature,
+            accept_payload=acceptance.accept_payload,
+            accepter=acceptance.accepter,
+            accepted_device=device.device_id,
+        )
+
+
+def _accepted_user_is_active(data: OrgData, enrollment: PkiEnrollment, now: datetime) -> bool:
+    assert enrollment.accepted_device is not None
+    user = data.users.get(ids.user_of(enrollment.accepted_device))
+    return user is not None and not user.is_revoked(now)
