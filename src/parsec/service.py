@@ -87,6 +87,8 @@ class ParsecService(service.MultiService):
         self._on_startup_failure = on_startup_failure or self._default_startup_failure
         self.storage, self.bus, self._storage_resources = self._build_storage()
         self.blockstore = self._build_blockstore()
+        self._email_trust_root = self._load_email_trust_root()
+        self.shutdown_grace = SHUTDOWN_WEBSOCKET_TIMEOUT
         self.app = BackendApp(
             config.backend,
             self.storage,
@@ -120,9 +122,18 @@ class ParsecService(service.MultiService):
         pg_pool = getattr(self._storage_resources, "pool", None)
         return build_blockstore(self.config.backend.blockstore, reactor=self.reactor, pg_pool=pg_pool)
 
+    def _load_email_trust_root(self) -> Any:
+        ca_file = self.config.backend.email.ca_file
+        if ca_file is None:
+            return None  # the platform trust store
+        from parsec.mail import load_trust_root
+
+        return load_trust_root(ca_file)
+
     async def _send_email(self, *args: Any, **kwargs: Any) -> str:
         from parsec.mail import send_invitation_email
 
+        kwargs.setdefault("trust_root", self._email_trust_root)
         return await send_invitation_email(*args, **kwargs)
 
     async def _webhook(self, payload: dict[str, Any]) -> None:
@@ -171,7 +182,7 @@ class ParsecService(service.MultiService):
         # 1. Stop accepting new connections.
         await defer.maybeDeferred(self.port_service.stopService)
         # 2. Close every websocket with 1001 (going away), bounded.
-        await self.ws_factory.close_all(SHUTDOWN_WEBSOCKET_TIMEOUT)
+        await self.ws_factory.close_all(grace=self.shutdown_grace)
         # 3. Stop the stores, in reverse order of start.
         for stop in (self.blockstore.stop, self.storage.stop):
             try:

@@ -35,7 +35,7 @@ UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
 # own limit is on msgpack bin values (1 MiB), strings are not limited.
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
-_HANDSHAKE, _HANDSHAKE_BUSY, _READY, _CLOSED = range(4)
+_HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
 
 
 class ParsecServerProtocol(WebSocketServerProtocol):
@@ -50,6 +50,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._current: defer.Deferred[Any] | None = None
         self._current_cancellable = False
         self._running = False
+        self._idle_waiters: list[defer.Deferred[None]] = []
 
     # ---- autobahn callbacks --------------------------------------------------------------
 
@@ -63,7 +64,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=1011, isReply=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self._state == _CLOSED:
+        if self._state in (_CLOSED, _DRAINING):
             return
         if not isBinary:
             self._protocol_error()
@@ -166,11 +167,15 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         finally:
             self._current = None
             self._current_cancellable = False
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
         _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
         self._send(reply)
 
     def _send(self, reply: dict[str, Any]) -> None:
-        if self._state == _READY:
+        # While draining for shutdown, the in-flight request still gets its reply.
+        if self._state in (_READY, _DRAINING):
             self.sendMessage(packb(reply), isBinary=True)
 
     def _protocol_error(self) -> None:
@@ -187,15 +192,28 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._current.cancel()
         self.sendClose(code=1000)
 
-    def shutdown_close(self) -> defer.Deferred[Any]:
-        if self._state != _CLOSED:
-            self._state = _CLOSED
-            if self._current is not None:
+    async def shutdown(self, grace: float, reactor: Any) -> None:
+        """Stop reading requests, let the in-flight one finish (bounded), close with 1001."""
+        if self._state == _CLOSED:
+            return
+        self._state = _DRAINING
+        self._incoming.clear()
+        if self._current is not None:
+            if self._current_cancellable:
                 self._current.cancel()
-            # Autobahn's sendClose() only accepts 1000 and 3000-4999 from applications;
-            # 1001 "going away" is the right code for a server shutting down.
-            self.sendCloseFrame(code=1001, isReply=False)
-        return self.is_closed
+            else:
+                idle: defer.Deferred[None] = defer.Deferred()
+                self._idle_waiters.append(idle)
+                idle.addTimeout(grace, reactor)
+                try:
+                    await idle
+                except defer.TimeoutError:
+                    if self._current is not None:
+                        self._current.cancel()
+        self._state = _CLOSED
+        # Autobahn's sendClose() only accepts 1000 and 3000-4999 from applications;
+        # 1001 "going away" is the right code for a server shutting down.
+        self.sendCloseFrame(code=1001, isReply=False)
 
 
 class ParsecWebSocketFactory(WebSocketServerFactory):
@@ -214,13 +232,18 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
         )
 
-    async def close_all(self, timeout: float = 5.0) -> None:
+    async def close_all(self, grace: float = 5.0, timeout: float = 5.0) -> None:
+        """Shutdown: drain every connection (requests get `grace` seconds), then wait for the
+        close handshakes (`timeout` seconds) before dropping whatever is left."""
         from twisted.internet import reactor
 
-        waits = [p.shutdown_close() for p in list(self.connections)]
-        if not waits:
+        protocols = list(self.connections)
+        if not protocols:
             return
-        done = defer.DeferredList(waits, consumeErrors=True)
+        await defer.DeferredList(
+            [defer.ensureDeferred(p.shutdown(grace, reactor)) for p in protocols], consumeErrors=True
+        )
+        done = defer.DeferredList([p.is_closed for p in protocols], consumeErrors=True)
         done.addTimeout(timeout, reactor)  # type: ignore[arg-type]
         try:
             await done
