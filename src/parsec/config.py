@@ -86,6 +86,9 @@ class EmailConfig:
     use_tls: bool = False  # plain connection upgraded with STARTTLS
     sender: str = "no-reply@parsec.com"
     language: str = "en"  # "en" or "fr"
+    # PEM file of the CA certificate(s) trusted for the SMTP server's certificate (SMTPS or
+    # STARTTLS) instead of the platform trust store, e.g. a private CA. Loaded at start-up.
+    ca_file: str | None = None
 
     @property
     def is_mocked(self) -> bool:

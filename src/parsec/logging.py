@@ -1,0 +1,342 @@
+"""twisted.logger observers for the server: level filter, CONSOLE or JSON lines, Sentry.
+
+* :func:`make_observer` builds the observer described by a :class:`LogConfig` (level filter in
+  front of a CONSOLE or JSON line writer). :func:`setup_logging` starts the global log system
+  with it (the `parsec` console script).
+* Under twistd the observer is built by :func:`twistd_observer`, a zero-argument factory that
+  ``parsec.tap.Options`` puts in twistd's ``logger`` option (twistd's AppLogger calls it before
+  starting the reactor). The settings it uses are stashed by the Options at parse time, the
+  only channel a zero-argument factory leaves.
+* :func:`start_sentry` initialises sentry-sdk and returns an observer that reports failures and
+  error/critical events as Sentry events (info/warning ones become breadcrumbs).
+
+Secrets: fields whose name looks like a token, password, secret, key or DSN are replaced by
+``<redacted>`` before anything is formatted, so a careless ``log.info("{token}", token=...)``
+does not leak either (see :func:`redact_event`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import attrs
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogBeginner,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+from zope.interface import implementer
+
+from parsec import __version__
+from parsec.config import ConfigError, LogConfig
+
+__all__ = [
+    "REDACTED",
+    "LineLogObserver",
+    "SentryLogObserver",
+    "make_observer",
+    "open_log_stream",
+    "redact_event",
+    "set_twistd_settings",
+    "setup_logging",
+    "start_sentry",
+    "twistd_observer",
+]
+
+REDACTED = "<redacted>"
+LEVELS: Mapping[str, LogLevel] = {
+    "DEBUG": LogLevel.debug,
+    "INFO": LogLevel.info,
+    "WARNING": LogLevel.warn,
+    "ERROR": LogLevel.error,
+    "CRITICAL": LogLevel.critical,
+}
+_LEVEL_NAMES: Mapping[LogLevel, str] = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warning",
+    LogLevel.error: "error",
+    LogLevel.critical: "critical",
+}
+_SENTRY_LEVELS: Mapping[LogLevel, str] = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warning",
+    LogLevel.error: "error",
+    LogLevel.critical: "fatal",
+}
+
+# Field names that may carry a secret. Deliberately broad ("key" also matches "public_key"):
+# a redacted harmless value costs less than a leaked credential.
+_SECRET_NAME_RE = re.compile(r"token|passw|secret|key|dsn|authori[sz]ation|credential|cookie", re.I)
+# Keys of legacy twisted.python.log events, redundant with the log_* ones.
+_LEGACY_KEYS = frozenset({"message", "isError", "system", "time", "format", "failure", "why", "printed"})
+_SIMPLE_TYPES = (str, int, float, bool, type(None))
+
+
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME_RE.search(name))
+
+
+def redact_event(event: LogEvent) -> LogEvent:
+    """A shallow copy of `event` where every secret-looking field holds ``<redacted>``."""
+    redacted = dict(event)
+    for name in event:
+        if not name.startswith("log_") and _is_secret_name(name):
+            redacted[name] = REDACTED
+    return redacted
+
+
+def _timestamp(event: LogEvent) -> str:
+    when = event.get("log_time")
+    moment = datetime.fromtimestamp(when, UTC) if isinstance(when, int | float) else datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _level_name(event: LogEvent) -> str:
+    level = event.get("log_level")
+    return _LEVEL_NAMES.get(level, "info") if level is not None else "info"
+
+
+def _fields(event: LogEvent) -> dict[str, Any]:
+    """The event's own simple fields (str/int/float/bool/None), already redacted."""
+    return {
+        name: value
+        for name, value in event.items()
+        if isinstance(name, str)
+        and not name.startswith("log_")
+        and name not in _LEGACY_KEYS
+        and isinstance(value, _SIMPLE_TYPES)
+    }
+
+
+def _traceback(event: LogEvent) -> str | None:
+    failure = event.get("log_failure")
+    if failure is None:
+        return None
+    try:
+        return str(failure.getTraceback()).rstrip("\n")
+    except Exception:  # a broken failure must not break logging
+        return repr(failure)
+
+
+def _message(event: LogEvent) -> str:
+    text = formatEvent(event)
+    return text if text is not None else ""
+
+
+def format_json(event: LogEvent) -> str:
+    """One JSON object (no newline inside) for an event that was already redacted."""
+    record: dict[str, Any] = dict(_fields(event))
+    record.update(
+        event=_message(event),
+        level=_level_name(event),
+        timestamp=_timestamp(event),
+        namespace=event.get("log_namespace", ""),
+    )
+    trace = _traceback(event)
+    if trace is not None:
+        record["exception"] = trace
+    return json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+_COLORS = {
+    "debug": "\x1b[34m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31m",
+    "critical": "\x1b[1;31m",
+}
+_RESET = "\x1b[0m"
+
+
+def _console_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(char.isspace() or char in "\"'=" for char in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def format_console(event: LogEvent, color: bool = False) -> str:
+    """`<timestamp> [<level>] <message> [<namespace>] key=value ...` (+ traceback lines)."""
+    level = _level_name(event)
+    shown_level = f"[{level:<8}]"
+    if color:
+        shown_level = f"{_COLORS.get(level, '')}{shown_level}{_RESET}"
+    parts = [_timestamp(event), shown_level, _message(event)]
+    namespace = event.get("log_namespace")
+    if namespace:
+        parts.append(f"[{namespace}]")
+    parts.extend(f"{name}={_console_value(value)}" for name, value in sorted(_fields(event).items()))
+    line = " ".join(parts)
+    trace = _traceback(event)
+    if trace is not None:
+        line = f"{line}\n{trace}"
+    return line
+
+
+@implementer(ILogObserver)
+class LineLogObserver:
+    """Writes each event as one CONSOLE or JSON line to a text stream, secrets redacted."""
+
+    def __init__(self, stream: IO[str], log_format: str = "CONSOLE", color: bool | None = None) -> None:
+        self._stream = stream
+        self._json = log_format.upper() == "JSON"
+        if color is None:
+            isatty = getattr(stream, "isatty", None)
+            color = bool(isatty and isatty())
+        self._color = color
+
+    def __call__(self, event: LogEvent) -> None:
+        safe = redact_event(event)
+        try:
+            line = format_json(safe) if self._json else format_console(safe, self._color)
+        except Exception as exc:  # never let one odd event kill the observer
+            line = json.dumps({"event": f"Unformattable log event ({exc!r})", "level": "error"})
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+
+def open_log_stream(path: str | None, *, append: bool = False) -> IO[str]:
+    """`None`/`-` -> stderr; else the file, truncated (or appended to)."""
+    if path is None or path in ("", "-"):
+        return sys.stderr
+    try:
+        # Line buffered: each event line is written through at once.
+        return open(path, "a" if append else "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"Invalid value for '--log-file': cannot open {path!r}: {exc.strerror}") from None
+
+
+def make_observer(config: LogConfig, stream: IO[str] | None = None, *, append: bool = False) -> ILogObserver:
+    """Level filter + line writer for `config` (`stream` overrides config.file)."""
+    target = stream if stream is not None else open_log_stream(config.file, append=append)
+    level = LEVELS.get(config.level.upper(), LogLevel.warn)
+    return FilteringLogObserver(
+        LineLogObserver(target, config.format), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+
+
+def setup_logging(config: LogConfig, *, beginner: LogBeginner | None = None) -> list[ILogObserver]:
+    """Start twisted.logger's global log system for the `parsec` console script.
+
+    Standard output is not redirected into the log (start-up line and `bye ;-)` stay on stdout).
+    Returns the observers (the line writer, plus the Sentry one when a DSN is set).
+    """
+    observers = [make_observer(config)]
+    if config.sentry_dsn:
+        observers.append(start_sentry(config))
+    (beginner or globalLogBeginner).beginLoggingTo(observers, redirectStandardIO=False)
+    return observers
+
+
+# --------------------------------------------------------------------------------------------
+# twistd
+
+
+@attrs.frozen
+class _TwistdSettings:
+    config: LogConfig
+    daemon: bool = False
+
+
+_twistd_settings: _TwistdSettings | None = None
+
+
+def set_twistd_settings(config: LogConfig, *, daemon: bool) -> None:
+    """Called by parsec.tap.Options once the command line is parsed."""
+    global _twistd_settings
+    _twistd_settings = _TwistdSettings(config=config, daemon=daemon)
+
+
+def twistd_observer() -> ILogObserver:
+    """Zero-argument observer factory for twistd's `--logger` option.
+
+    Without --log-file, a daemonized twistd writes to `twistd.log` (appended, like twistd's
+    own default) since its standard error is closed; otherwise standard error.
+    """
+    settings = _twistd_settings or _TwistdSettings(config=LogConfig())
+    if settings.config.file is None and settings.daemon:
+        return make_observer(attrs.evolve(settings.config, file="twistd.log"), append=True)
+    return make_observer(settings.config)
+
+
+# --------------------------------------------------------------------------------------------
+# Sentry
+
+
+@implementer(ILogObserver)
+class SentryLogObserver:
+    """Failures and error/critical events -> Sentry events; info/warning -> breadcrumbs."""
+
+    def __init__(self, sdk: Any) -> None:
+        self._sdk = sdk
+
+    def __call__(self, event: LogEvent) -> None:
+        level = event.get("log_level")
+        failure = event.get("log_failure")
+        if failure is None and (level is None or level < LogLevel.info):
+            return
+        try:
+            self._report(redact_event(event), level, failure)
+        except Exception:
+            # Reporting must never break logging (the publisher would drop this observer).
+            pass
+
+    def _report(self, event: LogEvent, level: LogLevel | None, failure: Any) -> None:
+        sdk = self._sdk
+        message = _message(event)
+        namespace = event.get("log_namespace", "")
+        sentry_level = _SENTRY_LEVELS.get(level, "error") if level is not None else "error"
+        if failure is None and level is not None and level < LogLevel.error:
+            sdk.add_breadcrumb(category=namespace, message=message, level=sentry_level, data=_fields(event))
+            return
+        with sdk.new_scope() as scope:
+            scope.set_tag("logger", namespace)
+            scope.set_extra("log_message", message)
+            for name, value in _fields(event).items():
+                scope.set_extra(name, value)
+            if failure is not None:
+                scope.set_level("fatal" if level == LogLevel.critical else "error")
+                try:
+                    exc_info = (failure.type, failure.value, failure.getTracebackObject())
+                    sdk.capture_exception(exc_info)
+                except Exception:
+                    # A failure whose frames cannot be walked still gets reported, as text.
+                    sdk.capture_message(f"{message}\n{_traceback(event)}", level=sentry_level)
+            else:
+                sdk.capture_message(message, level=sentry_level)
+
+
+def start_sentry(config: LogConfig) -> SentryLogObserver:
+    """Initialise sentry-sdk for `config.sentry_dsn` and return the reporting observer."""
+    try:
+        import sentry_sdk
+    except ImportError:
+        raise ConfigError(
+            "Option '--sentry-dsn' needs the sentry-sdk package (pip install 'parsec-twisted[sentry]')"
+        ) from None
+    try:
+        sentry_sdk.init(
+            dsn=config.sentry_dsn,
+            environment=config.sentry_environment,
+            release=f"parsec-twisted@{__version__}",
+            # No automatic instrumentation of third-party libraries, no local variables in
+            # stack frames (they may hold tokens or keys), no personal data.
+            auto_enabling_integrations=False,
+            include_local_variables=False,
+            send_default_pii=False,
+        )
+    except Exception as exc:
+        raise ConfigError(f"Invalid value for '--sentry-dsn': {exc}") from None
+    return SentryLogObserver(sentry_sdk)
