@@ -250,9 +250,13 @@ class InviteComponent:
             for step, payload in steps:
                 result = await self._exchange(ctx.organization_id, ctx.token, None, step, payload)
             return result
-        except (NotFoundError, AlreadyDeletedError):
-            # The invitation is gone: close the claimer's connection, no reply.
+        except AlreadyDeletedError:
+            # The invitation was deleted: close the claimer's connection, no reply (the
+            # returned value is never sent).
             ctx.close()
+            return status("invalid_state")
+        except NotFoundError:
+            # Only reachable if the invitation vanished from storage (commands.md §8.5).
             return status("not_found")
         except InvalidStateError:
             return status("invalid_state")

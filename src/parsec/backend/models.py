@@ -114,3 +114,74 @@ class Invitation:
     @property
     def is_deleted(self) -> bool:
         return self.deleted_on is not None
+
+
+# ---- realms, vlobs, blocks, messages ------------------------------------------------------
+
+
+@attrs.frozen
+class RealmGrant:
+    """One accepted realm role certificate (role None = access removed)."""
+
+    realm_id: UUID
+    user_id: str
+    role: str | None
+    certificate: bytes = attrs.field(repr=False)
+    granted_by: str  # device id of the certificate's author
+    granted_on: datetime  # the certificate's timestamp
+
+
+@attrs.frozen
+class RealmStatus:
+    encryption_revision: int
+    maintenance_type: str | None = None
+    maintenance_started_on: datetime | None = None
+    maintenance_started_by: str | None = None
+
+    @property
+    def in_maintenance(self) -> bool:
+        return self.maintenance_type is not None
+
+
+@attrs.frozen
+class RealmStats:
+    blocks_size: int
+    vlobs_size: int
+
+
+@attrs.frozen
+class VlobWrite:
+    """What a vlob creation/update returns for its `realm.vlobs_updated` event."""
+
+    realm_id: UUID
+    checkpoint: int
+
+
+@attrs.frozen
+class VlobVersion:
+    version: int
+    blob: bytes = attrs.field(repr=False)
+    author: str
+    timestamp: datetime
+    author_last_role_granted_on: datetime
+
+
+@attrs.frozen
+class VlobChanges:
+    current_checkpoint: int
+    changes: dict[UUID, int]  # vlob id -> latest version
+
+
+@attrs.frozen
+class ReencryptionBatchEntry:
+    vlob_id: UUID
+    version: int
+    blob: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Message:
+    index: int  # 1-based position in the recipient's list (`count` on the wire)
+    sender: str
+    timestamp: datetime
+    body: bytes = attrs.field(repr=False)

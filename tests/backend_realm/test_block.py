@@ -1,0 +1,322 @@
+"""block_create, block_read (commands.md §11, storage.md §2)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
+
+from parsec.blockstore.base import BlockStoreError
+
+ok = pytest_twisted.ensureDeferred
+
+MIB = 1024 * 1024
+WRITE_ROLES = ["OWNER", "MANAGER", "CONTRIBUTOR"]
+
+
+class FakeBlockStore:
+    """Wraps the server's blockstore; fails on demand."""
+
+    def __init__(self, inner: Any, error: Exception | None = None) -> None:
+        self.inner = inner
+        self.error = error or BlockStoreError("FAKE", "node unreachable")
+        self.fail_create = False
+        self.fail_read = False
+        self.creates: list[Any] = []
+        # When set: `create` waits on a Deferred that only a cancellation ends.
+        self.hang = False
+        self.create_called: defer.Deferred[None] = defer.Deferred()
+        self.create_cancelled: defer.Deferred[None] = defer.Deferred()
+        self.waiter: defer.Deferred[None] | None = None
+
+    async def create(self, organization_id: str, block_id: Any, block: bytes) -> None:
+        self.creates.append(block_id)
+        if self.hang:
+            self.hang = False  # only the first call waits
+            self.waiter = defer.Deferred(lambda d: self.create_cancelled.callback(None))
+            self.create_called.callback(None)
+            await self.waiter
+        if self.fail_create:
+            raise self.error
+        await self.inner.create(organization_id, block_id, block)
+
+    async def read(self, organization_id: str, block_id: Any) -> bytes:
+        if self.fail_read:
+            raise self.error
+        return await self.inner.read(organization_id, block_id)
+
+
+@pytest.fixture
+def fake_blockstore(world):
+    original = world.app.blockstore
+    fake = FakeBlockStore(original)
+    world.app.blockstore = fake
+    yield fake
+    world.app.blockstore = original
+
+
+@pytest.fixture
+def warnings_logged():
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "block_id" in event and str(event.get("log_format", "")).startswith("Block "):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+async def create(client, realm_id, block_id, block=b"data") -> dict:
+    return await client.cmd("block_create", block_id=block_id, realm_id=realm_id, block=block)
+
+
+# ---- block_create / block_read -------------------------------------------------------------------
+
+
+@ok
+async def test_create_and_read(world):
+    alice = await world.connect("alice@dev1")
+    alice2 = await world.connect("alice@dev2")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id, b"Hodi ho !") == {"status": "ok"}
+    assert await alice2.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"Hodi ho !"}
+    # The empty block is a block.
+    empty_id = uuid4()
+    assert await create(alice, realm_id, empty_id, b"") == {"status": "ok"}
+    assert await alice.cmd("block_read", block_id=empty_id) == {"status": "ok", "block": b""}
+
+
+@ok
+async def test_bad_message(world):
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    for fields in (
+        {"realm_id": realm_id, "block": b""},
+        {"block_id": uuid4(), "block": b""},
+        {"block_id": uuid4(), "realm_id": realm_id},
+        {"block_id": "x", "realm_id": realm_id, "block": b""},
+        {"block_id": uuid4(), "realm_id": realm_id, "block": "str"},
+    ):
+        rep = await alice.cmd("block_create", **fields)
+        assert rep["status"] == "bad_message", fields
+    for fields in ({}, {"block_id": 42}):
+        rep = await alice.cmd("block_read", **fields)
+        assert rep["status"] == "bad_message", fields
+
+
+@ok
+async def test_create_not_found(world, other_org):
+    alice = await world.connect("alice@dev1")
+    assert await create(alice, uuid4(), uuid4()) == {"status": "not_found"}
+    other = await world.connect("alice@dev1", org=other_org)
+    foreign_realm = await world.create_realm(other)
+    assert await create(alice, foreign_realm, uuid4()) == {"status": "not_found"}
+
+
+@ok
+async def test_roles(world):
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id, b"data") == {"status": "ok"}
+    assert await create(bob, realm_id, uuid4()) == {"status": "not_allowed"}
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "not_allowed"}
+    await world.grant(alice, realm_id, "bob", "READER")
+    assert await create(bob, realm_id, uuid4()) == {"status": "not_allowed"}
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+    for role in WRITE_ROLES:
+        await world.grant(alice, realm_id, "bob", role)
+        own = uuid4()
+        assert await create(bob, realm_id, own, role.encode()) == {"status": "ok"}
+        assert await bob.cmd("block_read", block_id=own) == {"status": "ok", "block": role.encode()}
+        assert await bob.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+    await world.grant(alice, realm_id, "bob", None)
+    assert await create(bob, realm_id, uuid4()) == {"status": "not_allowed"}
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "not_allowed"}
+
+
+@ok
+async def test_already_exists(world, other_org):
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id, b"original") == {"status": "ok"}
+    assert await create(alice, realm_id, block_id, b"other") == {"status": "already_exists"}
+    other_realm = await world.create_realm(alice)
+    assert await create(alice, other_realm, block_id, b"other") == {"status": "already_exists"}
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"original"}
+    # Production order: the role is checked before the id.
+    await world.grant(alice, realm_id, "bob", "READER")
+    assert await create(bob, realm_id, block_id) == {"status": "not_allowed"}
+    # The same id lives independently in another organization.
+    other = await world.connect("alice@dev1", org=other_org)
+    foreign_realm = await world.create_realm(other)
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "not_found"}
+    assert await create(other, foreign_realm, block_id, b"foreign") == {"status": "ok"}
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"foreign"}
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"original"}
+
+
+@ok
+async def test_read_not_found(world):
+    alice = await world.connect("alice@dev1")
+    assert await alice.cmd("block_read", block_id=uuid4()) == {"status": "not_found"}
+
+
+@ok
+async def test_create_in_maintenance(world):
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    await world.grant(alice, realm_id, "bob", "READER")
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id) == {"status": "ok"}
+    rep = await alice.cmd(
+        "realm_start_reencryption_maintenance",
+        realm_id=realm_id,
+        encryption_revision=2,
+        timestamp=world.ts(),
+        per_participant_message={"alice": b"", "bob": b""},
+    )
+    assert rep == {"status": "ok"}
+    assert await create(alice, realm_id, uuid4()) == {"status": "in_maintenance"}
+    # Production order: maintenance before role, and before the id.
+    assert await create(bob, realm_id, uuid4()) == {"status": "in_maintenance"}
+    assert await create(alice, realm_id, block_id) == {"status": "in_maintenance"}
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+
+
+# ---- size limit ----------------------------------------------------------------------------------
+
+
+@ok
+async def test_one_mib_block(world):
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    block = bytes(range(256)) * (MIB // 256)
+    assert len(block) == MIB
+    assert await create(alice, realm_id, block_id, block) == {"status": "ok"}
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": block}
+    assert await alice.cmd("realm_stats", realm_id=realm_id) == {"status": "ok", "blocks_size": MIB, "vlobs_size": 0}
+
+
+@ok
+async def test_block_over_one_mib_closes_the_connection(world):
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    rep = await create(alice, realm_id, block_id, b"x" * (MIB + 1))
+    assert rep == {"status": "invalid_msg_format", "reason": "Invalid message format"}
+    code, _clean = await alice.ws.wait_closed()
+    assert code == 1000
+    # Nothing stored.
+    alice = await world.connect("alice@dev1")
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "not_found"}
+
+
+# ---- blockstore failures -------------------------------------------------------------------------
+
+
+@ok
+async def test_blockstore_create_failure(world, fake_blockstore, warnings_logged):
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    fake_blockstore.fail_create = True
+    assert await create(alice, realm_id, block_id) == {"status": "timeout"}
+    assert fake_blockstore.creates == [block_id]
+    assert [e["block_id"] for e in warnings_logged] == [str(block_id)]
+    assert warnings_logged[0]["organization_id"] == "CoolOrg"
+    # No metadata was recorded: the id is still free.
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "not_found"}
+    assert await alice.cmd("realm_stats", realm_id=realm_id) == {"status": "ok", "blocks_size": 0, "vlobs_size": 0}
+    fake_blockstore.fail_create = False
+    assert await create(alice, realm_id, block_id) == {"status": "ok"}
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+
+
+@ok
+async def test_blockstore_not_called_when_metadata_refuses(world, fake_blockstore):
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id) == {"status": "ok"}
+    assert await create(alice, realm_id, block_id) == {"status": "already_exists"}
+    assert await create(bob, realm_id, uuid4()) == {"status": "not_allowed"}
+    assert await create(alice, uuid4(), uuid4()) == {"status": "not_found"}
+    assert fake_blockstore.creates == [block_id]
+
+
+@ok
+async def test_blockstore_read_failure(world, fake_blockstore, warnings_logged):
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id) == {"status": "ok"}
+    fake_blockstore.fail_read = True
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "timeout"}
+    assert [e["block_id"] for e in warnings_logged] == [str(block_id)]
+    # Unknown blocks are still `not_found` (metadata checked first).
+    assert await alice.cmd("block_read", block_id=uuid4()) == {"status": "not_found"}
+    fake_blockstore.fail_read = False
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+
+
+@pytest.mark.allow_logged_failures
+@ok
+async def test_blockstore_unexpected_error_is_a_timeout(world, fake_blockstore, logged_failures):
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    fake_blockstore.error = RuntimeError("bug in a blockstore")
+    fake_blockstore.fail_create = True
+    assert await create(alice, realm_id, uuid4()) == {"status": "timeout"}
+    assert len(logged_failures) == 1
+
+
+@ok
+async def test_connection_closed_during_blockstore_write(world, fake_blockstore, logged_failures):
+    """The pending write is cancelled: no reply, nothing logged as a failure, no metadata."""
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    fake_blockstore.hang = True
+    alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"data")
+    await fake_blockstore.create_called
+    await alice.close()
+    fake_blockstore.create_cancelled.addTimeout(10, reactor)
+    await fake_blockstore.create_cancelled
+    other = await world.connect("alice@dev2")
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "not_found"}
+    assert await create(other, realm_id, block_id) == {"status": "ok"}
+    assert logged_failures == []
+
+
+@ok
+async def test_concurrent_creations_of_one_id(world, fake_blockstore):
+    """Both pass the metadata check; the first to record wins, the other gets already_exists."""
+    alice = await world.connect("alice@dev1")
+    alice2 = await world.connect("alice@dev2")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    fake_blockstore.hang = True
+    alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"same")
+    await fake_blockstore.create_called
+    # Nothing is held while the first write waits: other requests go through.
+    assert await create(alice2, realm_id, block_id, b"same") == {"status": "ok"}
+    assert await create(alice2, realm_id, uuid4()) == {"status": "ok"}
+    fake_blockstore.waiter.callback(None)
+    assert await alice.recv() == {"status": "already_exists"}
+    assert fake_blockstore.creates.count(block_id) == 2
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"same"}
+    assert (await alice.cmd("realm_stats", realm_id=realm_id))["blocks_size"] == 8
