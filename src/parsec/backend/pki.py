@@ -37,7 +37,7 @@ from parsec.backend.storage import (
     PkiEnrollment,
     PkiStorage,
 )
-from parsec.backend.user import UserComponent, user_from_certificates
+from parsec.backend.user import UserComponent
 
 PKI_ENROLLMENT_UPDATED = "pki_enrollment.updated"
 
@@ -165,25 +165,11 @@ class PkiComponent:
         except certs.CertificateError as exc:
             return status("invalid_payload_data", str(exc))
         now = self._app.now()
-        try:
-            validated = certs.validate_new_user(
-                author=ctx.device_id,
-                author_verify_key=ctx.verify_key,
-                user_certificate=req["user_certificate"],
-                device_certificate=req["device_certificate"],
-                redacted_user_certificate=req["redacted_user_certificate"],
-                redacted_device_certificate=req["redacted_device_certificate"],
-                now=now,
-            )
-        except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
-        user, device = user_from_certificates(validated, req, ctx.device_id)
         # DECISIONS.md: an organization refusing outsiders refuses them here too.
-        refused = await self._app.component(UserComponent).check_outsider_allowed(
-            ctx.organization_id, user.profile
-        )
-        if refused is not None:
-            return refused
+        checked = await self._app.component(UserComponent).new_user_from_request(ctx, req, now)
+        if isinstance(checked, dict):
+            return checked
+        user, device = checked
         acceptance = PkiAcceptance(
             accepter=ctx.device_id,
             accepter_der_x509_certificate=req["accepter_der_x509_certificate"],

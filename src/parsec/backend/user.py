@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from parsec.api import certificates as certs
@@ -95,9 +96,11 @@ class UserComponent:
             },
         )
 
-    @api("user_create", admin_only=True)
-    async def api_user_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
-        now = self._app.now()
+    async def new_user_from_request(
+        self, ctx: AuthenticatedContext, req: dict[str, Any], now: datetime
+    ) -> tuple[User, Device] | Reply:
+        """The four certificates of a new user (user_create, pki_enrollment_accept), checked
+        (commands.md §6.1) and turned into records; or the error reply."""
         try:
             validated = certs.validate_new_user(
                 author=ctx.device_id,
@@ -112,8 +115,15 @@ class UserComponent:
             return status(exc.status, exc.reason)
         user, device = user_from_certificates(validated, req, ctx.device_id)
         refused = await self.check_outsider_allowed(ctx.organization_id, user.profile)
-        if refused is not None:
-            return refused
+        return refused if refused is not None else (user, device)
+
+    @api("user_create", admin_only=True)
+    async def api_user_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        now = self._app.now()
+        checked = await self.new_user_from_request(ctx, req, now)
+        if isinstance(checked, dict):
+            return checked
+        user, device = checked
         try:
             await self._storage.create_user(ctx.organization_id, user, device, now)
         except ActiveUsersLimitReachedError:
