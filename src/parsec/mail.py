@@ -52,12 +52,12 @@ from twisted.internet import defer, threads
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from parsec.config import BackendAddr, EmailConfig
+from parsec.config import BackendAddr, ConfigError, EmailConfig
 
 _log = Logger()
 
@@ -434,6 +434,27 @@ class _SenderFactory(Factory):
         return proto
 
 
+_PEM_CERTIFICATE_RE: Final = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def load_trust_root(path: str) -> TrustRoot:
+    """The CA certificate(s) of a PEM file (`EmailConfig.ca_file`) as a trust root.
+
+    Blocking (reads the file): call it at start-up. Raises ConfigError.
+    """
+    try:
+        with open(path, "rb") as fp:
+            pem = fp.read()
+        certificates = [Certificate.loadPEM(block) for block in _PEM_CERTIFICATE_RE.findall(pem)]
+    except Exception as exc:  # OSError, or an OpenSSL error on a damaged certificate
+        raise ConfigError(f"Cannot load the e-mail CA file {path!r}: {exc}") from None
+    if not certificates:
+        raise ConfigError(f"Cannot load the e-mail CA file {path!r}: no PEM certificate in it")
+    return trustRootFromCertificates(certificates)
+
+
 def _client_tls(
     config: EmailConfig,
     tls_options: IOpenSSLClientConnectionCreator | None,
@@ -540,7 +561,7 @@ async def send_email(
     trust_root: TrustRoot | None = None,
     tls_options: IOpenSSLClientConnectionCreator | None = None,
 ) -> EmailSendStatus:
-    """Deliver `message` to `to_addr`; never raises.
+    """Deliver `message` to `to_addr`; never raises (but lets a cancellation through).
 
     `trust_root` / `tls_options` override certificate verification (tests with
     a throwaway CA); by default the platform trust store and the configured
@@ -580,6 +601,10 @@ async def send_email(
             tls=tls,
             timeout=timeout,
         )
+    except defer.CancelledError:
+        # Our caller gave up (the client left, or the server shuts down); the SMTP
+        # connection, if any, was aborted. Not an error.
+        raise
     except Exception:
         _log.failure("Unexpected error while sending an e-mail to {to_addr}", to_addr=to_addr)
         return NOT_AVAILABLE
@@ -613,7 +638,7 @@ async def send_invitation_email(
     trust_root: TrustRoot | None = None,
     tls_options: IOpenSSLClientConnectionCreator | None = None,
 ) -> EmailSendStatus:
-    """Build then send the invitation e-mail; never raises."""
+    """Build then send the invitation e-mail; never raises (but lets a cancellation through)."""
     if not config.is_mocked and _envelope_address(to_addr) is None:
         _log.warn(
             "Invitation e-mail not sent: {to_addr!r} cannot be used as an SMTP recipient",

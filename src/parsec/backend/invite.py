@@ -141,6 +141,8 @@ class InviteComponent:
                 token=invitation.token,
                 invitation_type=invitation.type,
             )
+        except defer.CancelledError:
+            raise  # the connection is gone: nobody to report to
         except Exception:
             _log.failure("Invitation e-mail could not be sent")
             return "NOT_AVAILABLE"
