@@ -463,6 +463,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
         flag=True,
     ),
     Option(
+        "--email-ca-file",
+        "email_ca_file",
+        "PEM file of the certificate authorities trusted for the SMTP server's certificate "
+        "(with --email-use-ssl or --email-use-tls); the system's trust store when unset",
+        _existing_file,
+        env=("PARSEC_EMAIL_CA_FILE",),
+        default=None,
+        metavar="FILE",
+    ),
+    Option(
         "--email-sender",
         "email_sender",
         "Sender address (`From` header) of the e-mails; required unless --email-host is MOCKED",
@@ -800,6 +810,7 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         use_tls=values["email_use_tls"],
         sender=email_sender,
         language=values["email_language"],
+        ca_file=values["email_ca_file"],
     )
     backend = BackendConfig(
         db_url=values["db"],

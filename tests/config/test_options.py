@@ -124,6 +124,7 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
         "Parsec <p@mail.test>",
     ),
     ("--email-language", "PARSEC_EMAIL_LANGUAGE", "fr", lambda c: c.backend.email.language, "fr"),
+    ("--email-ca-file", "PARSEC_EMAIL_CA_FILE", THIS_FILE, lambda c: c.backend.email.ca_file, THIS_FILE),
     (
         "--forward-proto-enforce-https",
         "PARSEC_FORWARD_PROTO_ENFORCE_HTTPS",

@@ -83,6 +83,7 @@ class ApiMeta:
     admin_only: bool  # profile ADMIN checked before the schema
     outsider_reason: str | None  # OUTSIDER refused (before the schema) with this reason
     cancellable: bool  # abandoned without reply when the client sends another request
+    long_poll: bool  # waits for someone else: cancelled at once on server shutdown
 
 
 def api(
@@ -92,9 +93,12 @@ def api(
     admin_only: bool = False,
     outsider_reason: str | None = None,
     cancellable: bool = False,
+    long_poll: bool = False,
 ) -> Callable[[Handler], Handler]:
     def decorator(fn: Handler) -> Handler:
-        fn._parsec_api = ApiMeta(name, kinds, admin_only, outsider_reason, cancellable)  # type: ignore[attr-defined]
+        fn._parsec_api = ApiMeta(
+            name, kinds, admin_only, outsider_reason, cancellable, long_poll or cancellable
+        )  # type: ignore[attr-defined]
         return fn
 
     return decorator

@@ -263,7 +263,7 @@ class InviteComponent:
         except InvalidStateError:
             return status("invalid_state")
 
-    @api("invite_1_greeter_wait_peer")
+    @api("invite_1_greeter_wait_peer", long_poll=True)
     async def api_invite_1_greeter_wait_peer(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         result = await self._greeter(ctx, req["token"], [(STEP_1, req["greeter_public_key"])])
         return result if isinstance(result, dict) else ok(claimer_public_key=result)
@@ -273,52 +273,52 @@ class InviteComponent:
         result = await self._claimer(ctx, [(FIRST_STEP, req["claimer_public_key"])])
         return result if isinstance(result, dict) else ok(greeter_public_key=result)
 
-    @api("invite_2a_greeter_get_hashed_nonce")
+    @api("invite_2a_greeter_get_hashed_nonce", long_poll=True)
     async def api_invite_2a_greeter_get_hashed_nonce(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         result = await self._greeter(ctx, req["token"], [(STEP_2_1, b"")])
         return result if isinstance(result, dict) else ok(claimer_hashed_nonce=result)
 
-    @api("invite_2a_claimer_send_hashed_nonce", kinds=(INVITED,))
+    @api("invite_2a_claimer_send_hashed_nonce", kinds=(INVITED,), long_poll=True)
     async def api_invite_2a_claimer_send_hashed_nonce(self, ctx: InvitedContext, req: dict[str, Any]) -> Reply:
         result = await self._claimer(ctx, [(STEP_2_1, req["claimer_hashed_nonce"]), (STEP_2_2, b"")])
         return result if isinstance(result, dict) else ok(greeter_nonce=result)
 
-    @api("invite_2b_greeter_send_nonce")
+    @api("invite_2b_greeter_send_nonce", long_poll=True)
     async def api_invite_2b_greeter_send_nonce(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         result = await self._greeter(ctx, req["token"], [(STEP_2_2, req["greeter_nonce"]), (STEP_2_3, b"")])
         return result if isinstance(result, dict) else ok(claimer_nonce=result)
 
-    @api("invite_2b_claimer_send_nonce", kinds=(INVITED,))
+    @api("invite_2b_claimer_send_nonce", kinds=(INVITED,), long_poll=True)
     async def api_invite_2b_claimer_send_nonce(self, ctx: InvitedContext, req: dict[str, Any]) -> Reply:
         result = await self._claimer(ctx, [(STEP_2_3, req["claimer_nonce"])])
         return result if isinstance(result, dict) else ok()
 
-    @api("invite_3a_greeter_wait_peer_trust")
+    @api("invite_3a_greeter_wait_peer_trust", long_poll=True)
     async def api_invite_3a_greeter_wait_peer_trust(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         result = await self._greeter(ctx, req["token"], [(STEP_3_1, b"")])
         return result if isinstance(result, dict) else ok()
 
-    @api("invite_3a_claimer_signify_trust", kinds=(INVITED,))
+    @api("invite_3a_claimer_signify_trust", kinds=(INVITED,), long_poll=True)
     async def api_invite_3a_claimer_signify_trust(self, ctx: InvitedContext, req: dict[str, Any]) -> Reply:
         result = await self._claimer(ctx, [(STEP_3_1, b"")])
         return result if isinstance(result, dict) else ok()
 
-    @api("invite_3b_greeter_signify_trust")
+    @api("invite_3b_greeter_signify_trust", long_poll=True)
     async def api_invite_3b_greeter_signify_trust(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         result = await self._greeter(ctx, req["token"], [(STEP_3_2, b"")])
         return result if isinstance(result, dict) else ok()
 
-    @api("invite_3b_claimer_wait_peer_trust", kinds=(INVITED,))
+    @api("invite_3b_claimer_wait_peer_trust", kinds=(INVITED,), long_poll=True)
     async def api_invite_3b_claimer_wait_peer_trust(self, ctx: InvitedContext, req: dict[str, Any]) -> Reply:
         result = await self._claimer(ctx, [(STEP_3_2, b"")])
         return result if isinstance(result, dict) else ok()
 
-    @api("invite_4_greeter_communicate")
+    @api("invite_4_greeter_communicate", long_poll=True)
     async def api_invite_4_greeter_communicate(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         result = await self._greeter(ctx, req["token"], [(STEP_4, req["payload"])])
         return result if isinstance(result, dict) else ok(payload=result)
 
-    @api("invite_4_claimer_communicate", kinds=(INVITED,))
+    @api("invite_4_claimer_communicate", kinds=(INVITED,), long_poll=True)
     async def api_invite_4_claimer_communicate(self, ctx: InvitedContext, req: dict[str, Any]) -> Reply:
         result = await self._claimer(ctx, [(STEP_4, req["payload"])])
         return result if isinstance(result, dict) else ok(payload=result)

@@ -49,6 +49,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._incoming: deque[bytes] = deque()
         self._current: defer.Deferred[Any] | None = None
         self._current_cancellable = False
+        self._current_long_poll = False
         self._running = False
         self._idle_waiters: list[defer.Deferred[None]] = []
 
@@ -158,20 +159,25 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         d = defer.ensureDeferred(app.dispatch(ctx, route, msg))
         self._current = d
         self._current_cancellable = route.meta.cancellable
+        self._current_long_poll = route.meta.long_poll
         if self._current_cancellable and self._incoming:
             d.cancel()
+        reply: dict[str, Any] | None = None
         try:
             reply = await d
         except defer.CancelledError:
-            return
+            pass
         finally:
             self._current = None
             self._current_cancellable = False
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-        _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
-        self._send(reply)
+            self._current_long_poll = False
+        if reply is not None:
+            _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
+            self._send(reply)
+        # After the reply: a draining shutdown waits for it before closing.
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _send(self, reply: dict[str, Any]) -> None:
         # While draining for shutdown, the in-flight request still gets its reply.
@@ -199,7 +205,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._state = _DRAINING
         self._incoming.clear()
         if self._current is not None:
-            if self._current_cancellable:
+            if self._current_long_poll:
+                # Waiting for a peer or an event: nothing to finish.
                 self._current.cancel()
             else:
                 idle: defer.Deferred[None] = defer.Deferred()
