@@ -1,0 +1,71 @@
+"""POSTGRESQL blockstore: block bytes in the `block_data` table of the server's database.
+
+Each operation is one statement on the shared pool (one round trip). The caller must not hold
+a pool connection while calling it (see parsec.storage.postgresql.pool: that is the deadlock
+of the reference's `block_create`); the pool raises PoolReentryError if it does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg2
+
+from parsec.blockstore.base import BlockStoreError, log_block_error
+from parsec.storage.postgresql.pool import DatabaseUnavailable, PostgreSQLPool, error_summary
+
+_READ = "SELECT data FROM block_data WHERE organization_id = %s AND block_id = %s"
+# Idempotent: a block id always carries the same bytes, the first copy stays.
+_CREATE = (
+    "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, %s)"
+    " ON CONFLICT (organization_id, block_id) DO NOTHING"
+)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, DatabaseUnavailable):
+        return str(exc)
+    return f"database error: {error_summary(exc)}"
+
+
+class PostgreSQLBlockStore:
+    description = "POSTGRESQL"
+
+    def __init__(self, pool: PostgreSQLPool) -> None:
+        self._pool = pool
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLBlockStore({self._pool.description})"
+
+    async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
+        try:
+            row = await self._pool.fetchrow(_READ, (organization_id, block_id))
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            error = BlockStoreError(self.description, _reason(exc))
+            log_block_error("read", error, organization_id, block_id)
+            raise error from None
+        if row is None:
+            error = BlockStoreError(self.description, "block not found")
+            log_block_error("read", error, organization_id, block_id)
+            raise error
+        data: Any = row[0]
+        return bytes(data)
+
+    async def create(self, organization_id: str, block_id: uuid.UUID, block: bytes) -> None:
+        try:
+            await self._pool.execute(_CREATE, (organization_id, block_id, bytes(block)))
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            error = BlockStoreError(self.description, _reason(exc))
+            log_block_error("create", error, organization_id, block_id)
+            raise error from None
+
+    async def start(self) -> None:
+        """Check that the schema has the block table (the pool is started by its owner)."""
+        try:
+            await self._pool.execute("SELECT 1 FROM block_data LIMIT 0")
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            raise BlockStoreError(self.description, f"start-up check failed: {_reason(exc)}") from None
+
+    async def stop(self) -> None:
+        """Nothing to release: the pool belongs to the PostgreSQL storage."""

@@ -1,0 +1,338 @@
+"""Multi-instance event bus over PostgreSQL LISTEN/NOTIFY (events.md §6).
+
+Every backend event goes through `NOTIFY app_notification, '<payload>'`, and every server
+instance (the publishing one included) dispatches what its dedicated LISTEN connection
+receives to its local listeners: the local bus is fed only from LISTEN.
+
+Payload: standard Base64 of `parsec.api.codec.packb({"__id__": <uuid4 hex>, "__signal__":
+<event name>, "organization_id": <str>, **event.data})`. `__id__` makes every payload unique
+(PostgreSQL folds identical notifications of one transaction into one).
+
+Three ways to publish:
+* `bus.publish(event)`: fire and forget, for events that are not tied to a write (ping, claimer
+  joined/left, organization expired at handshake). Sent in order through a pool connection.
+* `bus.publish_in(tx, event)`: queued in a `Transaction`, sent with its COMMIT (no extra round
+  trip) and only if it commits.
+* `notify_sql(event, computed={...})`: a `pg_notify(...)` SQL expression to embed in the write
+  statement itself, so a write and its event are one round trip even when the event carries
+  values computed by the statement (e.g. the checkpoint allocated by a vlob write).
+
+Loss of the LISTEN connection: notifications may have been missed, so `on_connection_lost`
+is called at once (the server drops its clients), then reconnection follows the database retry
+policy (server-config.md §4): `on_reconnected` on success, `on_gave_up` when the attempts are
+exhausted (the server exits).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+import psycopg2
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from parsec.api import codec
+from parsec.backend.bus import BackendEvent, Listener, ListenerSet
+from parsec.storage.postgresql.pool import (
+    DatabaseUnavailable,
+    PgConnection,
+    PostgreSQLPool,
+    Transaction,
+    connect_with_retry,
+    error_summary,
+    run_detached,
+)
+
+__all__ = [
+    "CHANNEL",
+    "EventDecodeError",
+    "PostgreSQLEventBus",
+    "decode_event",
+    "encode_event",
+    "notify_sql",
+]
+
+_log = Logger(namespace="parsec.storage.postgresql.events")
+
+CHANNEL = "app_notification"
+MAX_PAYLOAD = 7999  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+_RESERVED = ("__id__", "__signal__", "organization_id")
+_PUBLISH_BATCH = 100
+
+
+class EventDecodeError(ValueError):
+    pass
+
+
+def _static_items(event: BackendEvent) -> dict[str, Any]:
+    for key in event.data:
+        if key in _RESERVED:
+            raise ValueError(f"event field {key!r} is reserved")
+    return {
+        "__id__": uuid.uuid4().hex,
+        "__signal__": event.name,
+        "organization_id": event.organization_id,
+        **event.data,
+    }
+
+
+def _fit(event: BackendEvent, items: dict[str, Any], extra: int) -> dict[str, Any]:
+    """Drop bytes fields (certificates of internal events) if the payload would be too big:
+    an event must never make its write fail."""
+    raw_size = len(codec.packb(items)) + extra
+    if (raw_size + 2) // 3 * 4 <= MAX_PAYLOAD:
+        return items
+    stripped = {key: (None if isinstance(value, bytes) else value) for key, value in items.items()}
+    _log.warn(
+        "Event {name} too large for NOTIFY ({size} bytes): its binary fields are dropped",
+        name=event.name, size=raw_size,
+    )
+    if (len(codec.packb(stripped)) + extra + 2) // 3 * 4 > MAX_PAYLOAD:
+        raise ValueError(f"event {event.name} does not fit in a NOTIFY payload")
+    return stripped
+
+
+def encode_event(event: BackendEvent) -> str:
+    items = _fit(event, _static_items(event), 0)
+    return base64.b64encode(codec.packb(items)).decode("ascii")
+
+
+def decode_event(payload: str) -> BackendEvent:
+    try:
+        raw = base64.b64decode(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise EventDecodeError(f"invalid base64: {exc}") from None
+    try:
+        items = codec.unpackb(raw)
+    except codec.DecodeError as exc:
+        raise EventDecodeError(str(exc)) from None
+    name = items.pop("__signal__", None)
+    organization_id = items.pop("organization_id", None)
+    items.pop("__id__", None)
+    if not isinstance(name, str) or not isinstance(organization_id, str):
+        raise EventDecodeError("missing __signal__ or organization_id")
+    if not all(isinstance(key, str) for key in items):
+        raise EventDecodeError("non-string field name")
+    return BackendEvent(name=name, organization_id=organization_id, data=items)
+
+
+def notify_sql(
+    event: BackendEvent, *, computed: Mapping[str, str] | None = None, prefix: str = "ev"
+) -> tuple[str, dict[str, Any]]:
+    """A `pg_notify(...)` SQL expression publishing `event`, and its named parameters.
+
+    `computed` maps extra event fields to SQL expressions of the statement (cast to bigint),
+    e.g. `{"checkpoint": "realm_upd.checkpoint"}`: the payload is assembled by PostgreSQL, the
+    static part packed here, each computed integer appended as a msgpack int64. Merge the
+    parameters into the statement's dict parameters (`prefix` keeps their names apart when a
+    statement publishes several events); the expression must be evaluated exactly once per
+    event (e.g. `SELECT <expr> FROM <single-row CTE>`). The SQL text depends only on `prefix`
+    and `computed` (the payload travels as parameters), so the enclosing statement can be a
+    PreparedStatement.
+    """
+    computed = dict(computed or {})
+    items = _static_items(event)
+    for key in computed:
+        if key in items:
+            raise ValueError(f"field {key!r} given twice")
+    items = _fit(event, items, 9 * len(computed) + sum(len(codec.packb(k)) for k in computed))
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_map_header(len(items) + len(computed))
+    head += b"".join(codec.packb(key) + codec.packb(value) for key, value in items.items())
+    params: dict[str, Any] = {f"{prefix}_channel": CHANNEL, f"{prefix}_head": head}
+    parts = [f"%({prefix}_head)s::bytea"]
+    for index, (key, expression) in enumerate(computed.items()):
+        name = f"{prefix}_k{index}"
+        params[name] = codec.packb(key) + b"\xd3"  # key, then msgpack int64 marker
+        parts.append(f"%({name})s::bytea || int8send(({expression})::bigint)")
+    # encode(..., 'base64') wraps lines every 76 characters: remove the newlines.
+    sql = (
+        f"pg_notify(%({prefix}_channel)s, "
+        f"translate(encode({' || '.join(parts)}, 'base64'), E'\\n', ''))"
+    )
+    return sql, params
+
+
+class PostgreSQLEventBus:
+    """EventBus over NOTIFY/LISTEN. `await start()` before use, `await stop()` at shutdown."""
+
+    def __init__(
+        self,
+        pool: PostgreSQLPool,
+        *,
+        on_connection_lost: Callable[[DatabaseUnavailable], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
+        on_gave_up: Callable[[DatabaseUnavailable], None] | None = None,
+        max_connection_attempts: int | None = None,
+        pause_before_retry: float | None = None,
+    ) -> None:
+        self._pool = pool
+        self._listeners = ListenerSet()
+        self.on_connection_lost = on_connection_lost
+        self.on_reconnected = on_reconnected
+        self.on_gave_up = on_gave_up
+        self.max_connection_attempts = (
+            pool.max_connection_attempts if max_connection_attempts is None else max_connection_attempts
+        )
+        self.pause_before_retry = pool.pause_before_retry if pause_before_retry is None else pause_before_retry
+        self._conn: PgConnection | None = None
+        self._reconnecting: defer.Deferred[None] | None = None
+        self._stopping = False
+        self._outbox: list[str] = []
+        self._flushing: defer.Deferred[None] | None = None
+
+    # --- EventBus protocol --------------------------------------------------------------------
+
+    def connect(self, listener: Listener) -> None:
+        self._listeners.connect(listener)
+
+    def disconnect(self, listener: Listener) -> None:
+        self._listeners.disconnect(listener)
+
+    def publish(self, event: BackendEvent) -> None:
+        """Fire and forget; events published this way are sent in publication order."""
+        if self._stopping:
+            _log.debug("Event {name} dropped: bus stopped", name=event.name)
+            return
+        self._outbox.append(encode_event(event))
+        if self._flushing is None:
+            self._flushing = run_detached(self._flush)
+
+    def publish_in(self, tx: Transaction, event: BackendEvent) -> None:
+        """Publish when (and only if) `tx` commits, within its COMMIT round trip."""
+        tx.notify(CHANNEL, encode_event(event))
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch = self._outbox[:_PUBLISH_BATCH]
+                del self._outbox[:_PUBLISH_BATCH]
+                sql = "; ".join(["SELECT pg_notify(%s, %s)"] * len(batch))
+                params = [value for payload in batch for value in (CHANNEL, payload)]
+                try:
+                    # Nobody waits for this: it may queue for the pool while its publisher
+                    # holds a connection without any deadlock risk.
+                    async with self._pool.connection(nested_ok=True) as conn:
+                        await conn.execute(sql, params)
+                except Exception as exc:
+                    _log.warn("{count} event(s) lost: {error}", count=len(batch), error=str(exc))
+        finally:
+            self._flushing = None
+
+    # --- LISTEN side --------------------------------------------------------------------------
+
+    @property
+    def listener_pid(self) -> int | None:
+        """Backend PID of the LISTEN connection (None while disconnected)."""
+        if self._conn is None:
+            return None
+        try:
+            return self._conn.backend_pid
+        except psycopg2.Error:  # closed, loss not processed yet
+            return None
+
+    @property
+    def is_listening(self) -> bool:
+        return self._conn is not None
+
+    async def start(self) -> None:
+        """Open the LISTEN connection under the start-up retry policy (DatabaseUnavailable)."""
+        self._stopping = False
+        await connect_with_retry(
+            self._listen,
+            max_attempts=self.max_connection_attempts,
+            pause=self.pause_before_retry,
+            reactor=self._pool.reactor,
+        )
+
+    async def _listen(self) -> None:
+        conn = await self._pool.open_dedicated()
+        conn.notify_handler = self._on_notify
+        conn.on_lost = self._on_lost  # instead of the pool's: this one is not pooled
+        try:
+            await conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        if self._stopping:
+            conn.close()
+            raise defer.CancelledError()
+        self._conn = conn
+        _log.debug("Listening on {channel} (backend pid {pid})", channel=CHANNEL, pid=conn.backend_pid)
+
+    def _on_notify(self, notify: Any) -> None:
+        if notify.channel != CHANNEL:
+            return
+        try:
+            event = decode_event(notify.payload)
+        except EventDecodeError as exc:
+            _log.warn("Invalid event notification ignored: {error}", error=str(exc))
+            return
+        self._listeners.dispatch(event)
+
+    def _on_lost(self, conn: PgConnection, reason: Any) -> None:
+        if self._stopping or conn is not self._conn:
+            return
+        self._conn = None
+        error = DatabaseUnavailable(f"LISTEN connection lost: {error_summary(getattr(reason, 'value', reason))}")
+        _log.warn("Event feed interrupted ({error}): events may have been missed", error=str(error))
+        # Reconnection first (it starts with a pause): the hook may stop the bus, cancelling it.
+        if self.max_connection_attempts > 0:
+            self._reconnecting = run_detached(lambda: self._reconnect(error))
+        if self.on_connection_lost is not None:
+            try:
+                self.on_connection_lost(error)
+            except Exception:
+                _log.failure("on_connection_lost hook failed")
+        if self.max_connection_attempts <= 0 and not self._stopping:
+            self._give_up(error)
+
+    async def _reconnect(self, error: DatabaseUnavailable) -> None:
+        if self._stopping:
+            return
+        try:
+            await connect_with_retry(
+                self._listen,
+                max_attempts=self.max_connection_attempts,
+                pause=self.pause_before_retry,
+                reactor=self._pool.reactor,
+                lost=error,
+            )
+        except defer.CancelledError:
+            return
+        except DatabaseUnavailable as final:
+            if not self._stopping:
+                self._give_up(final)
+            return
+        finally:
+            self._reconnecting = None
+        _log.info("Event feed restored")
+        if self.on_reconnected is not None:
+            try:
+                self.on_reconnected()
+            except Exception:
+                _log.failure("on_reconnected hook failed")
+
+    def _give_up(self, error: DatabaseUnavailable) -> None:
+        _log.error("Event feed lost for good: {error}", error=str(error))
+        if self.on_gave_up is not None:
+            try:
+                self.on_gave_up(error)
+            except Exception:
+                _log.failure("on_gave_up hook failed")
+
+    async def stop(self) -> None:
+        """Send what `publish` queued, close the LISTEN connection. Idempotent."""
+        self._stopping = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if self._flushing is not None:
+            await self._flushing
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()

@@ -1,0 +1,915 @@
+"""An asynchronous PostgreSQL connection pool over txpostgres (psycopg2 in async mode).
+
+txpostgres' own ConnectionPool is fixed-size; this one:
+
+* opens `min_connections` at start (with the start-up retry policy of
+  `--maximum-database-connection-attempts` / `--pause-before-retry-database-connection`),
+  grows up to `max_connections` on demand, and hands connections to waiters in FIFO order;
+* drops broken connections (and, after any connection loss, every idle connection opened
+  before it: a lost connection usually means the database restarted) and reopens on demand,
+  so the pool recovers by itself once the database is back;
+* turns every connection-level failure into `DatabaseUnavailable` (one line, no secrets), so
+  a request fails cleanly; SQL errors (e.g. `psycopg2.errors.UniqueViolation`) pass through.
+
+Round trips. `fetch`/`fetchrow`/`fetchval`/`execute` on the pool run one statement in
+autocommit mode: exactly one round trip. A `Transaction` sends its `BEGIN` together with its
+first statement and its `COMMIT` together with the queued NOTIFYs, so a transaction of N
+statements costs N + 1 round trips. Prefer one statement (CTEs, `INSERT ... RETURNING`,
+`events.notify_sql`) over a transaction whenever the data allows.
+
+Rule: never wait on the pool while holding a pool connection. With every connection held by
+a request that waits for a second one, nothing is ever released and the server deadlocks
+(the reference does this in `block_create`). `acquire` raises `PoolReentryError` when the
+calling task already holds a connection of any pool; do the second piece of work after
+releasing the first, or inside the same transaction. Work spawned fire-and-forget while
+holding a connection must be started with `run_detached` (it inherits the mark otherwise).
+
+Prepared statements: wrap a hot statement once, at import time, in `PreparedStatement(sql)`
+(named `%(name)s` placeholders) and pass it instead of the SQL text. Each connection PREPAREs it
+on first use (one extra round trip, once per connection); afterwards the server skips parsing
+and planning (measured 2.2x faster on a six-CTE vlob write). PostgreSQL infers the parameter
+types from the statement: add casts (`%(ts)s::timestamptz`) where the context does not say.
+
+Rows are plain tuples (psycopg2's default cursor); bytea comes back as `bytes`, uuid as
+`uuid.UUID`, timestamptz as aware datetimes (sessions use UTC).
+
+Caveat: libpq resolves the host name of the DSN synchronously when a connection starts (a
+blocking getaddrinfo on the reactor thread). Give an IP address, a unix socket directory, or
+a name the local resolver answers at once (/etc/hosts).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import txpostgres
+
+__all__ = [
+    "DatabaseUnavailable",
+    "Isolation",
+    "PgConnection",
+    "PreparedStatement",
+    "PoolClosedError",
+    "PoolReentryError",
+    "PostgreSQLPool",
+    "Transaction",
+    "connect_with_retry",
+    "describe_dsn",
+    "error_summary",
+    "run_detached",
+]
+
+_log = Logger(namespace="parsec.storage.postgresql")
+
+psycopg2.extras.register_uuid()  # uuid.UUID <-> uuid columns, process-wide
+
+
+def _cast_bytes(value: str | None, cursor: Any) -> bytes | None:
+    return None if value is None else bytes(psycopg2.BINARY(value, cursor))
+
+
+# bytea as `bytes` (psycopg2 returns memoryview), registered on our connections only.
+_BYTES = psycopg2.extensions.new_type(psycopg2.BINARY.values, "PARSEC_BYTES", _cast_bytes)
+_BYTES_ARRAY = psycopg2.extensions.new_array_type(psycopg2.extensions.BINARYARRAY.values, "PARSEC_BYTES[]", _BYTES)
+
+T = TypeVar("T")
+Params = Sequence[Any] | Mapping[str, Any] | None
+Isolation = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+_ISOLATIONS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+# Errors after which re-running the whole transaction may succeed.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    psycopg2.errors.SerializationFailure,
+    psycopg2.errors.DeadlockDetected,
+)
+
+
+class DatabaseUnavailable(ConnectionError):
+    """The database cannot be reached: connection refused or timed out, connection lost (e.g.
+    the database restarted), pool closed. The message is one line and holds no secret."""
+
+
+class PoolClosedError(DatabaseUnavailable):
+    pass
+
+
+class PoolReentryError(RuntimeError):
+    """The task already holds a pool connection and asked for another one (deadlock hazard)."""
+
+
+def error_summary(exc: BaseException) -> str:
+    """The first line of an error (libpq adds hints on the next ones), spaces collapsed."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(exc).__name__
+
+
+def describe_dsn(dsn: str) -> str:
+    """`host:port/dbname` of a DSN, for log lines (never the user or the password)."""
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error:
+        return "<invalid DSN>"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def _connect_kwargs(dsn: str, application_name: str) -> dict[str, str]:
+    try:
+        params: dict[str, str] = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error:
+        # The message of libpq may quote the DSN (and so a password): do not chain it.
+        raise ValueError("invalid PostgreSQL URL") from None
+    params.setdefault("application_name", application_name)
+    # Sessions in UTC: timestamptz values come back with a +00:00 offset.
+    params["options"] = (params.get("options", "") + " -c TimeZone=UTC").strip()
+    return params
+
+
+# --- prepared statements ----------------------------------------------------------------------
+
+_NAMED = re.compile(r"%\((\w+)\)s|%%|%")
+
+
+class PreparedStatement:
+    """A statement PREPAREd once per connection and then EXECUTEd (see the module doc)."""
+
+    def __init__(self, sql: str) -> None:
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match.group(0) == "%%":
+                return "%"
+            if match.group(1) is None:
+                raise ValueError("PreparedStatement takes named placeholders only: %(name)s")
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        body = _NAMED.sub(placeholder, sql)
+        self.sql = sql
+        self.param_names = tuple(names)
+        self.name = "parsec_" + hashlib.sha256(sql.encode("utf-8")).hexdigest()[:24]
+        self.prepare_sql = f"PREPARE {self.name} AS {body}"
+        arguments = ", ".join(["%s"] * len(names))
+        self.execute_sql = f"EXECUTE {self.name}({arguments})" if names else f"EXECUTE {self.name}"
+
+    def __repr__(self) -> str:
+        return f"PreparedStatement({self.name}, params={self.param_names})"
+
+    def bind(self, params: Params) -> list[Any]:
+        if not self.param_names:
+            return []
+        if not isinstance(params, Mapping):
+            raise TypeError("a PreparedStatement takes its parameters as a mapping")
+        return [params[name] for name in self.param_names]
+
+
+Query = str | PreparedStatement
+
+
+# --- connections ------------------------------------------------------------------------------
+
+_held: contextvars.ContextVar[PgConnection | None] = contextvars.ContextVar("parsec_pg_held", default=None)
+
+
+def run_detached(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> defer.Deferred[T]:
+    """Start a fire-and-forget coroutine that may use the pool although the caller holds a
+    connection (the caller must not wait for it while holding that connection)."""
+    context = contextvars.copy_context()
+    context.run(_held.set, None)
+    return context.run(lambda: defer.ensureDeferred(make_coro()))
+
+
+class _TxConnection(txpostgres.Connection):  # type: ignore[misc]
+    """txpostgres connection that notices its own death and dispatches NOTIFYs in order.
+
+    * txpostgres lets psycopg2's exception escape `doRead` when an idle connection dies (the
+      reactor then logs an "Unhandled Error"); we return it, which makes the reactor call
+      `connectionLost` quietly.
+    * txpostgres hands NOTIFYs to observers through the global cooperator, which may interleave
+      two batches; we dispatch synchronously, in arrival order.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.owner: PgConnection | None = None
+
+    def doRead(self) -> Any:
+        try:
+            super().doRead()
+        except Exception as exc:  # the connection is dead: report it as the reason
+            return exc
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.owner is not None:
+            self.owner._lost(reason)
+
+    def checkForNotifies(self) -> None:
+        raw = self._connection
+        if raw is None or not raw.notifies:
+            return
+        notifies = list(raw.notifies)
+        del raw.notifies[:]
+        handler = self.owner.notify_handler if self.owner is not None else None
+        if handler is None:
+            return
+        for notify in notifies:
+            try:
+                handler(notify)
+            except Exception:
+                _log.failure("NOTIFY handler failed")
+
+
+def _shield(inner: defer.Deferred[Any], on_cancel: Callable[[], None]) -> defer.Deferred[Any]:
+    """A Deferred following `inner`; cancelling it fails it with CancelledError and calls
+    `on_cancel` (which closes the connection) instead of cancelling `inner` (txpostgres' own
+    cancellation issues a blocking PQcancel and raises)."""
+    cancelled = False
+
+    def canceller(_: defer.Deferred[Any]) -> None:
+        nonlocal cancelled
+        cancelled = True
+        on_cancel()
+
+    outer: defer.Deferred[Any] = defer.Deferred(canceller)
+
+    def forward(result: Any) -> None:
+        if not cancelled and not outer.called:
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+        return None  # consumed: a late failure after a cancellation is not "unhandled"
+
+    inner.addBoth(forward)
+    return outer
+
+
+class PgConnection:
+    """One PostgreSQL session: pooled (via `PostgreSQLPool.connection()`) or dedicated (LISTEN).
+
+    Every method is one round trip. Outside a transaction each statement commits by itself.
+    """
+
+    def __init__(self, raw: _TxConnection, generation: int, on_lost: Callable[[PgConnection, Failure], None]):
+        self._raw = raw
+        raw.owner = self
+        self.generation = generation
+        self.on_lost = on_lost  # called once when an established connection dies
+        self.broken = False  # lost, or left in an unknown state: must not be reused
+        self.established = False
+        self._closing = False
+        self._lost_reported = False
+        self.round_trips = 0  # statements sent (each `execute` call is one round trip)
+        self._prepared: set[str] = set()
+        self.notify_handler: Callable[[Any], None] | None = None
+
+    @property
+    def backend_pid(self) -> int:
+        return int(self._raw.get_backend_pid())
+
+    @property
+    def transaction_status(self) -> int:
+        """libpq's local view (no round trip): psycopg2.extensions.TRANSACTION_STATUS_*."""
+        if self._raw._connection is None or self._raw._connection.closed:
+            return psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+        return int(self._raw._connection.get_transaction_status())
+
+    def _lost(self, reason: Failure) -> None:
+        self.broken = True
+        if self._closing or self._lost_reported or not self.established:
+            return
+        self._lost_reported = True
+        self.on_lost(self, reason)
+
+    def close(self) -> None:
+        """Close now (in-flight statements fail). Idempotent; never reports a loss."""
+        self._closing = True
+        self.broken = True
+        if self._raw._connection is not None:
+            self._raw.close()
+
+    def _connection_failed(self, exc: BaseException) -> bool:
+        raw = self._raw._connection
+        return (
+            raw is None
+            or bool(raw.closed)
+            or isinstance(exc, psycopg2.InterfaceError)
+            or not isinstance(exc, psycopg2.Error)  # e.g. twisted ConnectionLost
+        )
+
+    async def _ensure_prepared(self, query: Query) -> None:
+        if isinstance(query, PreparedStatement) and query.name not in self._prepared:
+            await self._send(query.prepare_sql, None)
+            self._prepared.add(query.name)
+
+    async def _execute(self, query: Query, params: Params, prefix: str = "") -> Any:
+        """One round trip (plus a PREPARE the first time a PreparedStatement meets this
+        connection); `prefix` is prepended to the statement (e.g. "BEGIN; ")."""
+        if isinstance(query, PreparedStatement):
+            await self._ensure_prepared(query)
+            return await self._send(prefix + query.execute_sql, query.bind(params))
+        return await self._send(prefix + query, params)
+
+    async def _send(self, sql: str, params: Params) -> Any:
+        if self.broken:
+            raise DatabaseUnavailable("database connection lost")
+        self.round_trips += 1
+        try:
+            cursor = self._raw.cursor()  # raises InterfaceError if libpq knows it is closed
+            await _shield(cursor.execute(sql, params), self.close)
+        except defer.CancelledError:
+            self.broken = True
+            raise
+        except Exception as exc:
+            if self._connection_failed(exc):
+                self.broken = True
+                self._lost(Failure(exc))
+                raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
+            raise
+        return cursor
+
+    async def fetch(self, sql: Query, params: Params = None) -> list[tuple[Any, ...]]:
+        cursor = await self._execute(sql, params)
+        return list(cursor.fetchall())
+
+    async def fetchrow(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
+        cursor = await self._execute(sql, params)
+        row = cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def fetchval(self, sql: Query, params: Params = None) -> Any:
+        row = await self.fetchrow(sql, params)
+        return row[0] if row else None
+
+    async def execute(self, sql: Query, params: Params = None) -> int:
+        """Run a statement; return the number of rows it affected (-1 if not applicable)."""
+        cursor = await self._execute(sql, params)
+        return int(cursor.rowcount)
+
+
+class Transaction:
+    """Statements of one transaction (see `PostgreSQLPool.transaction`).
+
+    `BEGIN` is sent with the first statement; queued NOTIFYs are sent with `COMMIT` (so they
+    exist only if the transaction commits) and `call_after_commit` callbacks run after it.
+    """
+
+    def __init__(self, conn: PgConnection, isolation: Isolation | None, read_only: bool):
+        begin = "BEGIN"
+        if isolation is not None:
+            if isolation not in _ISOLATIONS:
+                raise ValueError(f"unknown isolation level {isolation!r}")
+            begin += f" ISOLATION LEVEL {isolation}"
+        if read_only:
+            begin += " READ ONLY"
+        self._begin: str | None = begin
+        self.connection = conn
+        self._notifies: list[tuple[str, str]] = []
+        self._after_commit: list[Callable[[], None]] = []
+
+    async def _run(self, sql: Query, params: Params) -> Any:
+        # Prepare first: BEGIN must go with the statement that really is sent.
+        await self.connection._ensure_prepared(sql)
+        prefix = ""
+        if self._begin is not None:
+            prefix = f"{self._begin}; "
+            self._begin = None
+        return await self.connection._execute(sql, params, prefix)
+
+    async def fetch(self, sql: Query, params: Params = None) -> list[tuple[Any, ...]]:
+        cursor = await self._run(sql, params)
+        return list(cursor.fetchall())
+
+    async def fetchrow(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
+        cursor = await self._run(sql, params)
+        row = cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def fetchval(self, sql: Query, params: Params = None) -> Any:
+        row = await self.fetchrow(sql, params)
+        return row[0] if row else None
+
+    async def execute(self, sql: Query, params: Params = None) -> int:
+        cursor = await self._run(sql, params)
+        return int(cursor.rowcount)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """NOTIFY at commit time (nothing is sent if the transaction rolls back)."""
+        self._notifies.append((channel, payload))
+
+    def call_after_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    async def _commit(self) -> None:
+        statements = ["SELECT pg_notify(%s, %s)"] * len(self._notifies)
+        params = [value for pair in self._notifies for value in pair]
+        if self._begin is None:
+            statements.append("COMMIT")
+        if statements:
+            sql = "; ".join(statements)
+            try:
+                await self.connection._send(sql, params or None)
+            except DatabaseUnavailable:
+                raise
+            except BaseException:
+                # A failing NOTIFY aborts the batch before COMMIT: the transaction is still open.
+                await self._rollback()
+                raise
+        for callback in self._after_commit:
+            try:
+                callback()
+            except Exception:
+                _log.failure("after-commit callback failed")
+
+    async def _rollback(self) -> None:
+        conn = self.connection
+        if conn.broken:
+            return
+        if conn.transaction_status in (
+            psycopg2.extensions.TRANSACTION_STATUS_INTRANS,
+            psycopg2.extensions.TRANSACTION_STATUS_INERROR,
+        ):
+            try:
+                await conn._send("ROLLBACK", None)
+            except Exception as exc:
+                conn.broken = True  # unknown state: close it on release
+                _log.warn("ROLLBACK failed: {error}", error=error_summary(exc))
+
+
+# --- retry policy -----------------------------------------------------------------------------
+
+
+async def connect_with_retry(
+    connect: Callable[[], Awaitable[T]],
+    *,
+    max_attempts: int,
+    pause: float,
+    reactor: Any,
+    lost: DatabaseUnavailable | None = None,
+) -> T:
+    """Run `connect` under the retry policy of server-config.md §4.
+
+    At start-up (`lost` is None) `connect` is tried up to `max_attempts` times (at least once:
+    0 means no retry). After a connection loss (`lost` given) up to `max_attempts` reconnections
+    are tried (0: none, `lost` is raised). A pause of `pause` seconds separates attempts. Only
+    `DatabaseUnavailable` is retried; the last one is raised.
+    """
+    attempt = 0
+    if lost is not None:
+        if max_attempts <= 0:
+            raise lost
+        _log.warn(
+            "Database connection lost ({error}), retrying in {pause} seconds", error=str(lost), pause=pause
+        )
+        await task.deferLater(reactor, pause, lambda: None)
+    while True:
+        attempt += 1
+        try:
+            return await connect()
+        except DatabaseUnavailable as exc:
+            if attempt >= max_attempts:
+                raise
+            _log.warn(
+                "Database connection lost ({error}), retrying in {pause} seconds", error=str(exc), pause=pause
+            )
+            await task.deferLater(reactor, pause, lambda: None)
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+
+class PostgreSQLPool:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_connections: int = 5,
+        max_connections: int = 7,
+        max_connection_attempts: int = 10,
+        pause_before_retry: float = 1.0,
+        connect_timeout: float = 10.0,
+        application_name: str = "parsec",
+        reactor: Any = None,
+    ) -> None:
+        if not 0 <= min_connections <= max_connections or max_connections < 1:
+            raise ValueError("need 0 <= min_connections <= max_connections and max_connections >= 1")
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._dsn = dsn
+        self._kwargs = _connect_kwargs(dsn, application_name)
+        self.description = describe_dsn(dsn)
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        self.max_connection_attempts = max_connection_attempts
+        self.pause_before_retry = pause_before_retry
+        self.connect_timeout = connect_timeout
+        self.reactor = reactor
+        self._idle: deque[PgConnection] = deque()
+        self._in_use: set[PgConnection] = set()
+        self._opening = 0
+        self._waiters: deque[defer.Deferred[PgConnection]] = deque()
+        self._generation = 0
+        self._started = False
+        self._closed = False
+        self._start_d: defer.Deferred[None] | None = None
+        self._drained: defer.Deferred[None] | None = None
+        self._refill_call: Any = None  # IDelayedCall of a scheduled refill
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLPool({self.description}, size={self.size}/{self.max_connections})"
+
+    @property
+    def dsn(self) -> str:
+        """The connection URL (may contain a password: never log it)."""
+        return self._dsn
+
+    @property
+    def size(self) -> int:
+        return len(self._idle) + len(self._in_use) + self._opening
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "idle": len(self._idle),
+            "in_use": len(self._in_use),
+            "opening": self._opening,
+            "waiting": len(self._waiters),
+        }
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open `min_connections` (at least one, to check the database), retrying per policy.
+        Raises DatabaseUnavailable once the attempts are exhausted."""
+        if self._closed:
+            raise PoolClosedError("pool closed")
+        self._start_d = defer.ensureDeferred(
+            connect_with_retry(
+                self._open_initial,
+                max_attempts=self.max_connection_attempts,
+                pause=self.pause_before_retry,
+                reactor=self.reactor,
+            )
+        )
+        try:
+            await self._start_d
+        except defer.CancelledError:
+            raise PoolClosedError("pool closed during start-up") from None
+        finally:
+            self._start_d = None
+        self._started = True
+
+    async def _open_initial(self) -> None:
+        count = max(self.min_connections, 1)
+        self._opening += count
+        try:
+            results = await defer.DeferredList(
+                [defer.ensureDeferred(self._open_raw()) for _ in range(count)], consumeErrors=True
+            )
+        finally:
+            self._opening -= count
+            self._check_drained()
+        opened = [value for ok, value in results if ok]
+        failures = [value for ok, value in results if not ok]
+        if failures or self._closed:
+            for conn in opened:
+                conn.close()
+            if self._closed:
+                raise PoolClosedError("pool closed")
+            failures[0].raiseException()
+        self._idle.extend(opened)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Refuse new work, close idle connections, wait (up to `timeout` s) for the
+        connections in use to come back, then close everything. Idempotent."""
+        if self._closed:
+            if self._drained is not None:
+                await self._drained
+            return
+        self._closed = True
+        if self._start_d is not None:
+            self._start_d.cancel()
+        if self._refill_call is not None and self._refill_call.active():
+            self._refill_call.cancel()
+        self._refill_call = None
+        while self._waiters:
+            self._waiters.popleft().errback(PoolClosedError("pool closed"))
+        while self._idle:
+            self._idle.popleft().close()
+        if self._in_use or self._opening:
+            self._drained = defer.Deferred()
+            timer = self.reactor.callLater(timeout, self._force_close)
+            await self._drained
+            if timer.active():
+                timer.cancel()
+
+    def _force_close(self) -> None:
+        for conn in list(self._in_use):
+            conn.close()
+        self._in_use.clear()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._drained.called and not self._in_use and not self._opening:
+            self._drained.callback(None)
+
+    # --- opening / discarding -------------------------------------------------------------------
+
+    async def _open_raw(self) -> PgConnection:
+        """A new connection (not registered anywhere). Raises DatabaseUnavailable."""
+        raw = _TxConnection(self.reactor)
+        conn = PgConnection(raw, self._generation, self._connection_lost)
+        timed_out = False
+
+        def on_timeout() -> None:
+            nonlocal timed_out
+            timed_out = True
+            conn.close()
+
+        timer = self.reactor.callLater(self.connect_timeout, on_timeout)
+        try:
+            await _shield(raw.connect(**self._kwargs), conn.close)
+        except defer.CancelledError:
+            conn.close()
+            raise
+        except Exception as exc:
+            conn.close()
+            if timed_out:
+                raise DatabaseUnavailable(
+                    f"cannot connect to {self.description}: timed out after {self.connect_timeout} s"
+                ) from None
+            raise DatabaseUnavailable(f"cannot connect to {self.description}: {error_summary(exc)}") from exc
+        finally:
+            if timer.active():
+                timer.cancel()
+        psycopg2.extensions.register_type(_BYTES, raw._connection)
+        psycopg2.extensions.register_type(_BYTES_ARRAY, raw._connection)
+        conn.established = True
+        conn.generation = self._generation
+        return conn
+
+    async def open_dedicated(self) -> PgConnection:
+        """A connection outside the pool (e.g. for LISTEN), one attempt; the caller closes it."""
+        if self._closed:
+            raise PoolClosedError("pool closed")
+        return await self._open_raw()
+
+    def _connection_lost(self, conn: PgConnection, reason: Failure) -> None:
+        # Any loss usually means a database restart: retire every connection opened before it.
+        if conn.generation == self._generation:
+            self._generation += 1
+            _log.info(
+                "Database connection lost ({error}); dropping idle connections to {db}",
+                error=error_summary(reason.value),
+                db=self.description,
+            )
+            while self._idle:
+                self._idle.popleft().close()
+        if conn in self._idle:
+            self._idle.remove(conn)
+            conn.close()
+
+    def _usable(self, conn: PgConnection) -> bool:
+        return (
+            not conn.broken
+            and conn.generation == self._generation
+            and conn.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        )
+
+    def _schedule_refill(self) -> None:
+        if self._refill_call is not None or self._closed or self.size >= self.min_connections:
+            return
+        self._refill_call = self.reactor.callLater(0, lambda: run_detached(self._refill))
+
+    async def _refill(self) -> None:
+        """Best effort, one attempt: back to `min_connections` (the next request retries)."""
+        self._refill_call = None
+        missing = min(self.min_connections, self.max_connections) - self.size
+        for _ in range(max(missing, 0)):
+            if self._closed or self.size >= self.min_connections:
+                return
+            self._opening += 1
+            try:
+                conn = await self._open_raw()
+            except DatabaseUnavailable as exc:
+                _log.debug("Pool refill failed: {error}", error=str(exc))
+                return
+            finally:
+                self._opening -= 1
+                self._check_drained()
+            self._give_back(conn)
+
+    # --- acquire / release --------------------------------------------------------------------
+
+    async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
+        """A connection for exclusive use; give it back with `release`. Prefer `connection()`.
+
+        `nested_ok=True` skips the re-entry check: only for fire-and-forget work that nobody
+        holding a connection waits for.
+        """
+        if not nested_ok and _held.get() is not None:
+            raise PoolReentryError(
+                "this task already holds a database connection: waiting for another one can "
+                "deadlock the pool; release it first or do the work in the same transaction"
+            )
+        if self._closed:
+            raise PoolClosedError("pool closed")
+        while self._idle:
+            conn = self._idle.pop()  # most recently used first: warm, least likely stale
+            if self._usable(conn):
+                self._in_use.add(conn)
+                return conn
+            conn.close()
+        if self.size < self.max_connections:
+            return await self._open_for_use()
+        waiter: defer.Deferred[PgConnection] = defer.Deferred(self._cancel_waiter)
+        self._waiters.append(waiter)
+        return await waiter
+
+    def _cancel_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass  # already served: the connection it gets after cancellation is given back
+
+    async def _open_for_use(self) -> PgConnection:
+        self._opening += 1
+        try:
+            conn = await self._open_raw()
+        finally:
+            self._opening -= 1
+            self._check_drained()
+        if self._closed:
+            conn.close()
+            self._check_drained()
+            raise PoolClosedError("pool closed")
+        self._in_use.add(conn)
+        self._schedule_refill()
+        return conn
+
+    def release(self, conn: PgConnection) -> None:
+        if conn not in self._in_use:
+            if conn not in self._idle:  # e.g. force-closed by `close()`
+                conn.close()
+            return
+        self._in_use.discard(conn)
+        if self._closed or not self._usable(conn):
+            conn.close()
+            self._check_drained()
+            self._serve_waiters()
+            self._schedule_refill()
+            return
+        self._give_back(conn)
+
+    def _give_back(self, conn: PgConnection) -> None:
+        """Hand a healthy free connection to the first waiter, else park it."""
+        if self._closed:
+            conn.close()
+            self._check_drained()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.called:
+                continue
+            self._in_use.add(conn)
+            waiter.callback(conn)
+            return
+        self._idle.append(conn)
+
+    def _serve_waiters(self) -> None:
+        """After a connection was dropped: open replacements for waiting requests."""
+        while self._waiters and not self._closed and self.size < self.max_connections:
+            self._opening += 1
+            self._start_open_for_waiter(self._waiters.popleft())
+
+    def _start_open_for_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
+        run_detached(lambda: self._open_for_waiter(waiter))
+
+    async def _open_for_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
+        try:
+            conn = await self._open_raw()
+        except DatabaseUnavailable as exc:
+            if not waiter.called:
+                waiter.errback(exc)
+            return
+        finally:
+            self._opening -= 1
+            self._check_drained()
+        if waiter.called or self._closed:  # cancelled meanwhile
+            self._give_back(conn)
+            return
+        self._in_use.add(conn)
+        waiter.callback(conn)
+
+    @asynccontextmanager
+    async def connection(self, *, nested_ok: bool = False) -> AsyncIterator[PgConnection]:
+        """`async with pool.connection() as conn:` exclusive use of one session (autocommit)."""
+        conn = await self.acquire(nested_ok=nested_ok)
+        token = _held.set(conn)
+        try:
+            yield conn
+        except BaseException:
+            # Not knowing what was interrupted, never reuse a session left inside a transaction.
+            if conn.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                conn.broken = True
+            raise
+        finally:
+            _held.reset(token)
+            self.release(conn)
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, isolation: Isolation | None = None, read_only: bool = False
+    ) -> AsyncIterator[Transaction]:
+        """`async with pool.transaction() as tx:` commits on normal exit, rolls back on error.
+        No retry (the body cannot be re-run): use `run_transaction` for SERIALIZABLE work."""
+        async with self.connection() as conn:
+            tx = Transaction(conn, isolation, read_only)
+            try:
+                yield tx
+            except BaseException:
+                await tx._rollback()
+                raise
+            await tx._commit()
+
+    async def run_transaction(
+        self,
+        fn: Callable[[Transaction], Awaitable[T]],
+        *,
+        name: str = "transaction",
+        isolation: Isolation | None = None,
+        read_only: bool = False,
+        max_attempts: int = 5,
+    ) -> T:
+        """Run `await fn(tx)` in a transaction and commit; on a serialization failure or a
+        deadlock, roll back and run `fn` again (same connection), up to `max_attempts` times.
+        `fn` must therefore have no effect outside the database (use `tx.call_after_commit`)."""
+        async with self.connection() as conn:
+            attempt = 0
+            while True:
+                attempt += 1
+                tx = Transaction(conn, isolation, read_only)
+                try:
+                    result = await fn(tx)
+                except BaseException as exc:
+                    await tx._rollback()
+                    if isinstance(exc, RETRYABLE_ERRORS) and attempt < max_attempts and not conn.broken:
+                        _log.debug(
+                            "{name}: {error}, retrying ({attempt}/{max})",
+                            name=name, error=type(exc).__name__, attempt=attempt, max=max_attempts,
+                        )
+                        continue
+                    raise
+                try:
+                    await tx._commit()
+                except RETRYABLE_ERRORS as exc:
+                    await tx._rollback()
+                    if attempt < max_attempts and not conn.broken:
+                        _log.debug(
+                            "{name}: {error} at commit, retrying ({attempt}/{max})",
+                            name=name, error=type(exc).__name__, attempt=attempt, max=max_attempts,
+                        )
+                        continue
+                    raise
+                return result
+
+    # --- single statements (one round trip each, autocommit) -----------------------------------
+
+    async def fetch(self, sql: Query, params: Params = None) -> list[tuple[Any, ...]]:
+        async with self.connection() as conn:
+            return await conn.fetch(sql, params)
+
+    async def fetchrow(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
+        async with self.connection() as conn:
+            return await conn.fetchrow(sql, params)
+
+    async def fetchval(self, sql: Query, params: Params = None) -> Any:
+        async with self.connection() as conn:
+            return await conn.fetchval(sql, params)
+
+    async def execute(self, sql: Query, params: Params = None) -> int:
+        async with self.connection() as conn:
+            return await conn.execute(sql, params)
