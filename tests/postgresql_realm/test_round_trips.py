@@ -1,0 +1,159 @@
+"""Every storage call is one round trip to PostgreSQL (after the per-connection PREPARE of its
+statement), counted at the connection's send; the statements in that round trip are counted too
+("lock; check+write" = 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import pytest_twisted
+
+from parsec.backend import storage as st
+from parsec.backend.models import ReencryptionBatchEntry
+from tests.postgresql_realm.conftest import PgBackend, make_world, new_pool, statement_count
+
+ok = pytest_twisted.ensureDeferred
+pytestmark = pytest.mark.postgresql
+
+
+@pytest_twisted.async_yield_fixture
+async def one_connection_backend(pg_dsn: str) -> Any:
+    """A single connection: PREPAREs happen once, then every call reuses them."""
+    pool = new_pool(pg_dsn, max_connections=1)
+    await pool.start()
+    try:
+        yield PgBackend(pool)
+    finally:
+        await pool.close()
+
+
+@ok
+async def test_one_round_trip_per_call(one_connection_backend):
+    backend = one_connection_backend
+    pool = backend.pool
+    world = await make_world(backend)
+    measured: dict[str, tuple[int, int]] = {}
+
+    async def measure(name: str, call: Any, *, expected_statements: int, error: type | None = None) -> Any:
+        # Run twice: the first run may PREPARE; the second is the steady state.
+        result = None
+        for attempt in range(2):
+            before = len(pool.sent)
+            try:
+                result = await call()
+            except st.StorageError as exc:
+                # `error`: the rule violation this case expects (on its second run at least).
+                assert error is not None and isinstance(exc, error), (name, exc)
+            else:
+                assert error is None or attempt == 0, (name, "no error")
+            sent = pool.sent[before:]
+            prepares = [sql for sql in sent if sql.startswith("PREPARE ")]
+            others = [sql for sql in sent if not sql.startswith("PREPARE ")]
+            assert len(others) == 1, (name, sent)
+            if attempt == 1:
+                assert not prepares, (name, "PREPAREd twice on one connection")
+                statements = statement_count(others[0])
+                assert statements == expected_statements, (name, others[0])
+                measured[name] = (len(sent), statements)
+        return result
+
+    realm_id = uuid4()
+    await measure(
+        "realm_create (ok, then already_exists)",
+        lambda: world.realm.create(world.org, world.grant(realm_id, "alice@dev1", "alice", "OWNER")),
+        expected_statements=1,
+        error=st.AlreadyExistsError,
+    )
+    for name in ("get_status", "get_stats", "get_role_certificates"):
+        await measure(f"realm {name}", lambda n=name: getattr(world.realm, n)(world.org, "alice", realm_id),
+                      expected_statements=1)
+    await measure("get_realms_for_user", lambda: world.realm.get_realms_for_user(world.org, "alice"),
+                  expected_statements=1)
+    roles = iter(["READER", "CONTRIBUTOR"])
+    await measure(
+        "update_roles (with message)",
+        lambda: world.share(realm_id, "alice@dev1", "bob", next(roles), message=b"m"),
+        expected_statements=2,
+    )
+    await measure(
+        "update_roles (refused)",
+        lambda: world.share(realm_id, "alice@dev1", "bob", "CONTRIBUTOR"),
+        expected_statements=2,
+        error=st.AlreadyGrantedError,
+    )
+
+    vlob_id = uuid4()
+    creates = iter([vlob_id, uuid4()])
+    await measure(
+        "vlob_create",
+        lambda: world.vlob.create(world.org, "alice@dev1", realm_id, 1, next(creates), world.ts(), b"blob"),
+        expected_statements=1,
+    )
+    await measure(
+        "vlob_create (refused)",
+        lambda: world.vlob.create(world.org, "alice@dev1", realm_id, 1, vlob_id, world.ts(), b"blob"),
+        expected_statements=1,
+        error=st.AlreadyExistsError,
+    )
+    versions = iter([2, 3])
+    await measure(
+        "vlob_update",
+        lambda: world.vlob.update(world.org, "alice@dev1", 1, vlob_id, next(versions), world.ts(), b"blob"),
+        expected_statements=1,
+    )
+    await measure(
+        "vlob_update (refused)",
+        lambda: world.vlob.update(world.org, "alice@dev1", 1, vlob_id, 2, world.ts(), b"blob"),
+        expected_statements=1,
+        error=st.BadVersionError,
+    )
+    await measure("vlob_read", lambda: world.vlob.read(world.org, "bob", 1, vlob_id, None, None),
+                  expected_statements=1)
+    await measure("vlob_poll_changes", lambda: world.vlob.poll_changes(world.org, "bob", realm_id, 0),
+                  expected_statements=1)
+    await measure("vlob_list_versions", lambda: world.vlob.list_versions(world.org, "bob", vlob_id),
+                  expected_statements=1)
+
+    block_ids = iter([uuid4(), uuid4()])
+    await measure("block check_create", lambda: world.block.check_create(world.org, "alice@dev1", realm_id, uuid4()),
+                  expected_statements=1)
+    await measure(
+        "block record_create",
+        lambda: world.block.record_create(world.org, "alice@dev1", realm_id, next(block_ids), 3, world.ts()),
+        expected_statements=1,
+    )
+    await measure("block check_read", lambda: world.block.check_read(world.org, "bob", uuid4()),
+                  expected_statements=1, error=st.BlockNotFoundError)
+    await measure("message_get", lambda: world.message.get(world.org, "bob", 0), expected_statements=1)
+
+    now = world.ts()
+    revisions = iter([2, 3])
+    await measure(
+        "start_reencryption (ok, then in_maintenance)",
+        lambda: world.realm.start_reencryption_maintenance(
+            world.org, "alice@dev1", realm_id, next(revisions), {"alice": b"a", "bob": b"b"}, now, now
+        ),
+        expected_statements=2,
+        error=st.InMaintenanceError,
+    )
+    batch = await measure(
+        "get_reencryption_batch",
+        lambda: world.vlob.get_reencryption_batch(world.org, "alice", realm_id, 2, 100),
+        expected_statements=1,
+    )
+    await measure(
+        "save_reencryption_batch",
+        lambda: world.vlob.save_reencryption_batch(
+            world.org, "alice", realm_id, 2, [ReencryptionBatchEntry(e.vlob_id, e.version, b"x") for e in batch]
+        ),
+        expected_statements=2,
+    )
+    await measure(
+        "finish_reencryption (ok, then not_in_maintenance)",
+        lambda: world.realm.finish_reencryption_maintenance(world.org, "alice@dev1", realm_id, 2),
+        expected_statements=2,
+        error=st.NotInMaintenanceError,
+    )
+    assert all(round_trips == 1 for round_trips, _ in measured.values()), measured
