@@ -1,9 +1,9 @@
 """Fixtures of the blockstore tests.
 
-* `objectstore`: a real Swift (+ S3 API) on loopback for the whole session, started with
-  `<repo>/../shared/objectstore/start-swift` (Debian packages: swift swift-proxy swift-account
-  swift-container swift-object memcached). Tests using it are marked `objectstore`; deselect
-  them with `-m "not objectstore"`.
+* `objectstore`: a real Swift (+ S3 API) on loopback for the whole session (tests/objectstore.py:
+  `<repo>/../shared/objectstore/start-swift`; Debian packages: swift swift-proxy swift-account
+  swift-container swift-object memcached), containers "blocks" and "node0".."node3". Tests
+  using it are marked `objectstore`; deselect them with `-m "not objectstore"`.
 * `swift_admin`: raw Swift requests (to look at objects behind the stores' back).
 * `hung_server`: a loopback TCP server that accepts and never answers.
 * `captured_logs`: twisted.logger events emitted during the test.
@@ -12,16 +12,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import attrs
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
@@ -30,73 +26,18 @@ from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from parsec.blockstore.base import BlockStoreError
-from parsec.blockstore.config import S3BlockStoreConfig, SwiftBlockStoreConfig
 from parsec.blockstore.memory import MemoryBlockStore
-
-REPO = Path(__file__).resolve().parents[2]
-OBJECTSTORE_SCRIPTS = Path(
-    os.environ.get("PARSEC_OBJECTSTORE_SCRIPTS", REPO.parent / "shared" / "objectstore")
-)
-CONTAINERS = ("blocks", "node0", "node1", "node2", "node3")
-
+from tests.objectstore import ObjectStore, shared_objectstore
 
 # --- real object store --------------------------------------------------------------------------
 
 
-@attrs.frozen
-class ObjectStore:
-    env: dict[str, str]
-
-    @property
-    def endpoint(self) -> str:
-        return self.env["S3_ENDPOINT"]
-
-    @property
-    def auth_url(self) -> str:
-        return self.env["SWIFT_AUTH_URL"]
-
-    def s3(self, bucket: str) -> S3BlockStoreConfig:
-        return S3BlockStoreConfig(
-            endpoint_url=self.endpoint,
-            region=self.env["S3_REGION"],
-            bucket=bucket,
-            key=self.env["S3_ACCESS_KEY"],
-            secret=self.env["S3_SECRET_KEY"],
-        )
-
-    def swift(self, container: str) -> SwiftBlockStoreConfig:
-        # parsec's <user>:<tenant> is tempauth's <account>:<user>
-        account, user = self.env["SWIFT_USER"].split(":", 1)
-        return SwiftBlockStoreConfig(
-            auth_url=self.auth_url,
-            tenant=user,
-            container=container,
-            user=account,
-            password=self.env["SWIFT_KEY"],
-        )
-
-
 @pytest.fixture(scope="session")
 def objectstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    start = OBJECTSTORE_SCRIPTS / "start-swift"
-    stop = OBJECTSTORE_SCRIPTS / "stop-swift"
-    if not start.exists():
-        pytest.fail(f"{start} not found (the shared/ checkout must sit beside the repository)")
-    run_dir = tmp_path_factory.mktemp("swift")
-    try:
-        result = subprocess.run(
-            ["bash", str(start), str(run_dir), *CONTAINERS],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={**os.environ, "START_SWIFT_WATCH_PID": str(os.getpid())},
-        )
-        if result.returncode != 0:
-            pytest.fail(f"start-swift failed (status {result.returncode}):\n{result.stderr[-3000:]}")
-        env = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-        yield ObjectStore(env=env)
-    finally:
-        subprocess.run(["bash", str(stop), str(run_dir)], check=False, timeout=60)
+    """The session's real object store (tests/objectstore.py; one per session, shared with
+    the interop tests)."""
+    with shared_objectstore(tmp_path_factory) as store:
+        yield store
 
 
 class SwiftAdmin:

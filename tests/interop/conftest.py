@@ -8,9 +8,21 @@ Server under test (see harness.py for every variable):
 * PARSEC_INTEROP_SERVER_ARGS="--db postgresql://... --blockstore ...": appended to either
   command line; environment variables (PARSEC_DB, ...) are inherited by the server process.
 
-One server process is shared by the tests of a session (each test uses its own
+Storage variants (variants.py): every test using a server runs once per variant it allows,
+with ids like `test_x[pg-s3]`: `memory` (plain `--dev`), `pg` (fresh migrated PostgreSQL
+database, POSTGRESQL blockstore), `pg-s3`, `pg-swift`, `pg-raid5` (PostgreSQL + blocks in the
+session's loopback Swift/S3). Tests allow `memory` and `pg` unless marked
+`@pytest.mark.interop_variants(...)`; PARSEC_INTEROP_VARIANTS=memory,pg-s3 (or `all`) narrows
+the run. The variant is a session-scoped parameter, so pytest runs the tests variant by
+variant: one PostgreSQL cluster and one object store serve the whole session, started only
+if a selected variant needs them. With PARSEC_INTEROP_SERVER_ARGS set (and no
+PARSEC_INTEROP_VARIANTS) every test runs once, as `[custom]`, on exactly those options.
+PostgreSQL variants carry the `postgresql` marker, object-store ones `objectstore` too.
+
+One server process is shared by the tests of a session and variant (each test uses its own
 organizations); it is restarted if it died, and PARSEC_INTEROP_ISOLATE=1 gives every test a
-fresh one. Tests that need a differently configured server use `server_factory`.
+fresh one. Tests that need a differently configured server use `server_factory`. Every
+server of a PostgreSQL variant gets its own fresh database.
 """
 
 from __future__ import annotations
@@ -24,9 +36,12 @@ from typing import Any
 
 import pytest
 
+from tests.objectstore import ObjectStore, shared_objectstore
+
 from .harness import (
     ENV_ISOLATE,
     ENV_REQUIRED,
+    ENV_VARIANTS,
     ENV_WIRE_LOG,
     ENV_WIRE_REPORT,
     ClientHome,
@@ -37,6 +52,16 @@ from .harness import (
     server_args_from_env,
     server_kind_from_env,
     truthy,
+)
+from .variants import (
+    CUSTOM,
+    DEFAULT_VARIANTS,
+    MEMORY,
+    PgDatabases,
+    ServerVariant,
+    make_variant,
+    selected_variants,
+    variant_marks,
 )
 
 _wire_report: dict[str, Any] = {}
@@ -50,6 +75,39 @@ def pytest_runtest_makereport(
     # Lets fixtures know at teardown whether the test body failed (to print server logs).
     setattr(item, f"_interop_rep_{report.when}", report)
     return report
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "interop_variants(*names): server storage variants a real-client test runs on "
+        f"(default: {', '.join(DEFAULT_VARIANTS)})",
+    )
+    try:
+        selected_variants(os.environ.get(ENV_VARIANTS), bool(server_args_from_env()))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that uses a server (through `interop_variant`) by variant."""
+    if "interop_variant" not in metafunc.fixturenames:
+        return
+    selected = selected_variants(os.environ.get(ENV_VARIANTS), bool(server_args_from_env()))
+    marker = metafunc.definition.get_closest_marker("interop_variants")
+    allowed = marker.args if marker is not None else DEFAULT_VARIANTS
+    names = [name for name in selected if name == CUSTOM or name in allowed]
+    metafunc.parametrize(
+        "interop_variant",
+        [
+            pytest.param(name, id=name, marks=[getattr(pytest.mark, mark) for mark in variant_marks(name)])
+            for name in names
+        ],
+        indirect=True,
+        # Session scope: pytest groups the tests by variant and tears a variant's servers
+        # down before the next variant starts.
+        scope="session",
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -73,13 +131,44 @@ def client_venv() -> Path:
     return venv
 
 
+# ----------------------------------------------------------------------------- storages
+@pytest.fixture(scope="session")
+def objectstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """The session's loopback Swift + S3 (tests/objectstore.py), shared with tests/blockstore."""
+    with shared_objectstore(tmp_path_factory) as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def interop_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgDatabases]:
+    """The session's PostgreSQL cluster, a fresh migrated database per server."""
+    databases = PgDatabases(tmp_path_factory.mktemp("interop-pg"), find_client_venv())
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
+@pytest.fixture(scope="session")
+def interop_variant(request: pytest.FixtureRequest) -> ServerVariant:
+    """The storage variant of the servers of this test (parametrized, see module doc)."""
+    default = CUSTOM if server_args_from_env() else MEMORY
+    name = str(getattr(request, "param", default))
+    return make_variant(
+        name,
+        pg=lambda: request.getfixturevalue("interop_pg"),
+        objectstore=lambda: request.getfixturevalue("objectstore"),
+    )
+
+
 # ----------------------------------------------------------------------------- servers
 class _ServerPool:
-    """The session's shared server, restarted when it has died."""
+    """The shared server of a session and variant, restarted when it has died."""
 
-    def __init__(self, root: Path, client_venv: Path) -> None:
+    def __init__(self, root: Path, client_venv: Path, variant: ServerVariant) -> None:
         self.root = root
         self.client_venv = client_venv
+        self.variant = variant
         self.kind = server_kind_from_env()
         self.extra_args = server_args_from_env()
         self.current: ServerProcess | None = None
@@ -93,7 +182,9 @@ class _ServerPool:
             self.kind,
             self.root / f"server-{self.count}",
             self.client_venv,
-            extra_args=[*self.extra_args, *extra_args],
+            # storage options of the variant first: PARSEC_INTEROP_SERVER_ARGS and the test's
+            # own options come after them (and win, for single-valued options)
+            extra_args=[*self.variant.server_args(self.kind), *self.extra_args, *extra_args],
             extra_env=extra_env,
             wire_log=True if truthy(os.environ.get(ENV_WIRE_LOG)) else None,
         )
@@ -112,8 +203,12 @@ class _ServerPool:
 
 
 @pytest.fixture(scope="session")
-def _server_pool(tmp_path_factory: pytest.TempPathFactory, client_venv: Path) -> Iterator[_ServerPool]:
-    pool = _ServerPool(tmp_path_factory.mktemp("interop-servers"), client_venv)
+def _server_pool(
+    tmp_path_factory: pytest.TempPathFactory, client_venv: Path, interop_variant: ServerVariant
+) -> Iterator[_ServerPool]:
+    pool = _ServerPool(
+        tmp_path_factory.mktemp(f"interop-servers-{interop_variant.name}"), client_venv, interop_variant
+    )
     try:
         yield pool
     finally:

@@ -47,6 +47,7 @@ SCRIPT_TIMEOUT = 120.0
 # Environment variables understood by this harness (all optional):
 ENV_SERVER = "PARSEC_INTEROP_SERVER"  # "reference" or unset/"ours"
 ENV_SERVER_ARGS = "PARSEC_INTEROP_SERVER_ARGS"  # shell-quoted extra args appended to the server command
+ENV_VARIANTS = "PARSEC_INTEROP_VARIANTS"  # storage variants to run (memory,pg,pg-s3,... or all)
 ENV_CLIENT_VENV = "PARSEC_CLIENT_VENV"  # client virtualenv (default <repo>/.client-venv)
 ENV_REQUIRED = "PARSEC_INTEROP_REQUIRED"  # set (CI): a missing client venv is an error, not a skip
 ENV_ISOLATE = "PARSEC_INTEROP_ISOLATE"  # set: a fresh server process for every test

@@ -1,20 +1,28 @@
 """Workspaces through the real client's Python API (scripts/workspace_scenario.py runs in
-the client venv; these tests assert on the observations it reports)."""
+the client venv; these tests assert on the observations it reports).
+
+They store blocks, so they run on every storage variant (memory, pg, pg-s3, pg-swift,
+pg-raid5); on the object-store variants they also check that the blocks landed in the
+variant's containers."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from .harness import ClientHome, CliResult, ServerProcess
+from .variants import ALL_VARIANTS, PG_RAID5, ServerVariant
 
-pytestmark = pytest.mark.client
+pytestmark = [pytest.mark.client, pytest.mark.interop_variants(*ALL_VARIANTS)]
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
-def run_scenario(client: ClientHome, server: ServerProcess, org_id: str, scenario: str) -> dict[str, Any]:
+def run_scenario(
+    client: ClientHome, server: ServerProcess, variant: ServerVariant, org_id: str, scenario: str
+) -> dict[str, Any]:
     proc, result = client.run_script(
         "workspace_scenario.py",
         scenario,
@@ -26,7 +34,27 @@ def run_scenario(client: ClientHome, server: ServerProcess, org_id: str, scenari
         str(client.root / "work"),
     )
     assert proc.returncode == 0 and result.get("ok"), _explain(proc, result)
+    _check_stored_objects(variant, org_id)
     return result
+
+
+def _check_stored_objects(variant: ServerVariant, org_id: str) -> None:
+    """On the object-store variants, the organization's blocks are objects named
+    `<org>/<block uuid>` in the variant's containers; RAID5 puts a piece of every block on
+    each of its three nodes (two data chunks and the parity)."""
+    stored = variant.stored_objects(org_id)
+    if not stored:
+        return
+    block_key = re.compile(
+        rf"{re.escape(org_id)}/[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}"
+    )
+    print(f"[{variant.name}] objects of {org_id}: {({c: len(n) for c, n in stored.items()})}")
+    for container, names in stored.items():
+        assert names, f"no block of {org_id} in {container!r} ({variant.name})"
+        assert all(block_key.fullmatch(name) for name in names), (container, names[:5])
+    if variant.name == PG_RAID5:
+        node_names = list(stored.values())
+        assert all(names == node_names[0] for names in node_names), {c: len(n) for c, n in stored.items()}
 
 
 def _explain(proc: CliResult, result: dict[str, Any]) -> str:
@@ -37,9 +65,9 @@ def _explain(proc: CliResult, result: dict[str, Any]) -> str:
 
 
 def test_files_roundtrip_through_fresh_device(
-    parsec_server: ServerProcess, client: ClientHome, org_id: str
+    parsec_server: ServerProcess, interop_variant: ServerVariant, client: ClientHome, org_id: str
 ) -> None:
-    r = run_scenario(client, parsec_server, org_id, "files")
+    r = run_scenario(client, parsec_server, interop_variant, org_id, "files")
 
     assert r["written_sizes"] == {
         "/empty.bin": 0,
@@ -70,9 +98,9 @@ def test_files_roundtrip_through_fresh_device(
 
 
 def test_sharing_contributor_then_reader(
-    parsec_server: ServerProcess, client: ClientHome, org_id: str
+    parsec_server: ServerProcess, interop_variant: ServerVariant, client: ClientHome, org_id: str
 ) -> None:
-    r = run_scenario(client, parsec_server, org_id, "sharing")
+    r = run_scenario(client, parsec_server, interop_variant, org_id, "sharing")
 
     inv = r["user_invitation"]
     assert inv["claimer.claimer_email"] == "bob@example.com"
@@ -111,9 +139,9 @@ def test_sharing_contributor_then_reader(
 
 
 def test_reencryption_keeps_data_readable(
-    parsec_server: ServerProcess, client: ClientHome, org_id: str
+    parsec_server: ServerProcess, interop_variant: ServerVariant, client: ClientHome, org_id: str
 ) -> None:
-    r = run_scenario(client, parsec_server, org_id, "reencryption")
+    r = run_scenario(client, parsec_server, interop_variant, org_id, "reencryption")
 
     assert r["revision_before"] == 1
     batches = r["reencryption_batches"]
