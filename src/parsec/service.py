@@ -9,6 +9,11 @@ with exit status 1.
 Shutdown (SIGTERM/SIGINT): stop listening, close every websocket with 1001,
 let in-flight HTTP requests finish (bounded), then stop the blockstore and the
 storage. twistd waits for the Deferred returned by stopService.
+
+PostgreSQL event feed (server-config.md §4): when the storage's LISTEN connection
+is lost, events may have been missed, so every websocket is closed (1001, as at
+shutdown) and requests get 503 until the storage listens again; if it gives up
+reconnecting, the process exits with status 1 after one `Error:` line.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class ParsecService(service.MultiService):
         *,
         reactor: Any = None,
         on_startup_failure: Callable[[str], None] | None = None,
+        on_fatal_error: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -85,7 +91,13 @@ class ParsecService(service.MultiService):
         self.reactor = reactor
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._on_startup_failure = on_startup_failure or self._default_startup_failure
+        self._on_fatal_error = on_fatal_error or self._default_fatal_error
+        self._event_feed_down = False
         self.storage, self.bus, self._storage_resources = self._build_storage()
+        if hasattr(self.storage, "on_listen_lost"):  # PostgreSQL: the event feed can be lost
+            self.storage.on_listen_lost = self._event_feed_lost
+            self.storage.on_listen_restored = self._event_feed_restored
+            self.storage.on_listen_gave_up = self._event_feed_gave_up
         self.blockstore = self._build_blockstore()
         self._email_trust_root = self._load_email_trust_root()
         self.shutdown_grace = SHUTDOWN_WEBSOCKET_TIMEOUT
@@ -157,7 +169,7 @@ class ParsecService(service.MultiService):
     async def _start(self) -> None:
         await self.storage.start()
         await self.blockstore.start()
-        self.app.ready = True
+        self.app.ready = not self._event_feed_down
         _log.info("Parsec server ready")
         self.ready.callback(None)
 
@@ -173,6 +185,40 @@ class ParsecService(service.MultiService):
         _log.critical("Start-up failed: {message}", message=message)
         print(f"Error: {message}", file=sys.stderr, flush=True)
         _exit_after_shutdown(self.reactor, 1)
+
+    def _default_fatal_error(self, message: str) -> None:
+        _log.critical("Stopping: {message}", message=message)
+        print(f"Error: {message}", file=sys.stderr, flush=True)
+        _exit_after_shutdown(self.reactor, 1)
+
+    # ---- event feed (PostgreSQL) ---------------------------------------------------------
+
+    def _event_feed_lost(self, error: Exception) -> None:
+        if not self.running:
+            return
+        self._event_feed_down = True
+        self.app.ready = False
+        self.app.unavailable_reason = "database unavailable"
+        _log.warn(
+            "Event feed lost ({error}): closing {count} websocket connection(s), refusing requests "
+            "until it is restored",
+            error=str(error),
+            count=len(self.ws_factory.connections),
+        )
+        defer.ensureDeferred(self.ws_factory.close_all(grace=self.shutdown_grace))
+
+    def _event_feed_restored(self) -> None:
+        if not self.running:
+            return
+        self._event_feed_down = False
+        self.app.unavailable_reason = None
+        self.app.ready = self.ready.called  # not before the start-up is over
+        _log.info("Event feed restored: serving again")
+
+    def _event_feed_gave_up(self, error: Exception) -> None:
+        if not self.running:
+            return
+        self._on_fatal_error(f"Database connection lost for good ({error}): giving up")
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._stop())

@@ -17,9 +17,10 @@ against the reply schemas of its command (`parsec.api.protocol.validate_reply`).
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -121,11 +122,34 @@ class InviteEnv:
         assert rep["status"] == "ok", rep
         return rep["token"]
 
-    # ---- server-side state (memory storage) ----------------------------------------------
+    # ---- server-side state (memory or PostgreSQL storage) --------------------------------
 
-    def conduit(self, token: UUID, organization_id: str | None = None) -> ConduitSlots:
-        storage = self.server.app.storage.invite
-        return storage._entries(organization_id or self.organization_id)[token].conduit
+    async def conduit(self, token: UUID, organization_id: str | None = None) -> ConduitSlots:
+        """A copy of the invitation's conduit as stored."""
+        organization_id = organization_id or self.organization_id
+        storage = self.server.app.storage
+        pool = getattr(storage, "pool", None)
+        if pool is None:
+            slots: ConduitSlots = storage.invite._entries(organization_id)[token].conduit
+            return attrs.evolve(slots)
+        row = await pool.fetchrow(
+            "SELECT conduit_state, conduit_greeter_payload, conduit_claimer_payload FROM invitation"
+            " WHERE organization_id = %s AND token = %s",
+            (organization_id, token),
+        )
+        assert row is not None, token
+        return ConduitSlots(state=row[0], greeter_payload=row[1], claimer_payload=row[2])
+
+    async def vanish(self, token: UUID) -> None:
+        """Remove the invitation from storage (cannot happen through the protocol)."""
+        storage = self.server.app.storage
+        pool = getattr(storage, "pool", None)
+        if pool is None:
+            del storage.invite._entries(self.organization_id)[token]
+        else:
+            await pool.execute(
+                "DELETE FROM invitation WHERE organization_id = %s AND token = %s", (self.organization_id, token)
+            )
 
     def waiters(self, token: UUID, organization_id: str | None = None) -> int:
         watch = self.component._watches.get((organization_id or self.organization_id, token))
@@ -134,8 +158,8 @@ class InviteEnv:
     async def blocked(self, token: UUID, side: str, state: str, waiters: int = 1) -> None:
         """Wait until `side` has spoken in `state` and at least `waiters` exchanges are waiting."""
 
-        def check() -> bool:
-            conduit = self.conduit(token)
+        async def check() -> bool:
+            conduit = await self.conduit(token)
             slot = conduit.greeter_payload if side == "greeter" else conduit.claimer_payload
             return conduit.state == state and slot is not None and self.waiters(token) >= waiters
 
@@ -159,10 +183,18 @@ class InviteEnv:
         assert self.component._watches == {}
 
 
-async def until(predicate: Callable[[], bool], what: str = "condition", timeout: float = DEADLINE) -> None:
-    """Poll `predicate` (server state) on the reactor until true; fail after `timeout`."""
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], what: str = "condition", timeout: float = DEADLINE
+) -> None:
+    """Poll `predicate` (server state, a function or a coroutine function) on the reactor until
+    true; fail after `timeout`."""
     deadline = reactor.seconds() + timeout
-    while not predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if reactor.seconds() > deadline:
             pytest.fail(f"timed out waiting for: {what}")
         await task.deferLater(reactor, 0.002, lambda: None)

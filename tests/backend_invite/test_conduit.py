@@ -169,8 +169,8 @@ async def test_public_keys_must_be_32_bytes(org: InviteEnv) -> None:
     rep = await ex.claimer.cmd(CLAIMER_CMDS["1"], claimer_public_key=b"x" * 33)
     assert rep["status"] == "bad_message"
     # Nothing was written in the conduit.
-    assert ex.env.conduit(ex.token).greeter_payload is None
-    assert ex.env.conduit(ex.token).claimer_payload is None
+    assert (await ex.env.conduit(ex.token)).greeter_payload is None
+    assert (await ex.env.conduit(ex.token)).claimer_payload is None
     await ex.step1()
     await org.assert_no_leak()
 
@@ -272,7 +272,7 @@ async def test_replaying_a_step_is_invalid_state(org: InviteEnv) -> None:
     for step in ("2a", "2b", "3b", "4"):
         assert await ex.greeter.cmd(GREETER_CMDS[step], **greeter_fields(step, ex.token)) == INVALID_STATE
         assert await ex.claimer.cmd(CLAIMER_CMDS[step], **claimer_fields(step)) == INVALID_STATE
-    assert ex.env.conduit(ex.token).state == "3_1_CLAIMER_TRUST"
+    assert (await ex.env.conduit(ex.token)).state == "3_1_CLAIMER_TRUST"
 
     # Replaying the step one is waiting in (own slot already filled) fails too; the original waits on.
     send_greeter(ex.greeter, "3a", ex.token)
@@ -552,7 +552,7 @@ async def test_greeter_commands_unknown_or_foreign_token(org: InviteEnv) -> None
         for step, cmd in GREETER_CMDS.items():
             assert await alice.cmd(cmd, **greeter_fields(step, token)) == {"status": "not_found"}, (cmd, token)
     # The invitations were not touched.
-    assert org.conduit(bob_token).greeter_payload is None
+    assert (await org.conduit(bob_token)).greeter_payload is None
     await other_env.close_all()
     await org.assert_no_leak()
 
@@ -612,7 +612,10 @@ async def test_claimer_wait_peer_cancelled_by_a_retry(org: InviteEnv) -> None:
     await org.blocked(ex.token, "claimer", "1_WAIT_PEERS")
     ex.claimer.forget(CLAIMER_CMDS["1"])
     send_claimer(ex.claimer, "1", key=CLAIMER_KEY2)
-    await until(lambda: org.conduit(ex.token).claimer_payload == CLAIMER_KEY2, "retry spoke")
+    async def retry_spoke() -> bool:
+        return (await org.conduit(ex.token)).claimer_payload == CLAIMER_KEY2
+
+    await until(retry_spoke, "retry spoke")
     await pair_step1(ex, "claimer", GREETER_KEY, CLAIMER_KEY2)
     assert not ex.claimer.client.proto.inbox
     await finish(ex)
@@ -657,7 +660,7 @@ async def test_claimer_command_on_vanished_invitation(org: InviteEnv) -> None:
     # "invitation vanished" cannot happen through the protocol (invitations are never removed,
     # only marked deleted); simulate it: the claimer gets `not_found` (commands.md §8.5).
     ex = await setup(org)
-    del org.server.app.storage.invite._entries("CoolOrg")[ex.token]
+    await org.vanish(ex.token)
     assert await ex.claimer.cmd(CLAIMER_CMDS["1"], **claimer_fields("1")) == {"status": "not_found"}
     assert await ex.claimer.cmd("ping", ping="still open") == {"status": "ok", "pong": "still open"}
     assert await ex.greeter.cmd(GREETER_CMDS["1"], **greeter_fields("1", ex.token)) == {"status": "not_found"}

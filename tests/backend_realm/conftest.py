@@ -5,7 +5,9 @@ schemas of `parsec.api.protocol`, and helpers to create realms, share them and c
 Event checks never rely on timing: an expected event is awaited with `events_listen(wait)`,
 and "nothing else was delivered" is proven by a ping from another device (`World.sync`):
 events reach a connection in the order the server produced them, so the ping must be the
-next event.
+next event. Events travel asynchronously (PostgreSQL: NOTIFY, then LISTEN), so
+`Client.subscribe` first waits until the server has routed every event published so far
+(`World.settle`): what happened before the subscription is never delivered.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from uuid import UUID, uuid4
 
 import attrs
 import pytest_twisted
+from twisted.internet import defer, reactor
 
 from parsec.api import protocol
+from parsec.backend.bus import BackendEvent
 from tests.api.certgen import LocalDevice
 from tests.orgs import Org, bootstrap_organization
 from tests.wsclient import WsClient
@@ -33,6 +37,7 @@ def check_reply(cmd: str, rep: dict[str, Any]) -> None:
 
 
 SYNC_PREFIX = "sync-"
+SETTLE_EVENT = "tests.settle"
 
 
 def is_sync_ping(event: dict[str, Any]) -> bool:
@@ -44,6 +49,7 @@ class Client:
     ws: WsClient
     device: LocalDevice
     pending: list[str] = attrs.field(factory=list)
+    world: World | None = None
 
     @property
     def device_id(self) -> str:
@@ -71,6 +77,8 @@ class Client:
         return rep
 
     async def subscribe(self) -> None:
+        if self.world is not None:
+            await self.world.settle()
         assert await self.cmd("events_subscribe") == {"status": "ok"}
 
     async def next_event(self, *, skip_sync: bool = True) -> dict[str, Any]:
@@ -116,7 +124,7 @@ class World:
     async def connect(self, device_id: str, *, org: Org | None = None, **kwargs: Any) -> Client:
         org = org or self.org
         ws = await org.connect(device_id, **kwargs)
-        client = Client(ws, org.devices[device_id])
+        client = Client(ws, org.devices[device_id], world=self)
         self.clients.append(client)
         return client
 
@@ -170,6 +178,26 @@ class World:
         )
         assert rep == {"status": "ok"}, rep
         return vlob_id
+
+    async def settle(self) -> None:
+        """Wait until the server has routed every event published so far: a marker event that
+        no component routes, published after them, is seen by a listener of the server's bus
+        (the memory bus delivers at once, the PostgreSQL bus in NOTIFY order)."""
+        mark = uuid4().hex
+        seen: defer.Deferred[None] = defer.Deferred()
+
+        def listener(event: BackendEvent) -> None:
+            if event.name == SETTLE_EVENT and event.data.get("mark") == mark and not seen.called:
+                seen.callback(None)
+
+        bus = self.app.bus
+        bus.connect(listener)
+        try:
+            bus.publish(BackendEvent(SETTLE_EVENT, self.org.organization_id, {"mark": mark}))
+            seen.addTimeout(10, reactor)
+            await seen
+        finally:
+            bus.disconnect(listener)
 
     async def sync(self, client: Client) -> None:
         """Assert that `client` (subscribed) has no event queued, by pinging it from another

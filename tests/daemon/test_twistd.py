@@ -1,4 +1,7 @@
-"""The real `twistd parsec` process: start, serve, SIGTERM (exit 0, websockets closed with 1001)."""
+"""The real `twistd parsec` process: start, serve, SIGTERM (exit 0, websockets closed with 1001).
+
+Runs on every storage (`server_storage`): `--dev` plus the storage's `--db`/`--blockstore`.
+"""
 
 from __future__ import annotations
 
@@ -42,13 +45,23 @@ def accepting(port: int) -> bool:
         return False
 
 
+async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Until the server answers (the port is bound before the storage is started: 503 until then)."""
+    for _ in range(int(timeout / 0.05)):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        if accepting(port) and (await httpclient.request(port, "GET", "/")).status != 503:
+            return
+        await task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("server not ready in time")
+
+
 @pytest.fixture
-def twistd(tmp_path):
+def twistd(tmp_path, server_storage):
     procs: list[subprocess.Popen] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "parsec", *args],
+            [str(BIN / "twistd"), "-n", "--pidfile=", "parsec", *args, *server_storage.twistd_args()],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -70,8 +83,7 @@ def twistd(tmp_path):
 async def test_serve_and_sigterm(twistd):
     port = free_port()
     proc = twistd("--dev", "--port", str(port), "--host", "127.0.0.1")
-    await wait_for(lambda: accepting(port) or proc.poll() is not None)
-    assert proc.poll() is None, proc.stdout.read().decode()
+    await wait_ready(port, proc)
 
     rep = await httpclient.request(port, "GET", "/")
     # --dev implies --debug: the verbose server header.

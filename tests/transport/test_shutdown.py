@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest_twisted
 
 from parsec.backend.invite import InviteComponent
-from tests.conftest import start_server
 from tests.orgs import bootstrap_organization
 from tests.wsclient import WsClient
 
@@ -13,8 +12,8 @@ ok = pytest_twisted.ensureDeferred
 
 
 @ok
-async def test_stop_service_closes_websockets_with_1001():
-    server = await start_server()
+async def test_stop_service_closes_websockets_with_1001(server_factory):
+    server = await server_factory()
     org = await bootstrap_organization(server)
     idle = await org.connect("alice@dev1")
     listening = await org.connect("alice@dev1")
@@ -34,10 +33,10 @@ async def test_stop_service_closes_websockets_with_1001():
 
 
 @ok
-async def test_waiting_conduit_command_cancelled_at_once():
+async def test_waiting_conduit_command_cancelled_at_once(server_factory):
     from twisted.internet import defer, reactor, task
 
-    server = await start_server()
+    server = await server_factory()
     org = await bootstrap_organization(server)
     greeter = await org.connect("alice@dev1")
     token = (await greeter.cmd("invite_new", type="DEVICE", send_email=False))["token"]
@@ -72,14 +71,14 @@ class _SlowBlockStore:
 
 
 @ok
-async def test_in_flight_request_finishes_before_close():
+async def test_in_flight_request_finishes_before_close(server_factory):
     import uuid
 
     from twisted.internet import defer, reactor, task
 
     from tests.orgs import now
 
-    server = await start_server()
+    server = await server_factory()
     org = await bootstrap_organization(server)
     alice = await org.connect("alice@dev1")
     realm_id = uuid.uuid4()

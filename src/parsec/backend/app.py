@@ -48,7 +48,7 @@ from parsec.backend.command import (
     not_admin,
     status,
 )
-from parsec.backend.storage import NotFoundError, Storage
+from parsec.backend.storage import NotFoundError, Storage, UnstorableValueError
 from parsec.config import BackendConfig
 
 _log = Logger()
@@ -156,7 +156,14 @@ class BackendApp:
             req = route.spec.req.load(msg)
         except s.ValidationError as exc:
             return {"status": "bad_message", "reason": "Invalid message.", "errors": exc.errors}
-        return await route.handler(ctx, req)
+        try:
+            return await route.handler(ctx, req)
+        except UnstorableValueError as exc:
+            return {
+                "status": "bad_message",
+                "reason": "Invalid message.",
+                "errors": {exc.field: ["Cannot contain the NUL character."]},
+            }
 
     # ---- connections ---------------------------------------------------------------------
 

@@ -71,6 +71,15 @@ class AlreadyMemberError(StorageError):
     pass
 
 
+class UnstorableValueError(StorageError):
+    """A request value this storage cannot hold (PostgreSQL text cannot contain the NUL
+    character). The request is answered `bad_message`; `field` names the request field."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field=field)
+        self.field = field
+
+
 # ---- realms, vlobs, blocks, messages ------------------------------------------------------
 # The component chooses the wire reply (and its reason text) from the exception type alone,
 # so storages raise the most specific class and never need a reason.

@@ -148,7 +148,8 @@ class RootResource(Resource):
                 return server.NOT_DONE_YET
 
         if not getattr(self._app, "ready", True):
-            finish(request, 503, b"Parsec server is starting")
+            reason = getattr(self._app, "unavailable_reason", None) or "starting"
+            finish(request, 503, f"Parsec server unavailable: {reason}".encode())
             return server.NOT_DONE_YET
 
         if self._is_websocket_upgrade(request):
@@ -212,6 +213,10 @@ class RootResource(Resource):
         async def run() -> None:
             try:
                 await handler(request)
+            except ConnectionError as exc:
+                # A backing service is unreachable (e.g. the database restarts): one line.
+                _log.warn("HTTP request failed: {error}", error=str(exc))
+                finish(request, 503, b"Parsec server unavailable: try again later")
             except Exception:
                 _log.failure("HTTP request crashed")
                 finish(request, 500, b"Parsec server has crashed :'(")

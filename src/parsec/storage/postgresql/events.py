@@ -199,7 +199,14 @@ class PostgreSQLEventBus:
         if self._stopping:
             _log.debug("Event {name} dropped: bus stopped", name=event.name)
             return
-        self._outbox.append(encode_event(event))
+        try:
+            payload = encode_event(event)
+        except ValueError as exc:
+            # Fire and forget must not fail its publisher (e.g. a `pinged` carrying a
+            # multi-megabyte string): the event cannot travel through NOTIFY, drop it.
+            _log.warn("Event {name} dropped: {error}", name=event.name, error=str(exc))
+            return
+        self._outbox.append(payload)
         if self._flushing is None:
             self._flushing = run_detached(self._flush)
 

@@ -313,7 +313,10 @@ class PgConnection:
             raw is None
             or bool(raw.closed)
             or isinstance(exc, psycopg2.InterfaceError)
-            or not isinstance(exc, psycopg2.Error)  # e.g. twisted ConnectionLost
+            # e.g. twisted ConnectionLost; but psycopg2 raises ValueError/TypeError while
+            # composing the query (a str with a NUL character, an unadaptable value): nothing
+            # was sent, the connection is fine.
+            or not isinstance(exc, (psycopg2.Error, ValueError, TypeError))
         )
 
     async def _ensure_prepared(self, query: Query) -> None:
