@@ -127,21 +127,28 @@ class RealmComponent:
     def _publish_message(self, ctx: AuthenticatedContext, recipient: str, index: int) -> None:
         self._publish(ctx, "message.received", recipient=recipient, index=index)
 
-    # ---- creation and read-only commands -----------------------------------------------------
-
-    @api("realm_create")
-    async def api_realm_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+    def _validate_role_certificate(
+        self, ctx: AuthenticatedContext, req: dict[str, Any], *, initial: bool
+    ) -> certs.RealmRoleCertificate | Reply:
         now = self._app.now()
         try:
-            cert = certs.validate_realm_role(
+            return certs.validate_realm_role(
                 req["role_certificate"],
                 author=ctx.device_id,
                 author_verify_key=ctx.verify_key,
                 now=now,
-                initial=True,
+                initial=initial,
             )
         except certs.CertificateValidationError as exc:
             return certificate_error_reply(exc, now)
+
+    # ---- creation and read-only commands -----------------------------------------------------
+
+    @api("realm_create")
+    async def api_realm_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        cert = self._validate_role_certificate(ctx, req, initial=True)
+        if isinstance(cert, dict):
+            return cert
         try:
             await self._storage.create(ctx.organization_id, _grant(cert, req["role_certificate"]))
         except AlreadyExistsError:
@@ -187,17 +194,9 @@ class RealmComponent:
 
     @api("realm_update_roles", outsider_reason=OUTSIDER_CANNOT_SHARE)
     async def api_realm_update_roles(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
-        now = self._app.now()
-        try:
-            cert = certs.validate_realm_role(
-                req["role_certificate"],
-                author=ctx.device_id,
-                author_verify_key=ctx.verify_key,
-                now=now,
-                initial=False,
-            )
-        except certs.CertificateValidationError as exc:
-            return certificate_error_reply(exc, now)
+        cert = self._validate_role_certificate(ctx, req, initial=False)
+        if isinstance(cert, dict):
+            return cert
         try:
             index = await self._storage.update_roles(
                 ctx.organization_id, _grant(cert, req["role_certificate"]), req["recipient_message"]
