@@ -289,6 +289,21 @@ def build_invitation_email(
 _ENVELOPE_RE: Final = re.compile(r'[^\s<>()\[\]\\,;:"@]+@[^\s<>()\[\]\\,;:"@]+')
 
 
+def _fits_in_header(addr: str) -> bool:
+    """Whether the `email` package can write `addr` as a To: header. It refuses line breaks
+    (any `str.splitlines` boundary) and its address parser raises IndexError, AttributeError,
+    TypeError... on some malformed values (e.g. `"`, `?<`)."""
+    if "\n" in addr or "\r" in addr:
+        return False
+    try:
+        probe = EmailMessage()
+        probe["To"] = addr
+        probe.as_bytes()
+    except Exception:
+        return False
+    return True
+
+
 def _envelope_address(addr: str | None) -> bytes | None:
     if not addr or not addr.isascii():
         return None
@@ -639,7 +654,9 @@ async def send_invitation_email(
     tls_options: IOpenSSLClientConnectionCreator | None = None,
 ) -> EmailSendStatus:
     """Build then send the invitation e-mail; never raises (but lets a cancellation through)."""
-    if not config.is_mocked and _envelope_address(to_addr) is None:
+    # `to_addr` is client input (the claimer e-mail of invite_new): one that cannot even be
+    # written in a header is a bad recipient, mocked or not, not a crash (and a traceback).
+    if not _fits_in_header(to_addr) or (not config.is_mocked and _envelope_address(to_addr) is None):
         _log.warn(
             "Invitation e-mail not sent: {to_addr!r} cannot be used as an SMTP recipient",
             to_addr=to_addr,

@@ -327,6 +327,15 @@ class Schema:
         return result
 
 
+def _describe(value: list[Any] | dict[Any, Any]) -> str:
+    """`str(value)` for an error text; a container nested too deeply for `str` (the decoder
+    accepts ~1000 levels, more than the interpreter's recursion limit) gets a placeholder."""
+    try:
+        return str(value)
+    except RecursionError:
+        return "<too deeply nested>"
+
+
 class OneOf:
     """Discriminated union on a str field (e.g. `type` of invite_new)."""
 
@@ -347,7 +356,7 @@ class OneOf:
             schema = None
         if schema is None:
             if isinstance(kind, (list, dict)):
-                raise ValidationError({self.discriminator: [f"Invalid value: {kind}"]})
+                raise ValidationError({self.discriminator: [f"Invalid value: {_describe(kind)}"]})
             raise ValidationError({self.discriminator: [f"Unsupported value: {kind}"]})
         return schema.load(data)
 

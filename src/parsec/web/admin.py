@@ -28,7 +28,9 @@ def _reply(request: ParsecRequest, code: int, data: dict[str, Any]) -> None:
 def _load_json_object(request: ParsecRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body().decode("utf8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nesting deeper than the interpreter's limit (`[[[[...`), a JSON
+        # document no client sends; refused like any other bad JSON.
         raise BadData("Invalid JSON") from None
     if not isinstance(data, dict):
         raise BadData({"_schema": ["Invalid input type."]})

@@ -99,7 +99,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         d.addErrback(self._internal_error)
 
     def _internal_error(self, failure: Any) -> None:
-        _log.failure("Unexpected error on a websocket connection", failure=failure)
+        if failure.check(ConnectionError):
+            # A backing service is unreachable (e.g. the database restarts): one line, the
+            # client reconnects later.
+            _log.warn("Websocket connection closed: {error}", error=failure.getErrorMessage())
+        else:
+            _log.failure("Unexpected error on a websocket connection", failure=failure)
         if self._state != _CLOSED:
             self._state = _CLOSED
             self.sendCloseFrame(code=1011, isReply=False)
@@ -237,6 +242,9 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             openHandshakeTimeout=3,
             closeHandshakeTimeout=5,
+            # Any text message is refused with `invalid_msg_format` + Close(1000) (transport.md
+            # §3); validating its UTF-8 first would make Autobahn drop the connection instead.
+            utf8validateIncoming=False,
         )
 
     async def close_all(self, grace: float = 5.0, timeout: float = 5.0) -> None:

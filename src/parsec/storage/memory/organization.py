@@ -30,6 +30,15 @@ from parsec.backend.storage import (
     NotFoundError,
 )
 
+# As the PostgreSQL storage's BIGINT column: the admin API (and the CLI default) accept any
+# int >= 0, but `organization_config` must be able to send it back in msgpack. Any larger
+# limit means "unlimited in practice", so clamping changes no decision.
+MAX_ACTIVE_USERS_LIMIT = 2**63 - 1
+
+
+def _clamp_limit(limit: int | None) -> int | None:
+    return None if limit is None else min(limit, MAX_ACTIVE_USERS_LIMIT)
+
 
 @attrs.define
 class OrgData:
@@ -107,7 +116,7 @@ class MemoryOrganizationStorage:
             Organization(
                 organization_id=organization_id,
                 bootstrap_token=bootstrap_token,
-                active_users_limit=active_users_limit,
+                active_users_limit=_clamp_limit(active_users_limit),
                 user_profile_outsider_allowed=user_profile_outsider_allowed,
                 created_on=created_on,
             )
@@ -150,6 +159,8 @@ class MemoryOrganizationStorage:
             )
             if value is not UNSET
         }
+        if "active_users_limit" in changes:
+            changes["active_users_limit"] = _clamp_limit(changes["active_users_limit"])
         data.organization = attrs.evolve(data.organization, **changes)
 
     async def bootstrap(
