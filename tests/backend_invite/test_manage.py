@@ -248,6 +248,8 @@ async def test_invite_list_ready_while_claimer_connected(org: InviteEnv) -> None
     claimer = await org.claimer(t_user, "USER")
     # READY is set when the handshake succeeds (the claimer's first reply proves it is done).
     assert (await claimer.cmd("ping", ping="x")) == {"status": "ok", "pong": "x"}
+    # With PostgreSQL the READY event comes back through NOTIFY, asynchronously.
+    await until(lambda: ("CoolOrg", t_user) in org.component._online, "claimer seen")
     assert await statuses() == {t_user: "READY", t_device: "IDLE"}
     await claimer.close()
     await until(lambda: ("CoolOrg", t_user) not in org.component._online, "claimer gone")
