@@ -289,11 +289,17 @@ def build_invitation_email(
 _ENVELOPE_RE: Final = re.compile(r'[^\s<>()\[\]\\,;:"@]+@[^\s<>()\[\]\\,;:"@]+')
 
 
+# RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its angle brackets.
+MAX_ADDRESS_BYTES = 254
+
+
 def _fits_in_header(addr: str) -> bool:
-    """Whether the `email` package can write `addr` as a To: header. It refuses line breaks
-    (any `str.splitlines` boundary) and its address parser raises IndexError, AttributeError,
-    TypeError... on some malformed values (e.g. `"`, `?<`)."""
-    if "\n" in addr or "\r" in addr:
+    """Whether `addr` can be an e-mail recipient written as a To: header by the `email`
+    package. Longer than any valid address: no (and the package folds long non-ASCII
+    values in super-linear time: 5000 non-ASCII chars block the reactor for seconds). It
+    refuses line breaks (any `str.splitlines` boundary), and its address parser raises
+    IndexError, AttributeError, TypeError... on some malformed values (e.g. `"`, `?<`)."""
+    if len(addr.encode("utf8", "surrogatepass")) > MAX_ADDRESS_BYTES or "\n" in addr or "\r" in addr:
         return False
     try:
         probe = EmailMessage()

@@ -9,7 +9,8 @@ once by a `ping` with a unique text:
   Close(1000); the ping is never answered;
 * `cmd` missing, not a str, or not a command of the connection type: `unknown_command`;
 * otherwise a reply of the command (`validate_reply`), `bad_message` iff the request does
-  not match the command's schema (or a profile refusal comes first), or, for the two
+  not match the command's schema (unless a profile refusal comes first; and PostgreSQL
+  refuses texts holding NUL with `bad_message`, backend/storage.py), or, for the two
   cancellable commands only, no reply at all;
 * then the ping's `pong`: the connection is still usable.
 """
@@ -39,9 +40,9 @@ INVALID_MSG_FORMAT = {"status": "invalid_msg_format", "reason": "Invalid message
 UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
 # Commands abandoned without a reply when the next request arrives (transport.md §6.1).
 CANCELLABLE = {"events_listen", "invite_1_claimer_wait_peer"}
-# Refused on the profile before the schema is looked at (commands.md §2).
 # Autobahn refuses bigger messages (1009) before the protocol sees them (web/websocket.py).
 MAX_WS_MESSAGE = 16 * 1024 * 1024
+# Refused on the profile before the schema is looked at (commands.md §2).
 PROFILE_GATED = {
     "user_create", "user_revoke", "human_find", "realm_update_roles",
     "pki_enrollment_list", "pki_enrollment_reject", "pki_enrollment_accept",
@@ -57,10 +58,27 @@ def record(cmd: Any, status: Any) -> None:
     STATS[(str(cmd)[:40], str(status))] += 1
 
 
+def short(value: Any, depth: int = 0) -> str:
+    """A bounded repr (values hold megabytes and nest a thousand levels)."""
+    if isinstance(value, str | bytes):
+        return repr(value[:60]) + (f"...({len(value)})" if len(value) > 60 else "")
+    if depth > 4:
+        return "..."
+    if isinstance(value, dict):
+        items = list(value.items())
+        inner = ", ".join(f"{short(k, depth + 1)}: {short(v, depth + 1)}" for k, v in items[:12])
+        return "{" + inner + (", ..." if len(items) > 12 else "") + "}"
+    if isinstance(value, list | tuple):
+        inner = ", ".join(short(item, depth + 1) for item in value[:12])
+        return "[" + inner + (", ..." if len(value) > 12 else "") + "]"
+    text = repr(value)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
 def where(name: str, case: int, detail: Any = "") -> str:
-    text = repr(detail)
-    if len(text) > 600:
-        text = text[:600] + "..."
+    text = short(detail)
+    if len(text) > 1500:
+        text = text[:1500] + "..."
     return f"[PARSEC_FUZZ_SEED={SEED} test={name} case={case}] {text}"
 
 
@@ -273,12 +291,17 @@ NUL_ERROR = ["Cannot contain the NUL character."]
 
 
 def contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, list | tuple):
-        return any(contains_nul(item) for item in value)
-    if isinstance(value, dict):
-        return any(contains_nul(key) or contains_nul(item) for key, item in value.items())
+    """Whether a decoded value holds a str with NUL (iterative: values nest ~1000 deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
     return False
 
 

@@ -171,3 +171,38 @@ async def test_anonymous_http(server):
     )
     assert rep.status == 200 and unpackb(rep.body)["status"] == "ok", rep.body
     await still_serving(world)
+
+
+HOSTILE_EMAILS = [
+    '"', "?<", "=?utf-8?q?x?=", "a\u2028b", "a\x1cb", "a\nb", "a\rb", "<>", "a@b, c@d", "=@[>", "_.:", "\x00",
+    "é" * 5000, "😀" * 300, "a" * 70000 + "@example.com", "", " ", "alice@example.com\n",
+]
+
+
+@ok
+async def test_invite_new_hostile_claimer_emails(server):
+    """invite_new USER with `send_email`: the claimer e-mail is client input that ends up in
+    an e-mail header (mocked e-mails here, the test server's default)."""
+    world = await build_world(server)
+    name = "claimer-emails"
+    gen = Gen(rng_for(name), world.known)
+    emails = [*HOSTILE_EMAILS, *(gen.text() for _ in range(cases(12)))]
+    client = await world.org.connect("alice@dev1")
+    try:
+        for case, email in enumerate(emails):
+            rep = await client.cmd("invite_new", type="USER", claimer_email=email, send_email=True)
+            context = where(name, case, email)
+            try:
+                protocol.validate_reply(protocol.AUTHENTICATED_COMMANDS["invite_new"], rep)
+            except protocol.InvalidReply as exc:
+                raise AssertionError(f"{context} -> {exc}") from None
+            record("invite_new hostile e-mail", rep.get("email_sent", rep["status"]))
+            if rep["status"] == "ok":
+                assert "email_sent" in rep, f"{context} -> {rep!r}"
+            else:
+                assert is_unstorable_reply(rep, {"claimer_email": email}), f"{context} -> {rep!r}"
+            if rep["status"] == "ok" and len(email.encode("utf8")) > 254:
+                assert rep["email_sent"] == "BAD_RECIPIENT", f"{context} -> {rep!r}"
+    finally:
+        await client.close()
+    await still_serving(world)
