@@ -107,9 +107,10 @@ async def test_handshake_answers(server):
     seen: dict[str, int] = {}
     for case in range(cases(400)):
         kind, target, who, expected = gen.rng.choice(identities)
-        intact = True
         if gen.chance(0.85):
-            version: Any = gen.rng.choice([v for v in VERSIONS if v[0] == {"anonymous": 1}.get(kind, v[0])] if gen.chance(0.6) else VERSIONS)
+            # mostly a major that fits the answer type (1 for `anonymous`, else 2 or 3)
+            fitting = [v for v in VERSIONS if v[0] in SUPPORTED and (v[0] == 1) == (kind == "anonymous")]
+            version: Any = gen.rng.choice(fitting if gen.chance(0.6) else VERSIONS)
         else:
             version = gen.rng.choice(BAD_VERSIONS)
         client = await WsClient.connect(server.port)
@@ -127,6 +128,13 @@ async def test_handshake_answers(server):
             answer["answer"], intact = signed_answer(target.devices[who].signing_key, challenge["challenge"], version, gen)
             if not intact and expected == "ok":
                 expected = "bad_protocol"
+            r = gen.rng.random()
+            if r < 0.1:
+                answer["rvk"] = bytes(32)  # checked right after the identity
+                expected = "rvk_mismatch"
+            elif r < 0.2:
+                answer["device_id"] = gen.rng.choice(["alice@nodevice", "nobody@dev1"])  # checked first
+                expected = "bad_identity"
         elif kind == "INVITED":
             answer["invitation_type"], answer["token"] = who
         elif gen.chance(0.5):

@@ -318,7 +318,7 @@ async def test_schema_constraints(pool: PostgreSQLPool, unique_org: str) -> None
     upsert = (
         "INSERT INTO invitation (organization_id, token, type, greeter_user_id, claimer_email, created_on)"
         " VALUES (%s, %s, 'USER', 'alice', 'zack@example.com', %s)"
-        " ON CONFLICT (organization_id, greeter_user_id, type, (coalesce(claimer_email, '')))"
+        " ON CONFLICT (organization_id, greeter_user_id, type, (md5(coalesce(claimer_email, ''))))"
         " WHERE deleted_on IS NULL DO UPDATE SET created_on = invitation.created_on RETURNING token"
     )
     token = uuid.uuid4()

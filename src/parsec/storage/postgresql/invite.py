@@ -62,7 +62,7 @@ WITH member AS (
     SELECT %(org)s, %(token)s, %(type)s, %(greeter)s, %(email)s, %(now)s
     FROM member
     WHERE NOT member.already AND NOT EXISTS (SELECT 1 FROM pending)
-    ON CONFLICT (organization_id, greeter_user_id, type, (coalesce(claimer_email, '')))
+    ON CONFLICT (organization_id, greeter_user_id, type, (md5(coalesce(claimer_email, ''))))
         WHERE deleted_on IS NULL DO NOTHING
     RETURNING token, created_on
 )

@@ -158,7 +158,7 @@ CREATE TABLE invitation (
 );
 
 CREATE UNIQUE INDEX invitation_pending
-    ON invitation (organization_id, greeter_user_id, type, (coalesce(claimer_email, '')))
+    ON invitation (organization_id, greeter_user_id, type, (md5(coalesce(claimer_email, ''))))
     WHERE deleted_on IS NULL;
 
 
