@@ -8,8 +8,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="Proprietary",
     python_requires=">=3.11",
-    package_dir={"": "src"},
-    packages=find_packages("src") + ["twisted.plugins"],
+    packages=find_packages(include=["parsec", "parsec.*"]) + ["twisted.plugins"],
     package_data={
         "parsec": [
             "web/static/*",
