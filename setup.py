@@ -38,6 +38,9 @@ setup(
             "sentry-sdk>=1.40",
             "boto3",
             "python-swiftclient",
+            # tests/packaging builds the wheel without build isolation (no download).
+            "setuptools>=68",
+            "wheel",
         ],
         "lint": ["ruff>=0.5"],
     },

@@ -19,7 +19,7 @@ python="${PYTHON:-python3.11}"
 # libfuse.so.2) even with mountpoints disabled; the [backend] extra does not pull it in.
 client_pkgs=("parsec-cloud[backend]==2.10.0" "pypac==0.16.0" "psutil==5.9.8" "fusepy==3.0.1")
 attrs_pin="attrs==22.2.0"
-marker_content="${client_pkgs[*]} $attrs_pin sitecustomize-v1"
+marker_content="${client_pkgs[*]} $attrs_pin compat-pth-v1"
 marker="$venv/.parsec-interop-complete"
 
 if [[ -f "$marker" && "$(cat "$marker")" == "$marker_content" && -x "$venv/bin/parsec" ]]; then
@@ -46,10 +46,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$vpy" -m pip install --quiet --no-deps "$attrs_pin"
 
 # Some of the client's dependencies still import the ABCs from `collections`, removed in 3.10.
+# A .pth hook rather than sitecustomize.py: Debian's own Python ships a sitecustomize module
+# in its standard library, which would shadow one placed in the venv's site-packages.
 site="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-cat > "$site/sitecustomize.py" <<'PY'
-# Written by tests/interop/install-client-venv.sh: restore the collections ABC aliases that
-# pre-3.10 code in the parsec-cloud 2.10.0 dependency tree still expects.
+rm -f "$site/sitecustomize.py"
+cat > "$site/_parsec_interop_compat.py" <<'PY'
+"""Restore the `collections` ABC aliases that pre-3.10 code in the parsec-cloud 2.10.0
+dependency tree still expects. Written by tests/interop/install-client-venv.sh and loaded at
+start-up by _parsec_interop_compat.pth."""
 import collections
 import collections.abc
 
@@ -67,6 +71,7 @@ for _name in (
         setattr(collections, _name, getattr(collections.abc, _name))
 del _name
 PY
+echo "import _parsec_interop_compat" > "$site/_parsec_interop_compat.pth"
 
 # Check: the CLI starts and the client core imports (this is where a missing libfuse2 shows).
 "$venv/bin/parsec" --help >/dev/null
