@@ -729,7 +729,7 @@ def _apply_dev(command_line: _CommandLine) -> None:
         elif dest not in command_line.values:
             command_line.values[dest] = [raw]
     if "backend_addr" not in command_line.values:
-        # The quirk is deliberate (server-config.md §3): PARSEC_PORT is not looked at.
+        # The quirk is deliberate (docs/protocol/server-config.md §3): PARSEC_PORT is not looked at.
         ports = command_line.values.get("port")
         port = ports[-1] if ports else str(DEFAULT_PORT)
         command_line.values["backend_addr"] = [f"parsec://localhost:{port}"]

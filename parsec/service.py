@@ -10,7 +10,7 @@ Shutdown (SIGTERM/SIGINT): stop listening, close every websocket with 1001,
 let in-flight HTTP requests finish (bounded), then stop the blockstore and the
 storage. twistd waits for the Deferred returned by stopService.
 
-PostgreSQL event feed (server-config.md §4): when the storage's LISTEN connection
+PostgreSQL event feed (docs/protocol/server-config.md §4): when the storage's LISTEN connection
 is lost, events may have been missed, so every websocket is closed (1001, as at
 shutdown) and requests get 503 until the storage listens again; if it gives up
 reconnecting, the process exits with status 1 after one `Error:` line.

@@ -1,4 +1,4 @@
-"""Organization bootstrap webhook (admin-api.md §3): JSON POST, 30 s timeout, never blocking forever."""
+"""Organization bootstrap webhook (docs/protocol/admin-api.md §3): JSON POST, 30 s timeout, never blocking forever."""
 
 from __future__ import annotations
 

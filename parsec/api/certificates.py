@@ -1,4 +1,4 @@
-"""Signed certificates and PKI payloads (data-formats.md §2-§6).
+"""Signed certificates and PKI payloads (docs/protocol/data-formats.md §2-§6).
 
 A signed certificate is ``signature (64 bytes) || zlib(msgpack map)``. Loading one:
 
@@ -10,7 +10,7 @@ A signed certificate is ``signature (64 bytes) || zlib(msgpack map)``. Loading o
 
 Every failure raises `CertificateError` whose `str()` is the detail text; commands wrap it
 as ``Invalid certification data (<text>).``. The ``validate_*`` functions run the compound
-checks of commands.md (§5.1, §6.1, §6.4, §6.5, §9.1, §9.5) and raise
+checks of docs/protocol/commands.md (§5.1, §6.1, §6.4, §6.5, §9.1, §9.5) and raise
 `CertificateValidationError(status, reason)`.
 
 This module is pure: no I/O, no clock (``now`` is always a parameter).
@@ -82,7 +82,7 @@ __all__ = [
     "validate_revoked_user",
 ]
 
-# Ballpark (handshake.md §6): a client timestamp is acceptable iff -50 < now - ts < 70 (seconds).
+# Ballpark (docs/protocol/handshake.md §6): a client timestamp is acceptable iff -50 < now - ts < 70 (seconds).
 BALLPARK_CLIENT_EARLY_OFFSET = 50.0
 BALLPARK_CLIENT_LATE_OFFSET = 70.0
 
@@ -587,7 +587,7 @@ def validate_bootstrap(
     redacted_device_certificate: bytes | None,
     now: datetime,
 ) -> NewUserCertificates:
-    """organization_bootstrap, commands.md §5.1 steps 2-13.
+    """organization_bootstrap, docs/protocol/commands.md §5.1 steps 2-13.
 
     The redacted certificates are None only for the APIv1 flavour when the request omits
     them (the API >= 2.7 schema requires both). A ballpark failure raises status
@@ -656,7 +656,7 @@ def validate_new_user(
     redacted_device_certificate: bytes,
     now: datetime,
 ) -> NewUserCertificates:
-    """user_create and pki_enrollment_accept, commands.md §6.1 (``author`` = connected device).
+    """user_create and pki_enrollment_accept, docs/protocol/commands.md §6.1 (``author`` = connected device).
 
     No rule on the new user's profile here.
     """
@@ -699,7 +699,7 @@ def validate_new_device(
     redacted_device_certificate: bytes,
     now: datetime,
 ) -> NewDeviceCertificates:
-    """device_create, commands.md §6.4 steps 2-6 (``author`` = connected device)."""
+    """device_create, docs/protocol/commands.md §6.4 steps 2-6 (``author`` = connected device)."""
     try:
         device = load_device_certificate(device_certificate, author_verify_key, author)
         redacted_device = load_device_certificate(redacted_device_certificate, author_verify_key, author)
@@ -727,7 +727,7 @@ def validate_revoked_user(
     author_verify_key: bytes,
     now: datetime,
 ) -> RevokedUserCertificate:
-    """user_revoke, commands.md §6.5 steps 3-5 (step 5 raises status `not_allowed`)."""
+    """user_revoke, docs/protocol/commands.md §6.5 steps 3-5 (step 5 raises status `not_allowed`)."""
     try:
         cert = load_revoked_user_certificate(revoked_user_certificate, author_verify_key, author)
     except CertificateError as exc:

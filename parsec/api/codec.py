@@ -1,4 +1,4 @@
-"""msgpack encoding of every protocol message (transport.md §4).
+"""msgpack encoding of every protocol message (docs/protocol/transport.md §4).
 
 * datetime <-> ext type 1: 8 bytes, big-endian float64 seconds since the epoch (UTC);
 * UUID <-> ext type 2: the 16 raw bytes (a payload of another size makes the

@@ -1,4 +1,4 @@
-"""Server side of the Parsec handshake, without any I/O (handshake.md).
+"""Server side of the Parsec handshake, without any I/O (docs/protocol/handshake.md).
 
     hs = ServerHandshake()
     send(hs.build_challenge(now))

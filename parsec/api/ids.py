@@ -1,7 +1,7 @@
-"""Identifiers and enumerations of the protocol (commands.md §1).
+"""Identifiers and enumerations of the protocol (docs/protocol/commands.md §1).
 
 Every string identifier is NFC-normalised, then fully matched against its
-pattern (DECISIONS.md: a trailing newline is refused), then its UTF-8 length
+pattern (docs/protocol/DECISIONS.md: a trailing newline is refused), then its UTF-8 length
 is checked. Identifiers stay plain `str` values once validated.
 """
 

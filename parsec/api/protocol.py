@@ -1,4 +1,4 @@
-"""Request and reply schemas of every command, per connection type (commands.md).
+"""Request and reply schemas of every command, per connection type (docs/protocol/commands.md).
 
 Everything here is data: one `CommandSpec` per (connection type, command) holding the
 request schema (the `cmd` key itself is not part of it; unknown request keys are ignored)
@@ -192,11 +192,11 @@ _BOOTSTRAP_ERRORS = {
     "bad_timestamp": BAD_TIMESTAMP,
     "not_found": EMPTY,
     "already_bootstrapped": EMPTY,
-    # DECISIONS.md: bootstrap with `active_users_limit` 0 (the reference crashes)
+    # docs/protocol/DECISIONS.md: bootstrap with `active_users_limit` 0 (the reference crashes)
     "active_users_limit_reached": EMPTY,
 }
 
-# --- events (events.md §4) ---------------------------------------------------------------
+# --- events (docs/protocol/events.md §4) ---------------------------------------------------------------
 
 EVENTS_LISTEN_OK = _one_of_rep(
     "event",
@@ -635,7 +635,7 @@ _AUTHENTICATED = (
         ),
         EMPTY,
         {
-            # `User `x` is not admin`, or OUTSIDER refused by the organization (DECISIONS.md)
+            # `User `x` is not admin`, or OUTSIDER refused by the organization (docs/protocol/DECISIONS.md)
             "not_allowed": WITH_REASON,
             "invalid_payload_data": WITH_REASON,
             "invalid_certification": WITH_REASON,

@@ -3,7 +3,7 @@
 A schema is a mapping of field name to `Field`. `Schema.load(raw)` returns a
 plain dict of validated (and converted) values, or raises `ValidationError`
 whose `errors` map mirrors the reference server's validation messages
-(transport.md §6 step 4). Unknown keys are ignored.
+(docs/protocol/transport.md §6 step 4). Unknown keys are ignored.
 """
 
 from __future__ import annotations

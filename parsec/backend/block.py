@@ -1,4 +1,4 @@
-"""Block commands (commands.md §11): encrypted file chunks, bytes in the blockstore.
+"""Block commands (docs/protocol/commands.md §11): encrypted file chunks, bytes in the blockstore.
 
 block_create runs in three steps so that nothing is held while the blockstore works (a
 database connection held across the write is what deadlocks the reference): check the
@@ -26,7 +26,7 @@ from parsec.blockstore.base import BlockStoreError
 
 _log = Logger()
 
-# Legacy name of the status for any blockstore failure (storage.md §2).
+# Legacy name of the status for any blockstore failure (docs/protocol/storage.md §2).
 BLOCKSTORE_FAILURE = "timeout"
 
 

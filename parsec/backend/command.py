@@ -4,7 +4,7 @@ A component method decorated with `@api("vlob_create")` becomes the handler of
 that command. The handler receives the connection context and the request
 already validated against the command's schema (`parsec.api.protocol`), and
 returns the reply map (with its `status`). `admin_only` / `outsider_reason`
-are profile checks that run *before* schema validation (commands.md §2).
+are profile checks that run *before* schema validation (docs/protocol/commands.md §2).
 """
 
 from __future__ import annotations

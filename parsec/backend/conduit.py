@@ -1,4 +1,4 @@
-"""The invitation conduit state machine (invitations.md §3), as pure functions over its slots.
+"""The invitation conduit state machine (docs/protocol/invitations.md §3), as pure functions over its slots.
 
 Storage implementations hold a `ConduitSlots` per invitation (in memory, or a
 row locked FOR UPDATE in PostgreSQL) and call `conduit_talk` / `conduit_listen`

@@ -1,4 +1,4 @@
-"""`events_subscribe` / `events_listen` (events.md).
+"""`events_subscribe` / `events_listen` (docs/protocol/events.md).
 
 One bus listener for the whole process routes each backend event to the
 subscribed connections of its organization, converting it to the API event
@@ -145,6 +145,6 @@ class EventsComponent:
                         )
                     )
             elif name == "pki_enrollment.updated":
-                # DECISIONS.md: only the ADMINs of the same organization.
+                # docs/protocol/DECISIONS.md: only the ADMINs of the same organization.
                 if ctx.profile == "ADMIN":
                     sub.push(ok(event="pki_enrollment.updated"))

@@ -62,7 +62,7 @@ class InviteComponent:
     def __init__(self, app: Any) -> None:
         self._app = app
         self._watches: dict[tuple[str, UUID], _Watch] = {}
-        # Tokens with a claimer connected, as far as this instance knows (invitations.md §4).
+        # Tokens with a claimer connected, as far as this instance knows (docs/protocol/invitations.md §4).
         self._online: set[tuple[str, UUID]] = set()
         app.bus.connect(self._on_event)
 
@@ -258,7 +258,7 @@ class InviteComponent:
             ctx.close()
             return status("invalid_state")
         except NotFoundError:
-            # Only reachable if the invitation vanished from storage (commands.md §8.5).
+            # Only reachable if the invitation vanished from storage (docs/protocol/commands.md §8.5).
             return status("not_found")
         except InvalidStateError:
             return status("invalid_state")

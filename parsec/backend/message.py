@@ -1,4 +1,4 @@
-"""`message_get` (commands.md §7): the connected user's messages, shared by all its devices.
+"""`message_get` (docs/protocol/commands.md §7): the connected user's messages, shared by all its devices.
 
 Messages are appended by realm_update_roles and realm_start_reencryption_maintenance (see
 parsec.backend.realm); this component only reads them.

@@ -1,4 +1,4 @@
-"""Organizations: administration, bootstrap, stats and config (admin-api.md, commands.md §5)."""
+"""Organizations: administration, bootstrap, stats and config (docs/protocol/admin-api.md, docs/protocol/commands.md §5)."""
 
 from __future__ import annotations
 

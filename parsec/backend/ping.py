@@ -1,4 +1,4 @@
-"""`ping` on every connection type (commands.md §3)."""
+"""`ping` on every connection type (docs/protocol/commands.md §3)."""
 
 from __future__ import annotations
 

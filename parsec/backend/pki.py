@@ -1,4 +1,4 @@
-"""PKI enrollment (commands.md §12).
+"""PKI enrollment (docs/protocol/commands.md §12).
 
 An anonymous submitter posts an enrollment request over HTTP (`pki_enrollment_submit`) and
 polls it (`pki_enrollment_info`); an ADMIN lists, rejects or accepts it, accepting creating
@@ -6,7 +6,7 @@ the user exactly as `user_create` would. The X.509 certificates and the payload 
 are opaque: the server only checks that the payloads decode.
 
 Every state change publishes `pki_enrollment.updated` (delivered to the ADMINs of the same
-organization only, DECISIONS.md).
+organization only, docs/protocol/DECISIONS.md).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class PkiComponent:
         except certs.CertificateError as exc:
             return status("invalid_payload_data", str(exc))
         now = self._app.now()
-        # DECISIONS.md: an organization refusing outsiders refuses them here too.
+        # docs/protocol/DECISIONS.md: an organization refusing outsiders refuses them here too.
         checked = await self._app.component(UserComponent).new_user_from_request(ctx, req, now)
         if isinstance(checked, dict):
             return checked

@@ -1,9 +1,9 @@
-"""Realm commands (commands.md §9) and the storage-error -> reply mapping shared with the vlob
+"""Realm commands (docs/protocol/commands.md §9) and the storage-error -> reply mapping shared with the vlob
 and block commands.
 
 Certificates and timestamps are checked here; the storage then applies the realm rules
 (`parsec.backend.realm_rules`) and writes atomically; events are published here, after the
-storage call succeeded, in the order events.md gives.
+storage call succeeded, in the order docs/protocol/events.md gives.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ class RealmComponent:
             return status("incompatible_profile", INCOMPATIBLE_PROFILE)
         except StorageError as exc:
             # `user_revoked` is the API 3.1 status; this server sends it to every 2.x/3.x
-            # client, as majors 2 and 3 are served identically (handshake.md §5).
+            # client, as majors 2 and 3 are served identically (docs/protocol/handshake.md §5).
             return error_reply(exc, realm_id=cert.realm_id)
         self._publish(ctx, "realm.roles_updated", realm_id=cert.realm_id, user=cert.user_id, role=cert.role)
         if index is not None:

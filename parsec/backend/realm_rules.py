@@ -1,4 +1,4 @@
-"""Access, maintenance and causality rules of realms, vlobs and blocks (commands.md §9-§11).
+"""Access, maintenance and causality rules of realms, vlobs and blocks (docs/protocol/commands.md §9-§11).
 
 Pure functions over plain facts, no I/O. Each `check_*` raises the `parsec.backend.storage`
 exception of the FIRST failing rule, in the order the reference's production (PostgreSQL)
@@ -76,7 +76,7 @@ class RealmState:
         return self.maintenance_type is not None
 
 
-# ---- realm access (commands.md §10.1) ---------------------------------------------------------
+# ---- realm access (docs/protocol/commands.md §10.1) ---------------------------------------------------------
 
 
 def check_realm_state(state: RealmState, operation: Operation, encryption_revision: int | None = None) -> None:
@@ -174,7 +174,7 @@ def check_vlob_create(
 ) -> None:
     """vlob_create §10.2 steps 3-5. `last_role_granted_on` is the timestamp of the author
     user's latest role certificate in the realm; `vlob_id_used` whether the id exists anywhere
-    in the organization (DECISIONS.md)."""
+    in the organization (docs/protocol/DECISIONS.md)."""
     if state is None:
         raise RealmNotFoundError()
     check_realm_access(state, role, Operation.WRITE, encryption_revision)
@@ -343,7 +343,7 @@ def check_finish_reencryption(
 ) -> None:
     """realm_finish_reencryption_maintenance §9.7 steps 2-6. `reencryption_over`: every
     version of revision N-1 has its counterpart at N (true when the realm has no vlob at all,
-    DECISIONS.md)."""
+    docs/protocol/DECISIONS.md)."""
     if state is None:
         raise RealmNotFoundError()
     if author_role != OWNER:

@@ -449,7 +449,7 @@ class MessageStorage(Protocol):
 
 @attrs.frozen
 class PkiEnrollment:
-    """One PKI enrollment request and what became of it (storage.md §3). The X.509
+    """One PKI enrollment request and what became of it (docs/protocol/storage.md §3). The X.509
     certificates and the payloads are opaque bytes."""
 
     enrollment_id: UUID
@@ -480,7 +480,7 @@ class PkiAcceptance:
 
 
 class PkiStorage(Protocol):
-    """PKI enrollments (commands.md §12). Every mutating method is one atomic unit,
+    """PKI enrollments (docs/protocol/commands.md §12). Every mutating method is one atomic unit,
     serialized per organization with user creation and revocation (one transaction under
     the organization's user/device write lock in PostgreSQL)."""
 

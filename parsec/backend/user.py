@@ -1,4 +1,4 @@
-"""Users and devices (commands.md §6)."""
+"""Users and devices (docs/protocol/commands.md §6)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class UserComponent:
         return self._app.storage.user
 
     async def check_outsider_allowed(self, organization_id: str, profile: str) -> Reply | None:
-        """DECISIONS.md: `user_profile_outsider_allowed = false` is enforced."""
+        """docs/protocol/DECISIONS.md: `user_profile_outsider_allowed = false` is enforced."""
         if profile != "OUTSIDER":
             return None
         org = await self._app.storage.organization.get(organization_id)
@@ -100,7 +100,7 @@ class UserComponent:
         self, ctx: AuthenticatedContext, req: dict[str, Any], now: datetime
     ) -> tuple[User, Device] | Reply:
         """The four certificates of a new user (user_create, pki_enrollment_accept), checked
-        (commands.md §6.1) and turned into records; or the error reply."""
+        (docs/protocol/commands.md §6.1) and turned into records; or the error reply."""
         try:
             validated = certs.validate_new_user(
                 author=ctx.device_id,

@@ -1,4 +1,4 @@
-"""Vlob commands (commands.md §10): versioned encrypted blobs and their re-encryption."""
+"""Vlob commands (docs/protocol/commands.md §10): versioned encrypted blobs and their re-encryption."""
 
 from __future__ import annotations
 

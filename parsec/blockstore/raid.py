@@ -1,4 +1,4 @@
-"""RAID0 / RAID1 / RAID5 over any blockstores (storage.md §2.2-2.4).
+"""RAID0 / RAID1 / RAID5 over any blockstores (docs/protocol/storage.md §2.2-2.4).
 
 * RAID0: the whole block on node `block_id.int % N` (UUID bytes as a big-endian integer).
 * RAID1: the whole block on every node; a read returns the first node that answers.

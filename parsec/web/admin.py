@@ -1,4 +1,4 @@
-"""Administration REST API (admin-api.md): JSON, bearer token, one error funnel."""
+"""Administration REST API (docs/protocol/admin-api.md): JSON, bearer token, one error funnel."""
 
 from __future__ import annotations
 

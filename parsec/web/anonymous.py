@@ -1,4 +1,4 @@
-"""Anonymous HTTP commands: `GET|POST /anonymous/<organization_id>` (transport.md §5)."""
+"""Anonymous HTTP commands: `GET|POST /anonymous/<organization_id>` (docs/protocol/transport.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP side of the listener (transport.md §2): one twisted.web Site, one request per connection.
+"""The HTTP side of the listener (docs/protocol/transport.md §2): one twisted.web Site, one request per connection.
 
 `RootResource` routes on the percent-decoded path itself (twisted's segment
 tree neither decodes `+` as space nor matches the reference's route table), and

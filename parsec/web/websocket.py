@@ -1,4 +1,4 @@
-"""The Parsec websocket: handshake, then one request at a time (transport.md §3, §6).
+"""The Parsec websocket: handshake, then one request at a time (docs/protocol/transport.md §3, §6).
 
 The protocol object is a thin shell: frames in, `BackendApp.handshake` /
 `BackendApp.dispatch` in the middle, frames out. Rules it enforces itself:
@@ -242,7 +242,7 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             openHandshakeTimeout=3,
             closeHandshakeTimeout=5,
-            # Any text message is refused with `invalid_msg_format` + Close(1000) (transport.md
+            # Any text message is refused with `invalid_msg_format` + Close(1000) (docs/protocol/transport.md
             # §3); validating its UTF-8 first would make Autobahn drop the connection instead.
             utf8validateIncoming=False,
         )

@@ -1,4 +1,4 @@
-"""Decoding and verification of signed certificates and PKI payloads (data-formats.md §2-§6)."""
+"""Decoding and verification of signed certificates and PKI payloads (docs/protocol/data-formats.md §2-§6)."""
 
 from __future__ import annotations
 
@@ -868,7 +868,7 @@ def test_unsecure_load_root_signed() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# PKI payloads (data-formats.md §6)
+# PKI payloads (docs/protocol/data-formats.md §6)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
-"""Compound certificate validations of commands (commands.md §5.1, §6.1, §6.4, §6.5, §9.1, §9.5)
-and the ballpark rule (handshake.md §6)."""
+"""Compound certificate validations of commands (docs/protocol/commands.md §5.1, §6.1, §6.4, §6.5, §9.1, §9.5)
+and the ballpark rule (docs/protocol/handshake.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test data for the protocol schemas, written from commands.md / events.md independently of
+"""Test data for the protocol schemas, written from docs/protocol/commands.md / docs/protocol/events.md independently of
 `parsec.api.protocol` (the tests compare the two).
 
 * `REQUESTS`: per connection type and command, the request fields and their kind;
@@ -539,7 +539,7 @@ _BOOTSTRAP_ERRORS = {
     "bad_timestamp": "bad_timestamp",
     "not_found": "bare",
     "already_bootstrapped": "bare",
-    "active_users_limit_reached": "bare",  # DECISIONS.md
+    "active_users_limit_reached": "bare",  # docs/protocol/DECISIONS.md
 }
 
 ERROR_FORMS: dict[str, dict[str, dict[str, str]]] = {
@@ -730,7 +730,7 @@ ERROR_FORM_EXAMPLES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]
     ),
 }
 
-# Replies quoted in the "Tests" paragraphs of commands.md: (conn, cmd, reply)
+# Replies quoted in the "Tests" paragraphs of docs/protocol/commands.md: (conn, cmd, reply)
 DOCUMENTED_REPLIES: list[tuple[str, str, dict[str, Any]]] = [
     (AUTH, "ping", {"status": "ok", "pong": "42"}),
     (INVITED, "ping", {"status": "ok", "pong": "42"}),

@@ -1,4 +1,4 @@
-"""Command sets per connection type (commands.md §0) and status index (§13)."""
+"""Command sets per connection type (docs/protocol/commands.md §0) and status index (§13)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from parsec.api.schema import OneOf, Schema
 
 from ._cases import ANON, APIV1, AUTH, ERROR_FORMS, INVITED, OK_REPLIES, REQUESTS
 
-# commands.md §0, in the order of the table
+# docs/protocol/commands.md §0, in the order of the table
 EXPECTED_SETS = {
     AUTH: """
         ping events_subscribe events_listen message_get user_get user_create user_revoke
@@ -66,7 +66,7 @@ _VLOB_ALL = [
     *_VLOB_MAINTENANCE,
 ]
 
-# commands.md §13, expanded (`ok` and `bad_message` are produced by every command; the two
+# docs/protocol/commands.md §13, expanded (`ok` and `bad_message` are produced by every command; the two
 # dispatcher statuses belong to no command)
 STATUS_INDEX: dict[str, list[str]] = {
     "not_found": [
@@ -139,7 +139,7 @@ STATUS_INDEX: dict[str, list[str]] = {
         "pki_enrollment_accept",
     ],
     "bad_user_id": ["device_create"],
-    # + organization_bootstrap: DECISIONS.md (limit 0 at bootstrap)
+    # + organization_bootstrap: docs/protocol/DECISIONS.md (limit 0 at bootstrap)
     "active_users_limit_reached": ["user_create", "pki_enrollment_accept", "organization_bootstrap"],
     "already_revoked": ["user_revoke"],
     "bad_timestamp": [

@@ -168,7 +168,7 @@ def test_all_errors_reported_at_once() -> None:
 
 
 def test_user_create_missing_redacted_device_certificate() -> None:
-    # commands.md §6.3 tests
+    # docs/protocol/commands.md §6.3 tests
     spec = protocol.AUTHENTICATED_COMMANDS["user_create"]
     with pytest.raises(ValidationError) as ctx:
         spec.req.load(
@@ -274,7 +274,7 @@ def test_user_id_is_nfc_normalized() -> None:
 
 
 def test_user_id_trailing_newline_refused() -> None:
-    # DECISIONS.md: full match (the reference accepts "alice\n")
+    # docs/protocol/DECISIONS.md: full match (the reference accepts "alice\n")
     req = protocol.AUTHENTICATED_COMMANDS["user_get"].req
     with pytest.raises(ValidationError) as ctx:
         req.load({"user_id": "alice\n"})

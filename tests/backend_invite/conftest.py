@@ -1,4 +1,4 @@
-"""Fixtures and helpers of the invitation tests (commands.md §8, invitations.md, events.md).
+"""Fixtures and helpers of the invitation tests (docs/protocol/commands.md §8, docs/protocol/invitations.md, docs/protocol/events.md).
 
 Everything goes over real TCP on loopback. Every reply a test receives is checked
 against the reply schemas of its command (`parsec.api.protocol.validate_reply`).
@@ -9,7 +9,7 @@ against the reply schemas of its command (`parsec.api.protocol.validate_reply`).
   olivia (OUTSIDER), all with human handles.
 * `until(predicate)`: polls server-side state with a bounded deadline; used to
   know that a peer is really blocked in the conduit before its partner acts
-  (which side speaks first matters, invitations.md §3.2).
+  (which side speaks first matters, docs/protocol/invitations.md §3.2).
 * SMTP: `pki`, `ca_file`, `smtp_server_factory`, `closed_port` (the SMTP server
   is tests/mail/smtp_server.py, imported lazily: importing twisted.mail installs
   the default reactor).

@@ -1,4 +1,4 @@
-"""Drive the claimer/greeter conduit step by step over the wire (invitations.md §3).
+"""Drive the claimer/greeter conduit step by step over the wire (docs/protocol/invitations.md §3).
 
 `Exchange.step*` methods send the two peers' commands in the requested order
 ("leader" first) and wait, between the two, until the leader is really blocked

@@ -1,4 +1,4 @@
-"""The claimer/greeter conduit over the wire (invitations.md §3, commands.md §8.5, transport.md §6.1-6.2)."""
+"""The claimer/greeter conduit over the wire (docs/protocol/invitations.md §3, docs/protocol/commands.md §8.5, docs/protocol/transport.md §6.1-6.2)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ ok = pytest_twisted.ensureDeferred
 GREETER_KEY2 = b"\x42" * 32
 CLAIMER_KEY2 = b"\x43" * 32
 
-# Where a side can be left blocked in the conduit (invitations.md §3.1 state names, shortened):
+# Where a side can be left blocked in the conduit (docs/protocol/invitations.md §3.1 state names, shortened):
 # the claimer's 2a also waits in 2_2 for the greeter's nonce, the greeter's 2b in 2_3 for the
 # claimer's nonce.
 CLAIMER_POINTS = ["1", "2_1", "2_2", "3_1", "3_2", "4"]
@@ -658,7 +658,7 @@ async def test_claimer_bad_messages(org: InviteEnv) -> None:
 @ok
 async def test_claimer_command_on_vanished_invitation(org: InviteEnv) -> None:
     # "invitation vanished" cannot happen through the protocol (invitations are never removed,
-    # only marked deleted); simulate it: the claimer gets `not_found` (commands.md §8.5).
+    # only marked deleted); simulate it: the claimer gets `not_found` (docs/protocol/commands.md §8.5).
     ex = await setup(org)
     await org.vanish(ex.token)
     assert await ex.claimer.cmd(CLAIMER_CMDS["1"], **claimer_fields("1")) == {"status": "not_found"}

@@ -1,4 +1,4 @@
-"""The pure conduit state machine (parsec.backend.conduit, invitations.md §3.2).
+"""The pure conduit state machine (parsec.backend.conduit, docs/protocol/invitations.md §3.2).
 
 The wire tests cannot produce every interleaving with the in-memory storage and bus (where
 a peer's wake-up runs synchronously), e.g. the greeter speaking first in 2_2 or a second

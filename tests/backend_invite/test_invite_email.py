@@ -1,4 +1,4 @@
-"""`invite_new` with `send_email: true`, delivered to a real SMTP server on loopback (invitations.md §5).
+"""`invite_new` with `send_email: true`, delivered to a real SMTP server on loopback (docs/protocol/invitations.md §5).
 
 The Parsec server runs with `EmailConfig(host="127.0.0.1", port=<test SMTP server>)`; STARTTLS
 and SMTPS use a throwaway CA that the server trusts through `EmailConfig.ca_file`.

@@ -1,4 +1,4 @@
-"""invite_new / invite_delete / invite_list / invite_info (commands.md §8.1-8.4)."""
+"""invite_new / invite_delete / invite_list / invite_info (docs/protocol/commands.md §8.1-8.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`invite.status_changed` events (events.md §4, invitations.md §4)."""
+"""`invite.status_changed` events (docs/protocol/events.md §4, docs/protocol/invitations.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Administration REST API (admin-api.md), every route and error."""
+"""Administration REST API (docs/protocol/admin-api.md), every route and error."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""organization_bootstrap on the anonymous HTTP route and on the APIv1 websocket (commands.md §5.1)."""
+"""organization_bootstrap on the anonymous HTTP route and on the APIv1 websocket (docs/protocol/commands.md §5.1)."""
 
 from __future__ import annotations
 

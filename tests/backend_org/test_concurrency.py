@@ -1,4 +1,4 @@
-"""Concurrent requests that race on one rule (storage.md §3, "Concurrency requirements").
+"""Concurrent requests that race on one rule (docs/protocol/storage.md §3, "Concurrency requirements").
 
 Each request goes over its own connection and all are sent before any reply is read. On
 PostgreSQL they are spread over two server instances sharing the test's database, so only the

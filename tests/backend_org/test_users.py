@@ -1,4 +1,4 @@
-"""User and device commands (commands.md §5.2-5.3, §6)."""
+"""User and device commands (docs/protocol/commands.md §5.2-5.3, §6)."""
 
 from __future__ import annotations
 

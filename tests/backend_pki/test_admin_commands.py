@@ -1,5 +1,5 @@
 """`pki_enrollment_list`, `pki_enrollment_reject` and `pki_enrollment_accept` on authenticated
-connections (commands.md §12.3-12.5)."""
+connections (docs/protocol/commands.md §12.3-12.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Whole enrollment life cycles with one X.509 certificate (commands.md §12 upstream tests)."""
+"""Whole enrollment life cycles with one X.509 certificate (docs/protocol/commands.md §12 upstream tests)."""
 
 from __future__ import annotations
 

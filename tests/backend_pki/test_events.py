@@ -1,5 +1,5 @@
 """`pki_enrollment.updated` reaches the ADMINs of the enrollment's organization only
-(events.md §4, DECISIONS.md)."""
+(docs/protocol/events.md §4, docs/protocol/DECISIONS.md)."""
 
 from __future__ import annotations
 

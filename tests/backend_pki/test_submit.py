@@ -1,4 +1,4 @@
-"""`pki_enrollment_submit` and `pki_enrollment_info` over `POST /anonymous/<org>` (commands.md §12.1-12.2)."""
+"""`pki_enrollment_submit` and `pki_enrollment_info` over `POST /anonymous/<org>` (docs/protocol/commands.md §12.1-12.2)."""
 
 from __future__ import annotations
 
@@ -311,7 +311,7 @@ async def test_unknown_organization(server):
 
 @ok
 async def test_expired_organization_still_served(server):
-    # transport.md §5: no expiration check on the anonymous route.
+    # docs/protocol/transport.md §5: no expiration check on the anonymous route.
     org = await bootstrap_organization(server)
     await patch_organization(server, org.organization_id, is_expired=True)
     enrollment_id = uuid4()

@@ -1,4 +1,4 @@
-"""block_create, block_read (commands.md §11, storage.md §2)."""
+"""block_create, block_read (docs/protocol/commands.md §11, docs/protocol/storage.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""events_subscribe / events_listen with the realm events (events.md)."""
+"""events_subscribe / events_listen with the realm events (docs/protocol/events.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""message_get (commands.md §7) and `message.received` (events.md)."""
+"""message_get (docs/protocol/commands.md §7) and `message.received` (docs/protocol/events.md)."""
 
 from __future__ import annotations
 

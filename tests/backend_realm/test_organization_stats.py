@@ -1,4 +1,4 @@
-"""organization_stats sizes and realm counts (commands.md §5.2) as realms, vlobs and blocks are
+"""organization_stats sizes and realm counts (docs/protocol/commands.md §5.2) as realms, vlobs and blocks are
 written, and realm_stats alongside."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""realm_create, realm_status, realm_stats, realm_get_role_certificates (commands.md §9.1-§9.4)."""
+"""realm_create, realm_status, realm_stats, realm_get_role_certificates (docs/protocol/commands.md §9.1-§9.4)."""
 
 from __future__ import annotations
 

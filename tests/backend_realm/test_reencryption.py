@@ -221,7 +221,7 @@ async def test_finish_statuses(world, other_org):
 
 @ok
 async def test_finish_realm_without_vlobs(world):
-    """DECISIONS.md: nothing to re-encrypt means finished."""
+    """docs/protocol/DECISIONS.md: nothing to re-encrypt means finished."""
     alice = await world.connect("alice@dev1")
     realm_id = await world.create_realm(alice)
     assert await start(world, alice, realm_id) == {"status": "ok"}

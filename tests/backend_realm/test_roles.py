@@ -1,4 +1,4 @@
-"""realm_update_roles (commands.md §9.5): every status, the role matrix, causality."""
+"""realm_update_roles (docs/protocol/commands.md §9.5): every status, the role matrix, causality."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ async def test_owner_gives_and_removes_every_role(world):
 
 
 def expected_status(author_role, target_role, new_role) -> str:
-    """Independent statement of the rule (commands.md §9.5 steps 11-12)."""
+    """Independent statement of the rule (docs/protocol/commands.md §9.5 steps 11-12)."""
     if author_role == "OWNER":
         allowed = True
     elif author_role == "MANAGER":

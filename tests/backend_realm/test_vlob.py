@@ -1,4 +1,4 @@
-"""vlob_create, vlob_read, vlob_update, vlob_poll_changes, vlob_list_versions (commands.md §10.1-§10.6)."""
+"""vlob_create, vlob_read, vlob_update, vlob_poll_changes, vlob_list_versions (docs/protocol/commands.md §10.1-§10.6)."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ async def test_create_already_exists(world, other_org):
     realm_id = await world.create_realm(alice)
     vlob_id = await world.create_vlob(alice, realm_id, b"original")
     assert await create(alice, realm_id, vlob_id, world.ts(), b"again") == {"status": "already_exists", "reason": ""}
-    # DECISIONS.md: unique in the whole organization.
+    # docs/protocol/DECISIONS.md: unique in the whole organization.
     other_realm = await world.create_realm(alice)
     assert await create(alice, other_realm, vlob_id, world.ts()) == {"status": "already_exists", "reason": ""}
     assert (await read(alice, vlob_id))["blob"] == b"original"

@@ -1,4 +1,4 @@
-"""The `--blockstore` grammar of storage.md §1, example by example, error by error."""
+"""The `--blockstore` grammar of docs/protocol/storage.md §1, example by example, error by error."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SWIFT_USAGE = "Invalid SWIFT config, must be `swift:<auth_url>:<tenant>:<contain
 @pytest.mark.parametrize(
     "raw, parts",
     [
-        # the upstream table of storage.md §1.1
+        # the upstream table of docs/protocol/storage.md §1.1
         ("foo", ["foo"]),
         ("foo:bar", ["foo", "bar"]),
         ("foo\\:bar", ["foo:bar"]),

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.objectstore
 
 TIMEOUT = 10.0
 BLOCK = os.urandom(512 * 1024)
-# storage.md §2.1: block_id hex 0694a211... is stored as `org42/0694a211-7635-4e82-95e2-8a543e5887f9`
+# docs/protocol/storage.md §2.1: block_id hex 0694a211... is stored as `org42/0694a211-7635-4e82-95e2-8a543e5887f9`
 KNOWN_ID = uuid.UUID("0694a21176354e8295e28a543e5887f9")
 KNOWN_KEY = "org42/0694a211-7635-4e82-95e2-8a543e5887f9"
 # organization ids are `[\w-]{1,32}` (unicode included); the others check the key quoting

@@ -1,4 +1,4 @@
-"""RAID failure rules (storage.md §2.2-2.4, DECISIONS.md) with in-memory fake nodes."""
+"""RAID failure rules (docs/protocol/storage.md §2.2-2.4, docs/protocol/DECISIONS.md) with in-memory fake nodes."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ async def test_raid1_read_fails_only_when_all_nodes_fail(
 
 @pytest_twisted.ensureDeferred
 async def test_raid1_empty_block_is_valid(fake_stores: list[FakeStore]) -> None:
-    # DECISIONS.md: the reference took a 0-byte block read back for a failed node.
+    # docs/protocol/DECISIONS.md: the reference took a 0-byte block read back for a failed node.
     raid = RAID1BlockStore(fake_stores[:2])
     block_id = uuid.uuid4()
     await raid.create(ORG, block_id, b"")

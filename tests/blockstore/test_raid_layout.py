@@ -1,4 +1,4 @@
-"""RAID layouts (storage.md §2.2-2.4), property-tested against an independent, naive model."""
+"""RAID layouts (docs/protocol/storage.md §2.2-2.4), property-tested against an independent, naive model."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(coroutine: Any) -> Any:
 
 
 def naive_raid5(block: bytes, nodes: int) -> list[bytes]:
-    """storage.md §2.4, written as plainly as possible."""
+    """docs/protocol/storage.md §2.4, written as plainly as possible."""
     k = nodes - 1
     size = (len(block) + 4 + k - 1) // k
     payload = bytearray(len(block).to_bytes(4, "big") + block)

@@ -259,7 +259,7 @@ def subprocess_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[s
         if case_id in TWISTD_CASES:
             jobs.append(([TWISTD, "--nodaemon", "--pidfile=", "parsec", *argv], _env(env)))
             keys.append(("twistd", case_id))
-    # --debug shows the traceback (env var of DECISIONS.md: PARSEC_DEBUG).
+    # --debug shows the traceback (env var of docs/protocol/DECISIONS.md: PARSEC_DEBUG).
     jobs.append(([PARSEC, "backend", "run", "--port", "x"], {**REQUIRED_ENV, "PARSEC_DEBUG": "1"}))
     keys.append(("parsec", "debug"))
     jobs.append(([TWISTD, "-n", "--pidfile=", "parsec", "--debug", "--port", "x"], REQUIRED_ENV))

@@ -1,5 +1,5 @@
 """`--help` of every front-end lists every option with its environment variable; the twistd
-plugin is visible (an import error would hide it silently, TWISTED-NOTES §1)."""
+plugin is visible (an import error would hide it silently, README.rst, Installation)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Option parsing as data: each option from argv and from the environment, defaults,
-precedence, PARSEC_CMD_ARGS, --dev, the start-up line (server-config.md §1-3, DECISIONS.md)."""
+precedence, PARSEC_CMD_ARGS, --dev, the start-up line (docs/protocol/server-config.md §1-3, docs/protocol/DECISIONS.md)."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def test_defaults() -> None:
     assert (email.use_ssl, email.use_tls, email.language) == (False, False, "en")
     assert email.sender == "no-reply@parsec.com"  # MOCKED host: sender not required
     log = config.log
-    assert (log.level, log.format, log.file) == ("WARNING", "CONSOLE", None)  # WARNING: DECISIONS.md
+    assert (log.level, log.format, log.file) == ("WARNING", "CONSOLE", None)  # WARNING: docs/protocol/DECISIONS.md
     assert (log.sentry_dsn, log.sentry_environment) == (None, "production")
 
 
@@ -275,7 +275,7 @@ def test_last_command_line_value_wins() -> None:
 
 
 def test_cmd_args_override_the_command_line() -> None:
-    # server-config.md §1: `--port 6895` on the CLI, `--port=6896` in PARSEC_CMD_ARGS -> 6896.
+    # docs/protocol/server-config.md §1: `--port 6895` on the CLI, `--port=6896` in PARSEC_CMD_ARGS -> 6896.
     env = {**REQUIRED_ENV, "PARSEC_CMD_ARGS": "--port=6896"}
     assert parse_run_args(["--port", "6895"], env).listen.port == 6896
 
@@ -381,7 +381,7 @@ def test_dev_overrides_env() -> None:
 
 
 def test_dev_backend_addr_ignores_parsec_port() -> None:
-    # server-config.md §3 (observed): PARSEC_PORT=6897 -> listens on 6897, addr says 6777.
+    # docs/protocol/server-config.md §3 (observed): PARSEC_PORT=6897 -> listens on 6897, addr says 6777.
     config = parse_run_args(["--dev"], {"PARSEC_PORT": "6897"})
     assert config.listen.port == 6897
     assert config.backend.backend_addr == BackendAddr("localhost", 6777)

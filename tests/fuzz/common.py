@@ -1,7 +1,7 @@
 """Shared pieces of the wire fuzz tests: a populated organization, reconnecting websocket
 sessions, and the reply oracle of one fuzzed websocket message.
 
-Oracle for one binary message sent on a ready connection (transport.md §6), followed at
+Oracle for one binary message sent on a ready connection (docs/protocol/transport.md §6), followed at
 once by a `ping` with a unique text:
 
 * larger than the websocket message limit (16 MiB): the connection is closed;
@@ -38,11 +38,11 @@ from tests.wsclient import ClosedError, WsClient
 
 INVALID_MSG_FORMAT = {"status": "invalid_msg_format", "reason": "Invalid message format"}
 UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
-# Commands abandoned without a reply when the next request arrives (transport.md §6.1).
+# Commands abandoned without a reply when the next request arrives (docs/protocol/transport.md §6.1).
 CANCELLABLE = {"events_listen", "invite_1_claimer_wait_peer"}
 # Autobahn refuses bigger messages (1009) before the protocol sees them (web/websocket.py).
 MAX_WS_MESSAGE = 16 * 1024 * 1024
-# Refused on the profile before the schema is looked at (commands.md §2).
+# Refused on the profile before the schema is looked at (docs/protocol/commands.md §2).
 PROFILE_GATED = {
     "user_create", "user_revoke", "human_find", "realm_update_roles",
     "pki_enrollment_list", "pki_enrollment_reject", "pki_enrollment_accept",

@@ -1,4 +1,4 @@
-"""A msgpack encoder for hostile test messages, plus the decodability oracle of transport.md §4.
+"""A msgpack encoder for hostile test messages, plus the decodability oracle of docs/protocol/transport.md §4.
 
 The project codec only writes canonical msgpack. Fuzzing needs more: every legal but
 non-minimal encoding (a 1 stored as uint64, a short str as str32, float32), ext values with

@@ -1,4 +1,4 @@
-"""Mutated certificates in every command that takes some (data-formats.md, commands.md §5-§12).
+"""Mutated certificates in every command that takes some (docs/protocol/data-formats.md, docs/protocol/commands.md §5-§12).
 
 Each case builds a genuine, valid request (fresh ids each time), then corrupts it in one of
 these ways, each with a verdict on what the server may do:
@@ -64,7 +64,7 @@ CERT_ERRORS = {
     "organization_bootstrap": {"invalid_certification", "invalid_data", "bad_timestamp"},
 }
 
-# Certificate fields (data-formats.md §3) as schema fields, used for their shape only.
+# Certificate fields (docs/protocol/data-formats.md §3) as schema fields, used for their shape only.
 ID = s.Identifier(lambda value: value)
 COMMON = {"type": s.Constant(""), "author": ID, "timestamp": s.DateTime()}
 SHAPES: dict[str, dict[str, Any]] = {
@@ -274,7 +274,7 @@ def corrupt(gen: Gen, certs: list[Cert], root_signed: bool, others: dict[str, li
     return worst(*(cert.verdict for cert in certs))
 
 
-# ---- independent consistency rules (commands.md §5.1, §6.1, §6.4, §6.5, §9.1, §9.5) -----------------
+# ---- independent consistency rules (docs/protocol/commands.md §5.1, §6.1, §6.4, §6.5, §9.1, §9.5) -----------------
 
 
 def _user_view(fields: dict[Any, Any]) -> tuple[tuple[Any, ...], Any]:

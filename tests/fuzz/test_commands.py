@@ -141,7 +141,7 @@ async def test_anonymous_http(server):
                 assert rep.status == 200, f"{context} -> {rep.status} {rep.body[:200]!r}"
                 assert rep.headers.get("content-type") == "application/msgpack", context
                 reply = unpackb(rep.body)
-                # transport.md §2: a body of 1 MiB or more is not read (treated as empty).
+                # docs/protocol/transport.md §2: a body of 1 MiB or more is not read (treated as empty).
                 if len(payload) >= MAX_HTTP_BODY or not mpack.decodable(payload):
                     assert reply == {"status": "invalid_msg_format"}, f"{context} -> {reply!r}"
                     continue

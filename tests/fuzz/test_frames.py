@@ -6,8 +6,8 @@ msgpack level, on an authenticated connection: the oracle of `tests.fuzz.common`
 undecodable message gets `invalid_msg_format` + Close(1000), a decodable one a proper reply
 and the connection lives on).
 
-Websocket level: text frames get `invalid_msg_format` + Close(1000) (transport.md §3);
-protocol violations end the connection (transport.md §6 says `invalid_msg_format` +
+Websocket level: text frames get `invalid_msg_format` + Close(1000) (docs/protocol/transport.md §3);
+protocol violations end the connection (docs/protocol/transport.md §6 says `invalid_msg_format` +
 Close(1000) there too, as the reference was seen doing; Autobahn drops the TCP connection
 instead, which no genuine client can notice: accepted here, either way); pings get pongs; a
 valid request split in fragments, with pings in between, is served. Never a server

@@ -3,7 +3,7 @@
 Each case opens a websocket, reads the challenge, builds a genuine answer (AUTHENTICATED
 with a correct signature in the format of the declared version, INVITED with a live token,
 APIv1 `anonymous`) for a chosen identity, mutates it, and sends it. The server must answer
-with exactly one handshake result (handshake.md §4) then, unless `ok`, drop the connection;
+with exactly one handshake result (docs/protocol/handshake.md §4) then, unless `ok`, drop the connection;
 an `ok` connection must serve a ping. Undecodable answers and versions that are not two
 non-negative ints of a supported major get `bad_protocol`. Some cases send a text frame
 (`invalid_msg_format` + Close) or hang up right after the answer (nothing to check but the

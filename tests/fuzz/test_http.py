@@ -1,4 +1,4 @@
-"""Hostile HTTP on the listener (transport.md §2, admin-api.md, transport.md §5).
+"""Hostile HTTP on the listener (docs/protocol/transport.md §2, docs/protocol/admin-api.md, docs/protocol/transport.md §5).
 
 Random methods, targets (bad percent escapes, raw non-ASCII, huge), versions and headers
 (bad names and values, duplicates, conflicting lengths, chunked, upgrade pieces), heads over
@@ -32,7 +32,7 @@ from tests.fuzz.gen import Gen, cases, rng_for
 ok = pytest_twisted.ensureDeferred
 
 TIMEOUT = 10.0
-# Statuses the listener can give to a request it parsed (transport.md §2, admin-api.md);
+# Statuses the listener can give to a request it parsed (docs/protocol/transport.md §2, docs/protocol/admin-api.md);
 # 101 for upgrades. 500 is a crash and is never acceptable here.
 ALLOWED = {101, 200, 301, 302, 400, 403, 404, 405, 413, 431, 501, 505}
 
@@ -177,7 +177,7 @@ async def still_serving(server: Any, world: Any) -> None:
 
 
 def check_admin_answer(raw: bytes | None, context: str) -> None:
-    """Admin API answers: the documented statuses and JSON bodies (admin-api.md §1)."""
+    """Admin API answers: the documented statuses and JSON bodies (docs/protocol/admin-api.md §1)."""
     if not raw:
         return
     code = status_of(raw)

@@ -280,7 +280,7 @@ class ServerProcess:
         else:
             twistd = Path(sys.executable).parent / "twistd"
             cmd = [str(twistd), "-n", "--pidfile=", "parsec", *common]
-            level = "DEBUG"  # our server logs requests at DEBUG (DECISIONS.md)
+            level = "DEBUG"  # our server logs requests at DEBUG (docs/protocol/DECISIONS.md)
         if self.wire_log:
             cmd += ["--log-level", level, "--log-format", "JSON", "--log-file", str(self.log_path)]
         return cmd + self.extra_args

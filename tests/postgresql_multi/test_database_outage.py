@@ -1,4 +1,4 @@
-"""The database goes away while the server runs (server-config.md §4, events.md §6).
+"""The database goes away while the server runs (docs/protocol/server-config.md §4, docs/protocol/events.md §6).
 
 * Restart of the database: the LISTEN connection is lost, so the server closes its websockets
   (events may have been missed) and answers 503 while it cannot listen; requests fail cleanly

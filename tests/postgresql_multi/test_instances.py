@@ -1,4 +1,4 @@
-"""Two `twistd parsec` processes on one database behave as one server (events.md §6).
+"""Two `twistd parsec` processes on one database behave as one server (docs/protocol/events.md §6).
 
 A client on instance A hears what is done through instance B (`realm.vlobs_updated`,
 `pinged`, `invite.status_changed`), an invitation's greeter and claimer talk through

@@ -316,7 +316,7 @@ async def test_finish_reencryption(world):
     for revision in (1, 3, 2**40):
         with pytest.raises(st.BadEncryptionRevisionError):
             await finish("alice@dev1", revision)
-    # Nothing to re-encrypt: finished at once (DECISIONS.md).
+    # Nothing to re-encrypt: finished at once (docs/protocol/DECISIONS.md).
     await finish("alice@dev1", 2)
     assert await world.realm.get_status(world.org, "alice", realm_id) == RealmStatus(encryption_revision=2)
     with pytest.raises(st.NotInMaintenanceError):

@@ -1,4 +1,4 @@
-"""Every handshake result for each kind (handshake.md §4), over real TCP."""
+"""Every handshake result for each kind (docs/protocol/handshake.md §4), over real TCP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain HTTP routes of the listener (transport.md §2, §5) and TLS."""
+"""Plain HTTP routes of the listener (docs/protocol/transport.md §2, §5) and TLS."""
 
 from __future__ import annotations
 

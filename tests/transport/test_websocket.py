@@ -1,4 +1,4 @@
-"""Websocket framing, dispatch and close rules (transport.md §3, §6)."""
+"""Websocket framing, dispatch and close rules (docs/protocol/transport.md §3, §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""In-memory invitations and conduits (invitations.md)."""
+"""In-memory invitations and conduits (docs/protocol/invitations.md)."""
 
 from __future__ import annotations
 

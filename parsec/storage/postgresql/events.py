@@ -1,4 +1,4 @@
-"""Multi-instance event bus over PostgreSQL LISTEN/NOTIFY (events.md §6).
+"""Multi-instance event bus over PostgreSQL LISTEN/NOTIFY (docs/protocol/events.md §6).
 
 Every backend event goes through `NOTIFY app_notification, '<payload>'`, and every server
 instance (the publishing one included) dispatches what its dedicated LISTEN connection
@@ -19,7 +19,7 @@ Three ways to publish:
 
 Loss of the LISTEN connection: notifications may have been missed, so `on_connection_lost`
 is called at once (the server drops its clients), then reconnection follows the database retry
-policy (server-config.md §4): `on_reconnected` on success, `on_gave_up` when the attempts are
+policy (docs/protocol/server-config.md §4): `on_reconnected` on success, `on_gave_up` when the attempts are
 exhausted (the server exits).
 """
 

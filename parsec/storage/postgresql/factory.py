@@ -7,7 +7,7 @@
 
 `resources.pool` is the pool the POSTGRESQL blockstore shares.
 
-Event feed (server-config.md §4, events.md §6). While serving, losing the LISTEN connection
+Event feed (docs/protocol/server-config.md §4, docs/protocol/events.md §6). While serving, losing the LISTEN connection
 means events may have been missed: the bus calls `storage.on_listen_lost(error)` at once (the
 service drops its websocket clients and refuses new ones), then reconnects under the retry
 policy: `storage.on_listen_restored()` once listening again, or, when the attempts are

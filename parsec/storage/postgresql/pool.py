@@ -469,7 +469,7 @@ async def connect_with_retry(
     reactor: Any,
     lost: DatabaseUnavailable | None = None,
 ) -> T:
-    """Run `connect` under the retry policy of server-config.md §4.
+    """Run `connect` under the retry policy of docs/protocol/server-config.md §4.
 
     At start-up (`lost` is None) `connect` is tried up to `max_attempts` times (at least once:
     0 means no retry). After a connection loss (`lost` given) up to `max_attempts` reconnections

@@ -342,7 +342,7 @@ async def scenario_reencryption(args: argparse.Namespace, result: Result) -> Non
                     if total == done:
                         break
             result["reencryption_batches"] = batches
-            # The author's own devices get no maintenance events (events.md); the other
+            # The author's own devices get no maintenance events (docs/protocol/events.md); the other
             # participant does.
             for event in (
                 CoreEvent.BACKEND_REALM_MAINTENANCE_STARTED,

@@ -1,4 +1,4 @@
--- Parsec server schema, migration 1: every table of the logical model (storage.md §3).
+-- Parsec server schema, migration 1: every table of the logical model (docs/protocol/storage.md §3).
 --
 -- Design rules
 -- * Natural keys: every table starts with organization_id (text) followed by the protocol's
@@ -128,7 +128,7 @@ ALTER TABLE user_
     ADD FOREIGN KEY (organization_id, revoked_user_certifier) REFERENCES device;
 
 
--- Invitations and their conduit (invitations.md). IDLE/READY are not stored (they describe
+-- Invitations and their conduit (docs/protocol/invitations.md). IDLE/READY are not stored (they describe
 -- open claimer connections); deletion is. The conduit is a two-slot mailbox driven under a
 -- row lock (SELECT ... FOR UPDATE). invite_new is idempotent per (greeter, type, claimer
 -- e-mail) among non-deleted invitations: the partial unique index makes
@@ -302,7 +302,7 @@ CREATE INDEX realm_user_current_roles
     WHERE role IS NOT NULL;
 
 
--- Vlobs: one row per vlob id, unique per organization (DECISIONS.md): creation is
+-- Vlobs: one row per vlob id, unique per organization (docs/protocol/DECISIONS.md): creation is
 -- `INSERT ... ON CONFLICT DO NOTHING` (the realm lock does not cover the same id created in
 -- another realm: the primary key does). latest_version/latest_timestamp describe the newest
 -- version: an update is `UPDATE vlob SET latest_version = $v ... WHERE latest_version = $v - 1
