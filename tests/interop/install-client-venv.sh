@@ -74,6 +74,8 @@ PY
 echo "import _parsec_interop_compat" > "$site/_parsec_interop_compat.pth"
 
 # Check: the CLI starts and the client core imports (this is where a missing libfuse2 shows).
+# From / : in the repository, `python -c` would import our own top-level parsec/ package.
+cd /
 "$venv/bin/parsec" --help >/dev/null
 "$venv/bin/parsec" core --help >/dev/null
 "$vpy" -c 'import parsec.core.logged_core, parsec.core.mountpoint, parsec.core.invite, parsec.backend.cli' >/dev/null
