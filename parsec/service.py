@@ -27,13 +27,14 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.internet.endpoints import quoteStringArgument
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
 from parsec.backend.app import BackendApp
 from parsec.backend.bus import MemoryEventBus
 from parsec.config import ServerConfig
 from parsec.web.admin import AdminResource
 from parsec.web.anonymous import AnonymousResource
+from parsec.web.listener import EmfileWatch, check_file_limit
 from parsec.web.site import ParsecSite, RootResource
 from parsec.web.websocket import ParsecWebSocketFactory
 
@@ -110,9 +111,17 @@ class ParsecService(service.MultiService):
             webhook=self._webhook if config.backend.organization_bootstrap_webhook else None,
         )
         self.app.ready = False
-        self.ws_factory = ParsecWebSocketFactory(self.app)
+        limits = config.backend.limits
+        self.ws_factory = ParsecWebSocketFactory(self.app, limits, reactor)
         root = RootResource(self.app, self.ws_factory, AdminResource(self.app), AnonymousResource(self.app))
-        self.site = ParsecSite(root, debug=config.backend.debug)
+        self.site = ParsecSite(
+            root,
+            debug=config.backend.debug,
+            limits=limits,
+            trusted_proxies=config.backend.trusted_proxies,
+            reactor=reactor,
+        )
+        self._emfile_watch = EmfileWatch(reactor.seconds)
         self.port_service = strports.service(endpoint_description(config), self.site, reactor=reactor)
         self.port_service.setServiceParent(self)
 
@@ -162,6 +171,9 @@ class ParsecService(service.MultiService):
     # ---- life cycle ----------------------------------------------------------------------
 
     def startService(self) -> None:
+        # Connections are bounded by --max-connections; file descriptors must follow.
+        check_file_limit(self.config.backend.limits)
+        globalLogPublisher.addObserver(self._emfile_watch)
         super().startService()
         d = defer.ensureDeferred(self._start())
         d.addErrback(self._startup_failed)
@@ -225,6 +237,7 @@ class ParsecService(service.MultiService):
 
     async def _stop(self) -> None:
         self.running = False
+        globalLogPublisher.removeObserver(self._emfile_watch)
         # 1. Stop accepting new connections.
         await defer.maybeDeferred(self.port_service.stopService)
         # 2. Close every websocket with 1001 (going away), bounded.
