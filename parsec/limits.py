@@ -13,6 +13,8 @@ with a short fixed description: never a value of its own echoed back.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -170,6 +172,28 @@ DEFAULT = Limits()
 
 def tunable() -> list[Limit]:
     return [limit for limit in TABLE if limit.option is not None]
+
+
+def parse_value(limit: Limit, raw: str) -> int | float:
+    """The value of `limit`'s option or variable (ValueError with a short text)."""
+    text = raw.strip()
+    try:
+        value: int | float = int(text) if isinstance(limit.default, int) else float(text)
+    except ValueError:
+        kind = "an integer" if isinstance(limit.default, int) else "a number"
+        raise ValueError(f"{limit.option}: {kind} is expected") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{limit.option}: must be zero or more")
+    return value
+
+
+def with_values(values: Mapping[str, int | float | None], base: Limits = DEFAULT) -> Limits:
+    """`base` with the given limits changed (None: keep the default)."""
+    changes = {name: value for name, value in values.items() if value is not None}
+    unknown = set(changes) - set(BY_NAME)
+    if unknown:
+        raise KeyError(f"Unknown limit(s): {', '.join(sorted(unknown))}")
+    return attrs.evolve(base, **changes)
 
 
 def _human(limit: Limit) -> str:

@@ -228,13 +228,15 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             ctx = await app.handshake(self._hs, payload)
         except HandshakeFailed as exc:
-            _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=exc.help)
+            help = exc.help[: self.limits.handshake_help_chars]
+            _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=help)
             if self._state != _CLOSED:
                 self._state = _CLOSED
-                self.sendMessage(ServerHandshake.build_failure(exc), isBinary=True)
+                if self.state == self.STATE_OPEN:
+                    self.sendMessage(ServerHandshake.build_failure(exc), isBinary=True)
                 self.dropConnection(abort=False)
             return
-        if self._state == _CLOSED:
+        if self._state == _CLOSED or self.state != self.STATE_OPEN:
             return
         self._cancel_deadline()
         ctx.close = self._server_close
