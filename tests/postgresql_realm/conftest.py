@@ -31,8 +31,9 @@ from parsec.storage.memory.realm import (
     MemoryVlobStorage,
 )
 from parsec.storage.postgresql.block import PgBlockStorage
+from parsec.storage.postgresql.connection import PgConnection
 from parsec.storage.postgresql.message import PgMessageStorage
-from parsec.storage.postgresql.pool import PgConnection, PostgreSQLPool
+from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.realm import PgRealmStorage
 from parsec.storage.postgresql.vlob import PgVlobStorage
 from tests.postgresql.conftest import (  # noqa: F401 (fixtures)

@@ -12,7 +12,7 @@ from uuid import UUID
 from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
 from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError
-from parsec.storage.postgresql.pool import PreparedStatement
+from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.realm_common import PgRealmScopedStorage, realm_state
 
 __all__ = ["PgBlockStorage"]

@@ -4,7 +4,7 @@ re-encryption starts, which number them under the recipient's user_ row lock).""
 from __future__ import annotations
 
 from parsec.backend.models import Message
-from parsec.storage.postgresql.pool import PreparedStatement
+from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.realm_common import INT4_MAX, PgRealmScopedStorage, clamp
 
 __all__ = ["PgMessageStorage"]

@@ -15,7 +15,7 @@ from parsec.backend import realm_rules as rules
 from parsec.backend.models import RealmGrant, RealmStats, RealmStatus
 from parsec.backend.realm_rules import RoleUpdateFacts
 from parsec.backend.storage import AlreadyExistsError
-from parsec.storage.postgresql.pool import PreparedStatement
+from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.realm_common import (
     LOCK_REALM,
     PgRealmScopedStorage,

@@ -55,7 +55,8 @@ from typing import Any
 
 from parsec.backend import realm_rules as rules
 from parsec.backend.realm_rules import RealmState
-from parsec.storage.postgresql.pool import PostgreSQLPool, Query
+from parsec.storage.postgresql.connection import Query
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 __all__ = [
     "INT4_MAX",

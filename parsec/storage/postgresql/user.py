@@ -31,7 +31,8 @@ from parsec.backend.storage import (
     NotFoundError,
     UnstorableValueError,
 )
-from parsec.storage.postgresql.pool import PostgreSQLPool, PreparedStatement
+from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 # ---- shared helpers ------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
 from parsec.backend.models import ReencryptionBatchEntry, VlobChanges, VlobVersion, VlobWrite
 from parsec.backend.storage import BadVersionError
-from parsec.storage.postgresql.pool import PreparedStatement
+from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.realm_common import (
     INT4_MAX,
     LOCK_REALM,
