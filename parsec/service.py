@@ -138,12 +138,12 @@ class ParsecService(service.MultiService):
         ca_file = self.config.backend.email.ca_file
         if ca_file is None:
             return None  # the platform trust store
-        from parsec.mail import load_trust_root
+        from parsec.mail.delivery import load_trust_root
 
         return load_trust_root(ca_file)
 
     async def _send_email(self, *args: Any, **kwargs: Any) -> str:
-        from parsec.mail import send_invitation_email
+        from parsec.mail.delivery import send_invitation_email
 
         kwargs.setdefault("trust_root", self._email_trust_root)
         return await send_invitation_email(*args, **kwargs)

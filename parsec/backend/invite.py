@@ -124,7 +124,7 @@ class InviteComponent:
             greeter_name = ctx.human_handle[1] if ctx.human_handle else ctx.user_id
             reply_to = None
             if ctx.human_handle is not None:
-                from parsec.mail import format_reply_to
+                from parsec.mail.render import format_reply_to
 
                 reply_to = format_reply_to(ctx.human_handle[1], ctx.human_handle[0])
         else:
