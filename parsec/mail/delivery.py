@@ -400,6 +400,7 @@ async def send_email(
             return NOT_AVAILABLE
 
         if reactor is None:
+            # The global reactor only when none is given: importing it installs the default one.
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor

@@ -191,6 +191,7 @@ class PostgreSQLPool:
         if not 0 <= min_connections <= max_connections or max_connections < 1:
             raise ValueError("need 0 <= min_connections <= max_connections and max_connections >= 1")
         if reactor is None:
+            # The global reactor only when none is given: importing it installs the default one.
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
