@@ -25,7 +25,7 @@ server CPU it cost, and the outcome (replies, close codes, refusals):
   noread      200 pipelined block_read of a 1 MiB block from a client that never reads
 
 Then the soak: `--soak-clients` authenticated websockets (spread over loopback addresses
-127.0.0.1-127.0.0.5 so that the per-address cap holds) each loop on a realistic mix (vlob
+127.0.1.1-127.0.1.10 so that the per-address cap holds) each loop on a realistic mix (vlob
 create/update/read, 4 KiB block create/read, events_listen without wait, ping) with a random
 pause of 0.5-1.5 s, for `--soak-duration` seconds; it prints requests, protocol errors (must be
 0), the honest ping latency, and RSS after warm-up / at the end.
@@ -61,7 +61,9 @@ from nacl.signing import SigningKey  # noqa: E402
 
 from parsec.api.codec import packb, unpackb  # noqa: E402
 
-SOURCES = [f"127.0.0.{i}" for i in range(1, 6)]
+SOURCES = [f"127.0.0.{i}" for i in range(1, 6)]  # the idle attack: 5 x the per-address cap
+SOAK_SOURCES = [f"127.0.1.{i}" for i in range(1, 11)]  # the soak: 100 clients per address
+HONEST = "127.0.2.1"
 MiB = 1024 * 1024
 
 
@@ -258,7 +260,7 @@ async def attack_idle(ctx: Context) -> str:
             refused += 1
     await asyncio.sleep(0.5)
     alive = sum(1 for c in opened if not c.closed)
-    honest = await authenticated(ctx.port, ctx.org, "127.0.0.9")
+    honest = await authenticated(ctx.port, ctx.org, HONEST)
     rep = await honest.request(packb({"cmd": "ping", "ping": "new"}))
     honest.close()
     for conn in opened:
@@ -346,6 +348,7 @@ ATTACKS: dict[str, Callable[[Context], Awaitable[str]]] = {
 @dataclass
 class SoakStats:
     requests: int = 0
+    stored: int = 0  # bytes of blobs and blocks the clients made the server keep
     errors: list[str] = field(default_factory=list)
 
 
@@ -372,10 +375,12 @@ async def soak_client(conn: sb.WsClientProtocol, realm: uuid.UUID, stats: SoakSt
         elif r < 0.5:
             version += 1
             await call({"cmd": "vlob_update", "encryption_revision": 1, "vlob_id": vlob_id, "timestamp": sb.now(), "version": version, "blob": os.urandom(512)})
+            stats.stored += 512
         elif r < 0.6:
             block_id = uuid.uuid4()
             await call({"cmd": "block_create", "block_id": block_id, "realm_id": realm, "block": os.urandom(4096)})
             blocks.append(block_id)
+            stats.stored += 4096
         elif r < 0.7 and blocks:
             await call({"cmd": "block_read", "block_id": random.choice(blocks)})
         elif r < 0.85:
@@ -385,12 +390,12 @@ async def soak_client(conn: sb.WsClientProtocol, realm: uuid.UUID, stats: SoakSt
 
 
 async def soak(ctx: Context, clients: int, duration: float) -> None:
-    print(f"soak: {clients} authenticated clients over {len(SOURCES)} loopback addresses, {duration:.0f} s")
+    print(f"soak: {clients} authenticated clients over {len(SOAK_SOURCES)} loopback addresses, {duration:.0f} s")
     conns: list[sb.WsClientProtocol] = []
     for i in range(clients):
-        conns.append(await authenticated(ctx.port, ctx.org, SOURCES[i % len(SOURCES)]))
+        conns.append(await authenticated(ctx.port, ctx.org, SOAK_SOURCES[i % len(SOAK_SOURCES)]))
     realms = [await new_realm(conns[0], ctx.org) for _ in range(10)]
-    honest = await authenticated(ctx.port, ctx.org, "127.0.0.9")
+    honest = await authenticated(ctx.port, ctx.org, HONEST)
     stats = SoakStats()
     warm = rss(ctx.pid)
     samples: list[int] = []
@@ -426,7 +431,8 @@ async def soak(ctx: Context, clients: int, duration: float) -> None:
     print(
         f"  honest ping: worst {watch.worst_ping * 1000:.0f} ms over {watch.pings} pings; "
         f"RSS {warm / MiB:.0f} MiB after connecting, {min(samples[:third]) / MiB:.0f}-{max(samples[:third]) / MiB:.0f} MiB "
-        f"in the first third, {min(samples[-third:]) / MiB:.0f}-{max(samples[-third:]) / MiB:.0f} MiB in the last third"
+        f"in the first third, {min(samples[-third:]) / MiB:.0f}-{max(samples[-third:]) / MiB:.0f} MiB in the last third "
+        f"(data stored meanwhile: {stats.stored / MiB:.0f} MiB of blobs and blocks)"
     )
     for error in errors[:5]:
         print(f"    {error}")
@@ -462,7 +468,7 @@ async def run(args: argparse.Namespace) -> int:
             print(f"{'attack':<10} {'RSS +MiB':>8} {'worst ping':>10} {'CPU s':>6}  outcome")
             selected = args.only.split(",") if args.only else list(ATTACKS)
             for name in selected:
-                honest = await authenticated(port, org, "127.0.0.9")
+                honest = await authenticated(port, org, HONEST)
                 watch = Watch(server.pid, honest)
                 try:
                     outcome = await asyncio.wait_for(watch.run(ATTACKS[name](ctx)), 300)
