@@ -134,6 +134,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             # Policy violation; Autobahn drops the TCP connection if the peer does not answer
             # the close within closeHandshakeTimeout.
             self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=b"Handshake timeout", isReply=False)
+            self._update_reading()
 
     def _set_output_blocked(self, blocked: bool) -> None:
         self._output_blocked = blocked
@@ -325,6 +326,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             self.sendMessage(INVALID_MSG_FORMAT, isBinary=True)
             self.sendClose(code=1000)
+        self._update_reading()  # read the peer's close answer
 
     def _server_close(self) -> None:
         """Server-side termination (revocation, expiration, invitation deleted)."""
@@ -334,6 +336,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._current is not None:
             self._current.cancel()
         self.sendClose(code=1000)
+        self._update_reading()  # read the peer's close answer
 
     async def shutdown(self, grace: float, reactor: Any) -> None:
         """Stop reading requests, let the in-flight one finish (bounded), close with 1001."""
@@ -341,6 +344,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._state = _DRAINING
         self._incoming.clear()
+        self._incoming_bytes = 0
         if self._current is not None:
             if self._current_long_poll:
                 # Waiting for a peer or an event: nothing to finish.
@@ -358,6 +362,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # Autobahn's sendClose() only accepts 1000 and 3000-4999 from applications;
         # 1001 "going away" is the right code for a server shutting down.
         self.sendCloseFrame(code=1001, isReply=False)
+        self._update_reading()  # read the peer's close answer
 
 
 class ParsecWebSocketFactory(WebSocketServerFactory):
