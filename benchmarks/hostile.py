@@ -6,7 +6,8 @@
 
 The script starts `<repo>/.venv/bin/twistd -n --pidfile= parsec --dev --port P` (extra options
 with `--server-args`), bootstraps an organization, then plays each attack of the hostile-clients
-issue for a bounded time while an honest authenticated client pings in a loop. Per attack it
+issue for a bounded time while an honest client (a separate process, APIv1 anonymous
+websocket) pings in a loop. Per attack it
 prints the growth of the server's RSS (peak during the attack minus the RSS just before it,
 sampled every 10 ms from /proc), the worst latency of the honest client's `ping` meanwhile, the
 server CPU it cost, and the outcome (replies, close codes, refusals):
@@ -77,17 +78,77 @@ def rss(pid: int) -> int:
     return 0
 
 
+class Pinger:
+    """The honest client: a separate process (its own event loop, so that the latencies are the
+    server's, not this load generator's) pinging over an APIv1 anonymous websocket and printing
+    one latency in ms per line."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, port: int, organization_id: str) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--pinger", str(port), organization_id,
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        )
+        self._reader = asyncio.ensure_future(self._read())
+        while not self.latencies and not self.errors:
+            await asyncio.sleep(0.05)
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        async for line in self._proc.stdout:
+            text = line.decode().strip()
+            try:
+                self.latencies.append(float(text))
+            except ValueError:
+                self.errors.append(text)
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            await self._proc.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def pinger_main(port: int, organization_id: str) -> None:
+    conn = await ws_connect(port, HONEST)
+    await conn.recv()
+    answer = {"handshake": "answer", "type": "anonymous", "client_api_version": [1, 3], "organization_id": organization_id}
+    result = await conn.request(packb(answer))
+    if result.get("result") != "ok":
+        print(f"handshake: {result}", flush=True)
+        return
+    n = 0
+    while True:
+        n += 1
+        start = time.perf_counter()
+        try:
+            rep = await asyncio.wait_for(conn.request(packb({"cmd": "ping", "ping": f"h{n}"})), 30)
+        except Exception as exc:
+            print(f"error: {exc!r}", flush=True)
+            return
+        if rep != {"status": "ok", "pong": f"h{n}"}:
+            print(f"error: {rep}", flush=True)
+            return
+        print(f"{(time.perf_counter() - start) * 1000:.2f}", flush=True)
+        await asyncio.sleep(0.005)
+
+
 @dataclass
 class Watch:
-    """RSS peak and honest ping latency while an attack runs."""
+    """RSS peak, server CPU and the honest client's worst ping while an attack runs."""
 
     pid: int
-    honest: sb.WsClientProtocol
+    pinger: Pinger
     base_rss: int = 0
     peak_rss: int = 0
-    worst_ping: float = 0.0
+    worst_ping: float = 0.0  # seconds
     pings: int = 0
-    ping_errors: list[str] = field(default_factory=list)
     cpu: float = 0.0
     _stop: bool = False
 
@@ -96,32 +157,20 @@ class Watch:
             self.peak_rss = max(self.peak_rss, rss(self.pid))
             await asyncio.sleep(0.01)
 
-    async def _ping(self) -> None:
-        n = 0
-        while not self._stop:
-            n += 1
-            start = time.perf_counter()
-            try:
-                rep = await asyncio.wait_for(self.honest.request(packb({"cmd": "ping", "ping": f"h{n}"})), 30)
-            except Exception as exc:
-                self.ping_errors.append(repr(exc))
-                return
-            self.worst_ping = max(self.worst_ping, time.perf_counter() - start)
-            self.pings += 1
-            if rep != {"status": "ok", "pong": f"h{n}"}:
-                self.ping_errors.append(str(rep))
-            await asyncio.sleep(0.005)
-
     async def run(self, attack: Awaitable[str]) -> str:
         self.base_rss = self.peak_rss = rss(self.pid)
         cpu0 = sb.process_cpu(self.pid)
-        tasks = [asyncio.ensure_future(self._sample()), asyncio.ensure_future(self._ping())]
+        first = len(self.pinger.latencies)
+        sampler = asyncio.ensure_future(self._sample())
         try:
             outcome = await attack
         finally:
             self._stop = True
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(sampler, return_exceptions=True)
         self.cpu = sb.process_cpu(self.pid) - cpu0
+        window = self.pinger.latencies[first:]
+        self.pings = len(window)
+        self.worst_ping = max(window, default=0.0) / 1000
         return outcome
 
 
@@ -187,6 +236,7 @@ class Context:
     port: int
     pid: int
     org: sb.Organization
+    pinger: Pinger
 
 
 async def attack_handshake(ctx: Context) -> str:
@@ -395,12 +445,11 @@ async def soak(ctx: Context, clients: int, duration: float) -> None:
     for i in range(clients):
         conns.append(await authenticated(ctx.port, ctx.org, SOAK_SOURCES[i % len(SOAK_SOURCES)]))
     realms = [await new_realm(conns[0], ctx.org) for _ in range(10)]
-    honest = await authenticated(ctx.port, ctx.org, HONEST)
     stats = SoakStats()
     warm = rss(ctx.pid)
     samples: list[int] = []
     stop_at = time.monotonic() + duration
-    watch = Watch(ctx.pid, honest)
+    watch = Watch(ctx.pid, ctx.pinger)
 
     async def sampler() -> None:
         while time.monotonic() < stop_at:
@@ -438,7 +487,6 @@ async def soak(ctx: Context, clients: int, duration: float) -> None:
         print(f"    {error}")
     for conn in conns:
         conn.close()
-    honest.close()
 
 
 # ---- main ---------------------------------------------------------------------------------
@@ -462,21 +510,21 @@ async def run(args: argparse.Namespace) -> int:
     server.start()
     try:
         org = await asyncio.to_thread(sb.bootstrap_organization, port)
-        ctx = Context(port, server.pid, org)
+        pinger = Pinger()
+        await pinger.start(port, org.organization_id)
+        ctx = Context(port, server.pid, org, pinger)
         print(f"server pid {server.pid} on 127.0.0.1:{port}, log {log_path}, RSS {rss(server.pid) / MiB:.0f} MiB")
         if not args.soak_only:
             print(f"{'attack':<10} {'RSS +MiB':>8} {'worst ping':>10} {'CPU s':>6}  outcome")
             selected = args.only.split(",") if args.only else list(ATTACKS)
             for name in selected:
-                honest = await authenticated(port, org, HONEST)
-                watch = Watch(server.pid, honest)
+                watch = Watch(server.pid, pinger)
                 try:
                     outcome = await asyncio.wait_for(watch.run(ATTACKS[name](ctx)), 300)
                 except Exception as exc:
                     outcome = f"FAILED: {exc!r}"
-                honest.close()
-                if watch.ping_errors:
-                    outcome += f" [honest client: {watch.ping_errors[0]}]"
+                if pinger.errors:
+                    outcome += f" [honest client: {pinger.errors[0]}]"
                 print(
                     f"{name:<10} {(watch.peak_rss - watch.base_rss) / MiB:>8.1f} {watch.worst_ping * 1000:>8.0f} ms "
                     f"{watch.cpu:>6.2f}  {outcome}",
@@ -484,6 +532,7 @@ async def run(args: argparse.Namespace) -> int:
                 )
         if args.soak_only or not args.only:
             await soak(ctx, args.soak_clients, args.soak_duration)
+        await pinger.stop()
         problems = [p for p in server.log_problems(10) if "CRITICAL" in p.upper() or "Traceback" in p]
         print(f"server log: {len(problems)} CRITICAL/traceback line(s)")
         for line in problems:
@@ -500,7 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-clients", type=int, default=1000)
     parser.add_argument("--soak-duration", type=float, default=60.0)
     parser.add_argument("--server-args", default="", help="extra `twistd parsec` options")
+    parser.add_argument("--pinger", nargs=2, metavar=("PORT", "ORG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pinger:
+        asyncio.run(pinger_main(int(args.pinger[0]), args.pinger[1]))
+        return 0
     return asyncio.run(run(args))
 
 

@@ -12,6 +12,10 @@ Every accepted connection goes through `Listener.build` (called by `ParsecSite.b
   The channel's own refusals (a bare ``HTTP/1.1 400 Bad Request`` status line without
   any header) are completed on their way out with `Date`, `Content-Length: 0` and
   `Connection: close` (docs/protocol/transport.md §2);
+* at most `connections_per_turn` new connections start being read per turn of the event
+  loop; the others are paused (`pauseProducing`) and resumed over the next turns, so a
+  burst of new connections (each costs about a millisecond: HTTP, upgrade, challenge)
+  cannot stall the connections already served;
 * after a websocket upgrade Autobahn's protocol replaces the channel inside the guard
   (`WebSocketResource` swaps a `ProtocolWrapper`'s `wrappedProtocol`), so the guard still
   counts the connection until it closes.
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import resource
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +122,7 @@ class HttpGuard(ProtocolWrapper):
         self._in_head = True
         self._answered = False
         self._deadline: Any = None
+        self.gone = False
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -135,8 +140,17 @@ class HttpGuard(ProtocolWrapper):
         if interfaces.ITCPTransport.providedBy(transport):
             # Lets the kernel notice peers that vanished without a FIN.
             transport.setTcpKeepAlive(True)
+        if not self.factory.may_start(self):
+            transport.pauseProducing()  # resumed by the listener in a later turn
+
+    def start(self) -> None:
+        """The listener's turn for this connection has come: read it."""
+        if not self.gone:
+            transport: Any = self.transport
+            transport.resumeProducing()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.gone = True
         self._cancel_deadline()
         super().connectionLost(reason)
 
@@ -267,6 +281,9 @@ class Listener:
         self._trusted = [_network(text) for text in trusted_proxies]
         self.protocols: set[HttpGuard] = set()
         self._per_address: Counter[str] = Counter()
+        self._started_this_turn = 0
+        self._waiting: deque[HttpGuard] = deque()
+        self._turn: Any = None
         self._refused = _RateLimitedWarning(
             reactor.seconds,
             "Refused {count} connection(s): {reason} (connections open: {open})",
@@ -285,6 +302,43 @@ class Listener:
 
     def connections_from(self, address: str) -> int:
         return self._per_address[address]
+
+    # ---- new connections, a few per turn ------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def may_start(self, guard: HttpGuard) -> bool:
+        """True: `guard` may be read at once; False: it waits for a later turn."""
+        self._schedule_turn()
+        if not self._waiting and self._started_this_turn < self.limits.connections_per_turn:
+            self._started_this_turn += 1
+            return True
+        self._waiting.append(guard)
+        return False
+
+    def _schedule_turn(self) -> None:
+        if self._turn is None:
+            self._turn = self.reactor.callLater(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn = None
+        self._started_this_turn = 0
+        while self._waiting and self._started_this_turn < self.limits.connections_per_turn:
+            guard = self._waiting.popleft()
+            if not guard.gone:
+                self._started_this_turn += 1
+                guard.start()
+        if self._waiting:
+            self._schedule_turn()
+
+    def stop(self) -> None:
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
+
+    # ---- accounting (continued) ----------------------------------------------------------
 
     def registerProtocol(self, guard: HttpGuard) -> None:
         self.protocols.add(guard)

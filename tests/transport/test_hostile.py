@@ -448,3 +448,42 @@ def test_readme_shows_the_table():
 
     readme = (Path(__file__).parents[2] / "README.rst").read_text(encoding="utf-8")
     assert limits.rst_table() in readme, "README.rst: paste parsec.limits.rst_table() in the Limits section"
+
+
+# ---- a burst of new connections ----------------------------------------------------------
+
+
+def test_new_connections_start_a_few_per_turn():
+    from twisted.internet.task import Clock
+
+    from parsec.web.listener import Listener
+
+    class Guard:
+        gone = False
+        started = False
+
+        def start(self) -> None:
+            self.started = True
+
+    clock = Clock()
+    listener = Listener(attrs.evolve(LIMITS, connections_per_turn=2), (), clock)
+    guards = [Guard() for _ in range(5)]
+    immediate = [listener.may_start(g) for g in guards]  # type: ignore[arg-type]
+    assert immediate == [True, True, False, False, False]
+    assert listener.waiting == 3
+    guards[3].gone = True  # closed while waiting: skipped
+    clock.advance(0)
+    assert [g.started for g in guards] == [False, False, True, False, True]
+    assert listener.waiting == 0
+    clock.advance(0)
+    assert not clock.getDelayedCalls()
+
+
+@ok
+async def test_burst_of_connections_is_served(server_factory):
+    server = await server_factory(config(connections_per_turn=1))
+    replies = await defer.gatherResults(
+        [defer.ensureDeferred(httpclient.request(server.port, "GET", "/")) for _ in range(30)]
+    )
+    assert [rep.status for rep in replies] == [200] * 30
+    assert server.service.site.listener.waiting == 0
