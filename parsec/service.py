@@ -184,10 +184,6 @@ class ParsecService(service.MultiService):
         await self.storage.start()
         await self.blockstore.start()
         self.app.ready = not self._event_feed_down
-        # Everything built so far (modules, tables, the service tree) lives as long as the
-        # process: keep it out of the collector's full passes, which otherwise scan it at
-        # every collection and stall the reactor for tens of milliseconds under load.
-        gc.freeze()
         _log.info("Parsec server ready")
         self.ready.callback(None)
 
@@ -275,6 +271,14 @@ def install_clean_exit_signal_handlers(reactor: Any) -> None:
     reactor.callWhenRunning(install)
 
 
+def _freeze_startup_objects(_: object) -> None:
+    """Everything built until the server is ready (modules, tables, the service tree) lives as
+    long as the process: keep it out of the collector's full passes, which otherwise scan it
+    at every collection and stall the reactor for tens of milliseconds under load."""
+    gc.collect()
+    gc.freeze()
+
+
 def make_service(config: ServerConfig, *, reactor: Any = None) -> ParsecService:
     if reactor is None:
         # The global reactor only when none is given: importing it installs the default one.
@@ -282,6 +286,7 @@ def make_service(config: ServerConfig, *, reactor: Any = None) -> ParsecService:
 
         reactor = default_reactor
     svc = ParsecService(config, reactor=reactor)
+    svc.ready.addCallback(_freeze_startup_objects)
     install_clean_exit_signal_handlers(reactor)
     print(startup_line(config), flush=True)
     return svc

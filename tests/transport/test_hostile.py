@@ -487,3 +487,35 @@ async def test_burst_of_connections_is_served(server_factory):
     )
     assert [rep.status for rep in replies] == [200] * 30
     assert server.service.site.listener.waiting == 0
+
+
+# ---- keep-alive (Autobahn auto-ping) -------------------------------------------------------
+
+
+@ok
+async def test_keepalive_pings_and_cuts_a_silent_peer(server_factory):
+    from tests.fuzz.wsraw import OP_BINARY, OP_PING, RawWs
+
+    server = await server_factory(config(ws_keepalive_interval=0.2, ws_keepalive_timeout=0.4))
+    raw = await RawWs.connect(server.port)
+    first = await raw.next_frame()
+    assert first is not None and first.opcode == OP_BINARY  # the challenge
+    ping = await raw.next_frame()
+    assert ping is not None and ping.opcode == OP_PING
+    # No pong: the server drops the connection once the timeout has passed.
+    assert await raw.wait_lost()
+    await until(lambda: not server_protocols(server))
+
+
+@ok
+async def test_keepalive_without_timeout_never_cuts(server_factory):
+    server = await server_factory(config(ws_keepalive_interval=0.2, ws_keepalive_timeout=0))
+    org = await bootstrap_organization(server)
+    alice = await org.connect("alice@dev1")
+    alice.proto.transport.pauseProducing()  # a pooled client connection nobody reads
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(1.0, d.callback, None)
+    await d
+    alice.proto.transport.resumeProducing()
+    assert await alice.cmd("ping", ping="still") == {"status": "ok", "pong": "still"}
+    await alice.close()
