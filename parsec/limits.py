@@ -179,7 +179,7 @@ def tunable() -> list[Limit]:
 
 def with_values(values: Mapping[str, int | float | None], base: Limits = DEFAULT) -> Limits:
     """`base` with the given limits changed (None: keep the default)."""
-    changes = {name: value for name, value in values.items() if value is not None}
+    changes: dict[str, Any] = {name: value for name, value in values.items() if value is not None}
     unknown = set(changes) - set(BY_NAME)
     if unknown:
         raise KeyError(f"Unknown limit(s): {', '.join(sorted(unknown))}")
