@@ -78,9 +78,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `tests.api.certgen` and `tests.pg_cluster`
 
 from nacl.signing import SigningKey  # noqa: E402
-from tests.api.certgen import LocalDevice, new_user_certificates  # noqa: E402
 
 from parsec.api.codec import packb, unpackb  # noqa: E402
+from tests.api.certgen import LocalDevice, new_user_certificates  # noqa: E402
 
 try:  # native XOR masking, shipped with autobahn (a server dependency)
     from autobahn.nvx._xormasker import create_xor_masker as _native_masker

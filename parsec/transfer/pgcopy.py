@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
@@ -253,8 +254,11 @@ def pipe_table(
             copied = cur.rowcount
     except BaseException as exc:
         pipe.abort()
+        # The source may still be computing its first row (a sort, say): cancel its query
+        # rather than wait for it (libpq's cancel request is safe from another thread).
+        source.cancel()
         thread.join()
-        if source_error:
+        if source_error and not isinstance(source_error[0], psycopg2.errors.QueryCanceled):
             # The target only saw "error in .read() call": the cause is on the source side.
             raise source_error[0] from exc
         raise

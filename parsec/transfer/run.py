@@ -8,8 +8,8 @@ difference rolls everything back, the schema creation of an empty import target 
 Steps on the target, in that transaction:
 1. schema check (and, for an import into an empty database, our schema's creation);
 2. emptiness check (`overwrite`: TRUNCATE instead);
-3. foreign keys dropped (their ALTER TABLE locks the tables: a server still running on the
-   target makes the transfer wait at most `LOCK_TIMEOUT`, then fail);
+3. foreign keys dropped (their ALTER TABLE locks the tables: a server still using the target
+   makes the transfer wait at most `LOCK_TIMEOUT` for a lock, then fail);
 4. the tables, one by one, with a progress display;
 5. foreign keys added back (checking every reference), serial sequences moved past the
    copied `_id`s (export), statistics (ANALYZE);
@@ -34,7 +34,7 @@ from parsec.transfer.importer import IMPORT_PLANS
 from parsec.transfer.pgcopy import TransferError, batch_table, connect, pipe_table
 from parsec.transfer.plans import TablePlan
 from parsec.transfer.progress import Progress
-from parsec.transfer.verify import CHECKS, Check, CheckResult, summary_lines, verify
+from parsec.transfer.verify import CHECKS, Check, CheckResult, header_line, name_width, result_line, verify
 
 LOCK_TIMEOUT = "10s"
 
@@ -108,6 +108,7 @@ def _transfer(
     tty: bool | None,
     plans: Sequence[TablePlan],
     checks: Sequence[Check],
+    lock_timeout: str,
 ) -> TransferResult:
     started = time.monotonic()
     progress = Progress(out, tty)
@@ -126,7 +127,7 @@ def _transfer(
     try:
         source.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         with target.cursor() as cur:
-            cur.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
         target.commit()
 
         # 1. schemas
@@ -161,12 +162,7 @@ def _transfer(
             schema.clear_tables(target, tables)
 
         # 3. - 5. load
-        try:
-            keys = schema.drop_foreign_keys(target, tables)
-        except psycopg2.errors.LockNotAvailable:
-            raise TransferError(
-                f"the target database's tables stayed locked for {LOCK_TIMEOUT}: stop the server using it first"
-            ) from None
+        keys = schema.drop_foreign_keys(target, tables)
         copy_started = time.monotonic()
         stats = tuple(_copy(source, target, plan, progress) for plan in plans)
         copy_seconds = time.monotonic() - copy_started
@@ -178,9 +174,12 @@ def _transfer(
 
         # 6. verification
         progress.line("Verifying (row counts and checksums, on both sides):")
-        results = tuple(verify(source, target, source_is_upstream=importing, checks=checks))
-        for line in summary_lines(results):
-            progress.line(line)
+        width = name_width(checks)
+        progress.line(header_line(width))
+        results = tuple(
+            verify(source, target, source_is_upstream=importing, checks=checks,
+                   on_check=lambda result: progress.line(result_line(result, width)))
+        )
         ok = all(result.ok for result in results)
         rows = sum(item.rows for item in stats)
         if not ok:
@@ -196,6 +195,10 @@ def _transfer(
                 f"({rate:,.0f} rows/s), verified, committed"
             )
         return TransferResult(ok, stats, results, copy_seconds, time.monotonic() - started)
+    except psycopg2.errors.LockNotAvailable:
+        raise TransferError(
+            f"The target database's tables stayed in use for {lock_timeout}: stop the server using it first"
+        ) from None
     except psycopg2.Error as exc:
         raise TransferError(_first_line(exc)) from exc
     finally:
@@ -213,11 +216,12 @@ def run_import(
     tty: bool | None = None,
     plans: Sequence[TablePlan] = IMPORT_PLANS,
     checks: Sequence[Check] = CHECKS,
+    lock_timeout: str = LOCK_TIMEOUT,
 ) -> TransferResult:
     """Upstream database `from_dsn` -> our database `db_dsn`. Raises TransferError."""
     return _transfer(
         direction="import", source_dsn=from_dsn, target_dsn=db_dsn, overwrite=overwrite, out=out, tty=tty,
-        plans=plans, checks=checks,
+        plans=plans, checks=checks, lock_timeout=lock_timeout,
     )
 
 
@@ -230,10 +234,11 @@ def run_export(
     tty: bool | None = None,
     plans: Sequence[TablePlan] = EXPORT_PLANS,
     checks: Sequence[Check] = CHECKS,
+    lock_timeout: str = LOCK_TIMEOUT,
 ) -> TransferResult:
     """Our database `db_dsn` -> upstream database `to_dsn`. Raises TransferError."""
     return _transfer(
         direction="export", source_dsn=db_dsn, target_dsn=to_dsn, overwrite=overwrite, out=out, tty=tty,
-        plans=plans, checks=checks,
+        plans=plans, checks=checks, lock_timeout=lock_timeout,
     )
 

@@ -303,15 +303,19 @@ def verify(
     return results
 
 
-def summary_lines(results: Sequence[CheckResult]) -> list[str]:
-    width = max((len(result.name) for result in results), default=0)
-    lines = [f"  {'':<{width}}  {'source rows':>12}  {'target rows':>12}  checksums"]
-    for result in results:
-        if result.ok:
-            verdict = "equal"
-        elif result.source_rows != result.target_rows:
-            verdict = "DIFFERENT (row counts differ)"
-        else:
-            verdict = "DIFFERENT"
-        lines.append(f"  {result.name:<{width}}  {result.source_rows:>12,}  {result.target_rows:>12,}  {verdict}")
-    return lines
+def name_width(checks: Sequence[Check]) -> int:
+    return max((len(check.name) for check in checks), default=0)
+
+
+def header_line(width: int) -> str:
+    return f"  {'':<{width}}  {'source rows':>12}  {'target rows':>12}  checksums"
+
+
+def result_line(result: CheckResult, width: int) -> str:
+    if result.ok:
+        verdict = "equal"
+    elif result.source_rows != result.target_rows:
+        verdict = "DIFFERENT (row counts differ)"
+    else:
+        verdict = "DIFFERENT"
+    return f"  {result.name:<{width}}  {result.source_rows:>12,}  {result.target_rows:>12,}  {verdict}"

@@ -398,3 +398,33 @@ def test_plans_fill_every_column_of_both_schemas(new_db: NewDb) -> None:
     upstream = writable_columns(new_db("upstream"))
     assert {plan.table: set(plan.columns) for plan in EXPORT_PLANS} == upstream
     assert set(UPSTREAM_TABLES) == set(upstream)
+
+
+def test_a_source_error_in_the_middle_of_a_table_aborts_the_whole_import(new_db: NewDb) -> None:
+    """The source fails after some rows of vlob_atom went through the pipe: the error is the
+    source's, and the target is left as it was."""
+    upstream = new_db("populated")
+    plans = tuple(
+        attrs.evolve(plan, select=plan.select.replace("a.version, r.realm_id", "a.version / (3 - a.version) * 0 + a.version, r.realm_id"))
+        if plan.table == "vlob_atom" else plan
+        for plan in IMPORT_PLANS
+    )
+    assert plans != IMPORT_PLANS
+    ours = new_db("ours")
+    with pytest.raises(TransferError, match=r"^table vlob_atom: division by zero$"):
+        do_import(upstream, ours, plans=plans)
+    assert query(ours, "SELECT count(*) FROM organization") == [(0,)]
+
+
+def test_a_target_still_in_use_is_not_waited_for_forever(new_db: NewDb) -> None:
+    """A server still running on the target (here: a transaction that read a table) holds
+    locks the load needs: the import gives up after its lock timeout, changing nothing."""
+    upstream = new_db("populated")
+    ours = new_db("ours")
+    with connection(ours) as busy, busy.cursor() as cur:
+        cur.execute("SELECT count(*) FROM vlob_atom")  # keeps its lock until the transaction ends
+        with pytest.raises(TransferError, match=r"tables stayed in use for 200ms: stop the server using it first"):
+            do_import(upstream, ours, lock_timeout="200ms")
+        busy.rollback()
+    assert query(ours, "SELECT count(*) FROM organization") == [(0,)]
+    assert do_import(upstream, ours)[0].ok
