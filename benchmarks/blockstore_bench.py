@@ -2,12 +2,12 @@
 
     python benchmarks/blockstore_bench.py [--blocks 64] [--concurrency 8] [--block-size 524288]
 
-Uses the object store described by the environment (the variables printed by
-`shared/objectstore/start-swift`: S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY,
-SWIFT_AUTH_URL, SWIFT_USER, SWIFT_KEY) with containers bench0, bench1 and bench2 existing;
-without S3_ENDPOINT it starts a throwaway Swift on loopback with `<repo>/../shared/objectstore`
-(Debian packages swift swift-proxy swift-account swift-container swift-object memcached) and
-stops it at the end.
+Uses the object store described by the environment (S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY,
+S3_SECRET_KEY, SWIFT_AUTH_URL, SWIFT_USER, SWIFT_KEY, as in the `env` of the test-suite's
+tests/objectstore_swift.py) with containers bench0, bench1 and bench2 existing; without
+S3_ENDPOINT it starts a throwaway Swift on loopback with tests/objectstore_swift.py (Debian
+packages swift swift-proxy swift-account swift-container swift-object memcached) and stops it at
+the end.
 
 Stores measured: MOCKED, S3 (bench0), SWIFT (bench0), RAID1 and RAID5 over 3 containers with
 S3 and Swift alternating (S3 bench0, Swift bench1, S3 bench2). Each store gets `--blocks` creates
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,35 +27,34 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
-from twisted.internet import defer, task
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `tests.objectstore_swift`
 
-from parsec.blockstore.base import BlockStore
-from parsec.blockstore.config import S3BlockStoreConfig, SwiftBlockStoreConfig
-from parsec.blockstore.memory import MemoryBlockStore
-from parsec.blockstore.raid import RAID1BlockStore, RAID5BlockStore
-from parsec.blockstore.s3 import S3BlockStore
-from parsec.blockstore.swift import SwiftBlockStore
+from twisted.internet import defer, task  # noqa: E402
 
-SCRIPTS = Path(__file__).resolve().parents[1].parent / "shared" / "objectstore"
+from parsec.blockstore.base import BlockStore  # noqa: E402
+from parsec.blockstore.config import S3BlockStoreConfig, SwiftBlockStoreConfig  # noqa: E402
+from parsec.blockstore.memory import MemoryBlockStore  # noqa: E402
+from parsec.blockstore.raid import RAID1BlockStore, RAID5BlockStore  # noqa: E402
+from parsec.blockstore.s3 import S3BlockStore  # noqa: E402
+from parsec.blockstore.swift import SwiftBlockStore  # noqa: E402
+from tests.objectstore_swift import SwiftError, SwiftStore, start_swift  # noqa: E402
+
 CONTAINERS = ("bench0", "bench1", "bench2")
 ORG = "bench"
 
 
-def start_objectstore() -> tuple[dict[str, str], Path | None]:
+def start_objectstore() -> tuple[dict[str, str], SwiftStore | None]:
+    """The environment's store, or a throwaway one (stopped by the caller, also on failure)."""
     if os.environ.get("S3_ENDPOINT"):
         return dict(os.environ), None
     run_dir = Path(tempfile.mkdtemp(prefix="parsec-bench-swift-"))
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "start-swift"), str(run_dir), *CONTAINERS],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "START_SWIFT_WATCH_PID": str(os.getpid())},
-    )
-    if result.returncode != 0:
-        subprocess.run(["bash", str(SCRIPTS / "stop-swift"), str(run_dir)], check=False)
-        sys.exit(f"start-swift failed:\n{result.stderr}")
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line), run_dir
+    try:
+        store = start_swift(run_dir / "swift", CONTAINERS)
+    except SwiftError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        sys.exit(f"cannot start the Swift object store: {exc}")
+    return dict(store.env), store
 
 
 def make_stores(env: dict[str, str], timeout: float) -> dict[str, Callable[[], BlockStore]]:
@@ -125,7 +123,7 @@ async def measure(name: str, store: BlockStore, args: argparse.Namespace) -> tup
 
 
 async def bench(reactor: object, args: argparse.Namespace) -> None:
-    env, run_dir = start_objectstore()
+    env, swift = start_objectstore()
     try:
         print(
             f"{args.blocks} blocks of {args.block_size} B per store, {args.concurrency} in flight, "
@@ -145,9 +143,9 @@ async def bench(reactor: object, args: argparse.Namespace) -> None:
                 f"{volume / read_seconds:10.1f} {args.blocks / read_seconds:10.1f}"
             )
     finally:
-        if run_dir is not None:
-            subprocess.run(["bash", str(SCRIPTS / "stop-swift"), str(run_dir)], check=False)
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if swift is not None:
+            swift.stop()
+            shutil.rmtree(swift.run_dir.parent, ignore_errors=True)
 
 
 def main() -> None:

@@ -112,6 +112,7 @@ def backend_run(argv: Sequence[str], environ: Mapping[str, str], *, reactor: Any
         report_error(exc, debug=debug)
         return 1
     debug = debug or config.backend.debug
+    # Not at the top, like every Twisted/server import of this module: see the note there.
     from parsec.logging import setup_logging
 
     try:
@@ -120,6 +121,7 @@ def backend_run(argv: Sequence[str], environ: Mapping[str, str], *, reactor: Any
         report_error(exc, debug=debug)
         return 1
     if reactor is None:
+        # Not at the top, like every Twisted/server import of this module: see the note there.
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
@@ -185,6 +187,7 @@ class _RunState:
 
 def serve(reactor: IReactorCore, service: IService, signals: StopSignals, *, debug: bool = False) -> int:
     """Start `service`, run the reactor until a signal or a start-up failure, stop cleanly."""
+    # Not at the top, like every Twisted/server import of this module: see the note there.
     from twisted.internet import defer
     from twisted.logger import Logger
     from twisted.python.failure import Failure
@@ -250,6 +253,7 @@ def backend_migrate(argv: Sequence[str], environ: Mapping[str, str], *, reactor:
         return 1
     debug = debug or config.debug
     try:
+        # Not at the top, like every Twisted/server import of this module: see the note there.
         from parsec.logging import setup_logging
 
         setup_logging(config.log)
@@ -258,6 +262,7 @@ def backend_migrate(argv: Sequence[str], environ: Mapping[str, str], *, reactor:
         report_error(exc, debug=debug)
         return 1
     if reactor is None:
+        # Not at the top, like every Twisted/server import of this module: see the note there.
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
@@ -276,6 +281,7 @@ def backend_migrate(argv: Sequence[str], environ: Mapping[str, str], *, reactor:
 
 def run_until_complete(reactor: Any, make_coro: Callable[[], Any]) -> Any:
     """Run the reactor until the coroutine made by `make_coro` finishes; return its result."""
+    # Not at the top, like every Twisted/server import of this module: see the note there.
     from twisted.internet import defer
     from twisted.python.failure import Failure
 

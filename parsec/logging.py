@@ -321,7 +321,7 @@ class SentryLogObserver:
 def start_sentry(config: LogConfig) -> SentryLogObserver:
     """Initialise sentry-sdk for `config.sentry_dsn` and return the reporting observer."""
     try:
-        import sentry_sdk
+        import sentry_sdk  # an optional dependency (extra `sentry`): only when configured
     except ImportError:
         raise ConfigError(
             "Option '--sentry-dsn' needs the sentry-sdk package (pip install 'parsec-twisted[sentry]')"

@@ -31,11 +31,16 @@ from twisted.logger import Logger
 
 from parsec.backend.app import BackendApp
 from parsec.backend.bus import MemoryEventBus
+from parsec.blockstore.factory import build_blockstore
 from parsec.config import ServerConfig
+from parsec.options import startup_line
+from parsec.storage.memory import build_memory_storage
+from parsec.storage.postgresql.factory import build_postgresql_storage
 from parsec.web.admin import AdminResource
 from parsec.web.anonymous import AnonymousResource
 from parsec.web.site import ParsecSite, RootResource
 from parsec.web.websocket import ParsecWebSocketFactory
+from parsec.webhooks import send_bootstrap_webhook
 
 _log = Logger()
 
@@ -84,6 +89,7 @@ class ParsecService(service.MultiService):
     ) -> None:
         super().__init__()
         if reactor is None:
+            # The global reactor only when none is given: importing it installs the default one.
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
@@ -121,16 +127,10 @@ class ParsecService(service.MultiService):
     def _build_storage(self) -> tuple[Any, Any, Any]:
         backend = self.config.backend
         if backend.db_type == "MOCKED":
-            from parsec.storage.memory import build_memory_storage
-
             return build_memory_storage(), MemoryEventBus(), None
-        from parsec.storage.postgresql.factory import build_postgresql_storage
-
         return build_postgresql_storage(backend, reactor=self.reactor)
 
     def _build_blockstore(self) -> Any:
-        from parsec.blockstore.factory import build_blockstore
-
         pg_pool = getattr(self._storage_resources, "pool", None)
         return build_blockstore(self.config.backend.blockstore, reactor=self.reactor, pg_pool=pg_pool)
 
@@ -138,19 +138,20 @@ class ParsecService(service.MultiService):
         ca_file = self.config.backend.email.ca_file
         if ca_file is None:
             return None  # the platform trust store
-        from parsec.mail import load_trust_root
+        # Not at the top: see _send_email.
+        from parsec.mail.delivery import load_trust_root
 
         return load_trust_root(ca_file)
 
     async def _send_email(self, *args: Any, **kwargs: Any) -> str:
-        from parsec.mail import send_invitation_email
+        # Not at the top: parsec.mail.delivery imports twisted.mail.smtp, which installs the
+        # global reactor and resolves the local FQDN (blocking) when imported.
+        from parsec.mail.delivery import send_invitation_email
 
         kwargs.setdefault("trust_root", self._email_trust_root)
         return await send_invitation_email(*args, **kwargs)
 
     async def _webhook(self, payload: dict[str, Any]) -> None:
-        from parsec.webhooks import send_bootstrap_webhook
-
         url = self.config.backend.organization_bootstrap_webhook
         assert url is not None
         await send_bootstrap_webhook(url, payload, reactor=self.reactor)
@@ -256,9 +257,8 @@ def install_clean_exit_signal_handlers(reactor: Any) -> None:
 
 
 def make_service(config: ServerConfig, *, reactor: Any = None) -> ParsecService:
-    from parsec.options import startup_line
-
     if reactor is None:
+        # The global reactor only when none is given: importing it installs the default one.
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor

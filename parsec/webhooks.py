@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -18,9 +19,8 @@ async def send_bootstrap_webhook(
     url: str, payload: dict[str, Any], *, reactor: Any = None, timeout: float = WEBHOOK_TIMEOUT
 ) -> bool:
     """POST the payload; errors and non-2xx answers are logged, never raised."""
-    from treq.client import HTTPClient
-
     if reactor is None:
+        # The global reactor only when none is given: importing it installs the default one.
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor

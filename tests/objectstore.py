@@ -1,10 +1,11 @@
 """A real OpenStack Swift (+ S3 API) on loopback, shared by every test of a session.
 
-Started with `<repo>/../shared/objectstore/start-swift` (override the directory with
-PARSEC_OBJECTSTORE_SCRIPTS; Debian packages: swift swift-proxy swift-account swift-container
-swift-object memcached) the first time a test needs it, stopped with `stop-swift` at the end of
-the session. Both the blockstore tests (tests/blockstore/conftest.py) and the real-client
-interop tests (tests/interop/conftest.py) define their `objectstore` session fixture as
+Started by tests/objectstore_swift.py (the repository's own throwaway store: Swift servers and
+memcached from Debian's packages swift swift-proxy swift-account swift-container swift-object
+memcached, everything under a pytest tmp directory, loopback only) the first time a test needs
+it, and stopped, every process of it, when its last user exits. Both the blockstore tests
+(tests/blockstore/conftest.py) and the real-client interop tests (tests/interop/conftest.py)
+define their `objectstore` session fixture as
 
     with shared_objectstore(tmp_path_factory) as store:
         yield store
@@ -20,22 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import attrs
 import pytest
 
 from parsec.blockstore.config import S3BlockStoreConfig, SwiftBlockStoreConfig
-
-REPO = Path(__file__).resolve().parents[1]
-OBJECTSTORE_SCRIPTS = Path(
-    os.environ.get("PARSEC_OBJECTSTORE_SCRIPTS", REPO.parent / "shared" / "objectstore")
-)
+from tests.objectstore_swift import SwiftError, SwiftStore, start_swift
 
 # Blockstore tests: "blocks", "node0".."node3". Interop tests: one bucket per single-store
 # variant and one per RAID5 node (S3 bucket names must be DNS-compatible).
@@ -50,7 +44,7 @@ CONTAINERS = (
     *INTEROP_RAID5_CONTAINERS,
 )
 
-START_TIMEOUT = 180
+START_TIMEOUT = 180  # seconds until every server answers (about 3 s on an idle machine)
 STOP_TIMEOUT = 60
 _HTTP_TIMEOUT = 30
 
@@ -59,13 +53,14 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def escape_param(value: str) -> str:
-    """Escape one field of a `--blockstore` value (storage.md §1.1: `\\:` and `\\\\`)."""
+    """Escape one field of a `--blockstore` value (docs/protocol/storage.md §1.1: `\\:` and `\\\\`)."""
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 @attrs.frozen
 class ObjectStore:
-    """What start-swift printed (SWIFT_AUTH_URL, SWIFT_USER, S3_ENDPOINT, ...)."""
+    """How to reach the store: `env` is tests/objectstore_swift.py's `SwiftStore.env`
+    (SWIFT_AUTH_URL, SWIFT_USER, SWIFT_KEY, S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY, ...)."""
 
     env: dict[str, str]
 
@@ -153,61 +148,33 @@ class ObjectStore:
 @attrs.define
 class _Shared:
     store: ObjectStore | None = None
-    run_dir: Path | None = None
+    swift: SwiftStore | None = None
     users: int = 0
 
 
 _shared = _Shared()
 
 
-def _start(tmp_path_factory: pytest.TempPathFactory) -> tuple[ObjectStore, Path]:
-    start = OBJECTSTORE_SCRIPTS / "start-swift"
-    if not start.exists():
-        pytest.fail(
-            f"{start} not found (the shared/ checkout must sit beside the repository, or set "
-            "PARSEC_OBJECTSTORE_SCRIPTS)",
-            pytrace=False,
-        )
-    run_dir = tmp_path_factory.mktemp("swift")
+def _start(tmp_path_factory: pytest.TempPathFactory) -> SwiftStore:
     try:
-        result = subprocess.run(
-            ["bash", str(start), str(run_dir), *CONTAINERS],
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT,
-            # start-swift's watchdog stops the store should this process die without cleaning up
-            env={**os.environ, "START_SWIFT_WATCH_PID": str(os.getpid())},
-        )
-    except BaseException:
-        _stop(run_dir)
-        raise
-    if result.returncode != 0:
-        _stop(run_dir)
-        pytest.fail(
-            f"start-swift failed (status {result.returncode}):\n{result.stderr[-3000:]}", pytrace=False
-        )
-    env = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return ObjectStore(env=env), run_dir
-
-
-def _stop(run_dir: Path) -> None:
-    subprocess.run(
-        ["bash", str(OBJECTSTORE_SCRIPTS / "stop-swift"), str(run_dir)], check=False, timeout=STOP_TIMEOUT
-    )
+        return start_swift(tmp_path_factory.mktemp("swift"), CONTAINERS, timeout=START_TIMEOUT)
+    except SwiftError as exc:  # SwiftUnavailable included: the message names the packages
+        pytest.fail(f"cannot start the Swift object store: {exc}", pytrace=False)
 
 
 @contextlib.contextmanager
 def shared_objectstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
     """The session's object store: started on first use, stopped when its last user exits."""
     if _shared.store is None:
-        _shared.store, _shared.run_dir = _start(tmp_path_factory)
+        _shared.swift = _start(tmp_path_factory)
+        _shared.store = ObjectStore(env=dict(_shared.swift.env))
     _shared.users += 1
     try:
         yield _shared.store
     finally:
         _shared.users -= 1
-        if _shared.users == 0 and _shared.run_dir is not None:
-            run_dir = _shared.run_dir
+        if _shared.users == 0 and _shared.swift is not None:
+            swift = _shared.swift
             _shared.store = None
-            _shared.run_dir = None
-            _stop(run_dir)
+            _shared.swift = None
+            swift.stop(timeout=STOP_TIMEOUT)

@@ -31,6 +31,7 @@ from parsec.api.handshake import (
     ServerHandshake,
     bad_identity,
 )
+from parsec.backend.block import BlockComponent
 from parsec.backend.bus import BackendEvent, EventBus
 from parsec.backend.command import (
     ANONYMOUS,
@@ -48,7 +49,16 @@ from parsec.backend.command import (
     not_admin,
     status,
 )
+from parsec.backend.events import EventsComponent
+from parsec.backend.invite import InviteComponent
+from parsec.backend.message import MessageComponent
+from parsec.backend.organization import OrganizationComponent
+from parsec.backend.ping import PingComponent
+from parsec.backend.pki import PkiComponent
+from parsec.backend.realm import RealmComponent
 from parsec.backend.storage import NotFoundError, Storage, UnstorableValueError
+from parsec.backend.user import UserComponent
+from parsec.backend.vlob import VlobComponent
 from parsec.config import BackendConfig
 
 _log = Logger()
@@ -84,18 +94,6 @@ class BackendApp:
         send_email: Callable[..., Any] | None = None,
         webhook: Callable[..., Any] | None = None,
     ) -> None:
-        # Imported here: the components import this module's helpers indirectly.
-        from parsec.backend.block import BlockComponent
-        from parsec.backend.events import EventsComponent
-        from parsec.backend.invite import InviteComponent
-        from parsec.backend.message import MessageComponent
-        from parsec.backend.organization import OrganizationComponent
-        from parsec.backend.ping import PingComponent
-        from parsec.backend.pki import PkiComponent
-        from parsec.backend.realm import RealmComponent
-        from parsec.backend.user import UserComponent
-        from parsec.backend.vlob import VlobComponent
-
         self.config = config
         self.storage = storage
         self.bus = bus
@@ -282,8 +280,6 @@ class BackendApp:
         )
 
     async def _handshake_anonymous_v1(self, answer: AnonymousV1Answer) -> AnonymousContext:
-        from parsec.backend.organization import OrganizationComponent
-
         try:
             org = await self.storage.organization.get(answer.organization_id)
         except NotFoundError:

@@ -25,6 +25,7 @@ from parsec.backend.command import (
 from parsec.backend.conduit import FIRST_STEP, STEPS, InvalidStateError
 from parsec.backend.models import Invitation
 from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, NotFoundError
+from parsec.mail.render import format_reply_to
 
 _log = Logger()
 
@@ -124,8 +125,6 @@ class InviteComponent:
             greeter_name = ctx.human_handle[1] if ctx.human_handle else ctx.user_id
             reply_to = None
             if ctx.human_handle is not None:
-                from parsec.mail import format_reply_to
-
                 reply_to = format_reply_to(ctx.human_handle[1], ctx.human_handle[0])
         else:
             greeter_name = ctx.human_handle[1] if ctx.human_handle else ctx.user_id

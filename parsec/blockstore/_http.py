@@ -85,6 +85,7 @@ class HTTPBlockStore:
 
     def __init__(self, description: str, *, reactor: Any = None, timeout: float = 30.0) -> None:
         if reactor is None:
+            # The global reactor only when none is given: importing it installs the default one.
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg2
 
 from parsec.blockstore.base import BlockStoreError, log_block_error
-from parsec.storage.postgresql.pool import DatabaseUnavailable, PostgreSQLPool, error_summary
+from parsec.storage.postgresql.connection import DatabaseUnavailable, error_summary
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 _READ = "SELECT data FROM block_data WHERE organization_id = %s AND block_id = %s"
 # Idempotent: a block id always carries the same bytes, the first copy stays.

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from parsec.api import ids
+from parsec.backend.organization import OrganizationComponent
 from parsec.backend.storage import AlreadyExistsError, NotFoundError
 from parsec.web.site import ParsecRequest, finish
 
@@ -103,8 +104,6 @@ class AdminResource:
 
     @property
     def _org(self) -> Any:
-        from parsec.backend.organization import OrganizationComponent
-
         return self._app.component(OrganizationComponent)
 
     async def _create(self, request: ParsecRequest) -> None:

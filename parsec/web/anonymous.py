@@ -7,6 +7,7 @@ from typing import Any
 from parsec.api import ids
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.backend.command import ANONYMOUS, AnonymousContext
+from parsec.backend.organization import OrganizationComponent
 from parsec.backend.storage import NotFoundError
 from parsec.web.site import ParsecRequest, finish
 
@@ -51,8 +52,6 @@ class AnonymousResource:
                 # Spontaneous bootstrap only creates organizations for a bootstrap.
                 _reply(request, 404, EMPTY)
                 return
-            from parsec.backend.organization import OrganizationComponent
-
             await app.component(OrganizationComponent).spontaneous_create(organization_id)
         route = app.route(ANONYMOUS, cmd)
         if route is None:

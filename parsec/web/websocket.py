@@ -250,6 +250,8 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
     async def close_all(self, grace: float = 5.0, timeout: float = 5.0) -> None:
         """Shutdown: drain every connection (requests get `grace` seconds), then wait for the
         close handshakes (`timeout` seconds) before dropping whatever is left."""
+        # The global reactor, as the connections use it; not imported at the top, where
+        # importing it would install the default reactor.
         from twisted.internet import reactor
 
         protocols = list(self.connections)

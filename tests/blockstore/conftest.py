@@ -1,9 +1,10 @@
 """Fixtures of the blockstore tests.
 
-* `objectstore`: a real Swift (+ S3 API) on loopback for the whole session (tests/objectstore.py:
-  `<repo>/../shared/objectstore/start-swift`; Debian packages: swift swift-proxy swift-account
-  swift-container swift-object memcached), containers "blocks" and "node0".."node3". Tests
-  using it are marked `objectstore`; deselect them with `-m "not objectstore"`.
+* `objectstore`: a real Swift (+ S3 API) on loopback for the whole session (tests/objectstore.py,
+  started and stopped by the repository's own tests/objectstore_swift.py under the session's
+  tmp directory; Debian packages: swift swift-proxy swift-account swift-container swift-object
+  memcached), containers "blocks" and "node0".."node3". Tests using it are marked
+  `objectstore`; deselect them with `-m "not objectstore"`.
 * `swift_admin`: raw Swift requests (to look at objects behind the stores' back).
 * `hung_server`: a loopback TCP server that accepts and never answers.
 * `captured_logs`: twisted.logger events emitted during the test.

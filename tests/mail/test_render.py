@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import pytest
 
 from parsec.config import BackendAddr, EmailConfig
-from parsec.mail import build_invitation_email, build_invitation_link, format_reply_to
+from parsec.mail.render import build_invitation_email, build_invitation_link, format_reply_to
 
 TOKEN = uuid.UUID("3c5a4b2e-9d1f-4e4a-8b7c-0f1e2d3c4b5a")
 SENDER = "Parsec <no-reply@parsec.com>"

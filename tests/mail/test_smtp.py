@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_twisted
 
-from parsec import mail
 from parsec.config import BackendAddr, EmailConfig
+from parsec.mail import delivery
+from parsec.mail.render import build_invitation_email
 
 from .smtp_server import SMTPTestServer, ThrowawayPKI
 
@@ -54,7 +55,7 @@ async def _send(
     else:
         defaults = {"greeter_name": "Alicey McAliceFace", "reply_to": None}
     defaults.update(kwargs)
-    return await mail.send_invitation_email(
+    return await delivery.send_invitation_email(
         config=config,
         backend_addr=ADDR,
         to_addr=to_addr,
@@ -202,10 +203,10 @@ async def test_certificate_name_is_checked(smtp_server_factory: Any, pki: Throwa
     from twisted.internet.ssl import optionsForClientTLS
 
     server = await smtp_server_factory(tls="implicit")
-    status = await mail.send_email(
+    status = await delivery.send_email(
         _config(server, use_ssl=True),
         "zack@example.com",
-        mail.build_invitation_email(
+        build_invitation_email(
             config=_config(server, use_ssl=True),
             backend_addr=ADDR,
             to_addr="zack@example.com",
@@ -299,7 +300,7 @@ async def test_server_never_answers(
 
 
 def test_dot_stuffing_across_chunks() -> None:
-    sender = mail._InvitationSender(
+    sender = delivery._InvitationSender(
         envelope_from=b"a@b.c",
         envelope_to=b"d@e.f",
         data=b"",
@@ -324,7 +325,7 @@ async def test_message_with_dot_lines_arrives_intact(smtp_server_factory: Any) -
     message["To"] = "zack@example.com"
     message["Subject"] = "dots"
     message.set_content(body, charset="us-ascii", cte="7bit")
-    assert await mail.send_email(_config(server), "zack@example.com", message, timeout=10) == "SUCCESS"
+    assert await delivery.send_email(_config(server), "zack@example.com", message, timeout=10) == "SUCCESS"
     [received] = server.messages
     assert received.message.get_content() == body
 

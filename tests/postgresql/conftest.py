@@ -25,8 +25,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 
+from parsec.storage.postgresql.connection import TxConnection
 from parsec.storage.postgresql.migrations import migrate_command
-from parsec.storage.postgresql.pool import PostgreSQLPool, _TxConnection
+from parsec.storage.postgresql.pool import PostgreSQLPool
 from tests.pg_cluster import PgCluster, start_cluster
 
 _names = itertools.count()
@@ -108,7 +109,7 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
 
 
 def _ours(obj: Any) -> bool:
-    return isinstance(obj, _TxConnection)
+    return isinstance(obj, TxConnection)
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 
 from parsec.api import codec
 from parsec.backend.bus import BackendEvent
+from parsec.storage.postgresql.connection import DatabaseUnavailable, Transaction
 from parsec.storage.postgresql.events import (
     CHANNEL,
     EventDecodeError,
@@ -22,7 +23,7 @@ from parsec.storage.postgresql.events import (
     encode_event,
     notify_sql,
 )
-from parsec.storage.postgresql.pool import DatabaseUnavailable, PostgreSQLPool, Transaction
+from parsec.storage.postgresql.pool import PostgreSQLPool
 from tests.pg_cluster import PgCluster
 
 SAFETY = 20  # seconds: only to turn a hang into a failure

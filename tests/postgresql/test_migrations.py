@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor
 
 from parsec.backend.bus import BackendEvent
 from parsec.storage.postgresql import migrations
+from parsec.storage.postgresql.connection import DatabaseUnavailable, PreparedStatement
 from parsec.storage.postgresql.events import PostgreSQLEventBus, notify_sql
 from parsec.storage.postgresql.migrations import (
     Migration,
@@ -21,7 +22,7 @@ from parsec.storage.postgresql.migrations import (
     list_migrations,
     migrate_command,
 )
-from parsec.storage.postgresql.pool import DatabaseUnavailable, PostgreSQLPool, PreparedStatement
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 TABLES = {
     "migration", "organization", "user_", "device", "invitation", "pki_enrollment", "message",

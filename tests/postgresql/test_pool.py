@@ -14,16 +14,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from parsec.storage.postgresql.pool import (
+from parsec.storage.postgresql.connection import (
     DatabaseUnavailable,
     PgConnection,
-    PoolClosedError,
-    PoolReentryError,
-    PostgreSQLPool,
     PreparedStatement,
     Transaction,
-    run_detached,
 )
+from parsec.storage.postgresql.pool import PoolClosedError, PoolReentryError, PostgreSQLPool, run_detached
 from tests.pg_cluster import PgCluster
 
 SAFETY = 20  # seconds: only to turn a hang into a failure, never asserted on

@@ -20,10 +20,11 @@ from parsec.backend.storage import (
     PkiAcceptance,
     PkiEnrollment,
 )
+from parsec.storage.postgresql.connection import PgConnection
 from parsec.storage.postgresql.invite import PgInviteStorage
 from parsec.storage.postgresql.organization import PgOrganizationStorage
 from parsec.storage.postgresql.pki import PgPkiStorage
-from parsec.storage.postgresql.pool import PgConnection, PostgreSQLPool
+from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import PgUserStorage
 
 ok = pytest_twisted.ensureDeferred

@@ -1,8 +1,8 @@
 """Storage-level tests of the realm/vlob/block/message storages, memory and PostgreSQL.
 
 * `backend` is parametrized ("memory", "postgresql"): the same scenario runs against
-  `parsec.storage.memory.realm` and `parsec.storage.postgresql.realm`. Both expose the four
-  storages plus `add_org` / `add_user` / `revoke_user`, the few organization/user facts the
+  `parsec.storage.memory.realm` and `parsec.storage.postgresql.{realm,vlob,block,message}`.
+  Both expose the four storages plus `add_org` / `add_user` / `revoke_user`, the few organization/user facts the
   realm rules read (users go into PostgreSQL with plain SQL: the PostgreSQL user storage is
   not needed for these tests).
 * `world` = a fresh organization (unique id) on that backend with deterministic, strictly
@@ -30,8 +30,12 @@ from parsec.storage.memory.realm import (
     MemoryRealmStorage,
     MemoryVlobStorage,
 )
-from parsec.storage.postgresql.pool import PgConnection, PostgreSQLPool
-from parsec.storage.postgresql.realm import PgBlockStorage, PgMessageStorage, PgRealmStorage, PgVlobStorage
+from parsec.storage.postgresql.block import PgBlockStorage
+from parsec.storage.postgresql.connection import PgConnection
+from parsec.storage.postgresql.message import PgMessageStorage
+from parsec.storage.postgresql.pool import PostgreSQLPool
+from parsec.storage.postgresql.realm import PgRealmStorage
+from parsec.storage.postgresql.vlob import PgVlobStorage
 from tests.postgresql.conftest import (  # noqa: F401 (fixtures)
     no_leftovers,
     pg_cluster,

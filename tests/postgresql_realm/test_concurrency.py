@@ -25,8 +25,9 @@ from twisted.internet import defer, reactor, task
 
 from parsec.backend import storage as st
 from parsec.backend.models import ReencryptionBatchEntry, VlobWrite
-from parsec.storage.postgresql.pool import PgConnection
-from parsec.storage.postgresql.realm import PgRealmStorage, PgVlobStorage
+from parsec.storage.postgresql.connection import PgConnection
+from parsec.storage.postgresql.realm import PgRealmStorage
+from parsec.storage.postgresql.vlob import PgVlobStorage
 from tests.postgresql_realm.conftest import PgBackend, World
 
 ok = pytest_twisted.ensureDeferred

@@ -13,6 +13,10 @@ import pytest_twisted
 from parsec.backend import realm_rules as rules
 from parsec.backend import storage as st
 from parsec.backend.models import Message, RealmStats, RealmStatus
+from parsec.storage.postgresql.block import PgBlockStorage
+from parsec.storage.postgresql.message import PgMessageStorage
+from parsec.storage.postgresql.realm import PgRealmStorage
+from parsec.storage.postgresql.vlob import PgVlobStorage
 from tests.postgresql_realm.conftest import make_world
 
 ok = pytest_twisted.ensureDeferred
@@ -25,13 +29,11 @@ ROLES = ["OWNER", "MANAGER", "CONTRIBUTOR", "READER", None]
     [("realm", st.RealmStorage), ("vlob", st.VlobStorage), ("block", st.BlockStorage), ("message", st.MessageStorage)],
 )
 def test_same_signatures_as_protocol(domain, protocol):
-    from parsec.storage.postgresql import realm as pg
-
     implementation = {
-        "realm": pg.PgRealmStorage,
-        "vlob": pg.PgVlobStorage,
-        "block": pg.PgBlockStorage,
-        "message": pg.PgMessageStorage,
+        "realm": PgRealmStorage,
+        "vlob": PgVlobStorage,
+        "block": PgBlockStorage,
+        "message": PgMessageStorage,
     }[domain]
     for name, value in vars(protocol).items():
         if name.startswith("_") or not inspect.iscoroutinefunction(value):

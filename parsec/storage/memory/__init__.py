@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from parsec.backend.storage import Storage
+from parsec.storage.memory.invite import MemoryInviteStorage
 from parsec.storage.memory.organization import (
     MemoryDatastore,
     MemoryOrganizationStorage,
     MemoryUserStorage,
 )
+from parsec.storage.memory.pki import MemoryPkiStorage
+from parsec.storage.memory.realm import (
+    MemoryBlockStorage,
+    MemoryMessageStorage,
+    MemoryRealmStorage,
+    MemoryVlobStorage,
+)
 
 
 def build_memory_storage() -> Storage:
-    from parsec.storage.memory.invite import MemoryInviteStorage
-    from parsec.storage.memory.pki import MemoryPkiStorage
-    from parsec.storage.memory.realm import (
-        MemoryBlockStorage,
-        MemoryMessageStorage,
-        MemoryRealmStorage,
-        MemoryVlobStorage,
-    )
-
     store = MemoryDatastore()
     return Storage(
         organization=MemoryOrganizationStorage(store),

@@ -29,6 +29,7 @@ from parsec.backend.storage import (
     AlreadyRevokedError,
     NotFoundError,
 )
+from parsec.backend.user import human_handle_taken_reason
 
 # As the PostgreSQL storage's BIGINT column: the admin API (and the CLI default) accept any
 # int >= 0, but `organization_config` must be able to send it back in msgpack. Any larger
@@ -70,8 +71,6 @@ def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) ->
     if user.user_id in data.users:
         raise AlreadyExistsError(f"User `{user.user_id}` already exists")
     if user.human_handle is not None and email_used_by_active_user(data, user.human_handle[0], now):
-        from parsec.backend.user import human_handle_taken_reason
-
         raise AlreadyExistsError(human_handle_taken_reason(user.human_handle))
     if device.device_id in data.devices:
         raise AlreadyExistsError(f"Device `{device.device_id}` already exists")

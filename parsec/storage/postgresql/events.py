@@ -38,15 +38,8 @@ from twisted.logger import Logger
 
 from parsec.api import codec
 from parsec.backend.bus import BackendEvent, Listener, ListenerSet
-from parsec.storage.postgresql.pool import (
-    DatabaseUnavailable,
-    PgConnection,
-    PostgreSQLPool,
-    Transaction,
-    connect_with_retry,
-    error_summary,
-    run_detached,
-)
+from parsec.storage.postgresql.connection import DatabaseUnavailable, PgConnection, Transaction, error_summary
+from parsec.storage.postgresql.pool import PostgreSQLPool, connect_with_retry, run_detached
 
 __all__ = [
     "CHANNEL",

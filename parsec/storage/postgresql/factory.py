@@ -25,19 +25,18 @@ from twisted.logger import Logger
 
 from parsec.backend.storage import Storage
 from parsec.config import BackendConfig
+from parsec.storage.postgresql.block import PgBlockStorage
+from parsec.storage.postgresql.connection import DatabaseUnavailable
 from parsec.storage.postgresql.events import PostgreSQLEventBus
 from parsec.storage.postgresql.invite import PgInviteStorage
+from parsec.storage.postgresql.message import PgMessageStorage
 from parsec.storage.postgresql.migrations import check_schema_up_to_date
 from parsec.storage.postgresql.organization import PgOrganizationStorage
 from parsec.storage.postgresql.pki import PgPkiStorage
-from parsec.storage.postgresql.pool import DatabaseUnavailable, PostgreSQLPool
-from parsec.storage.postgresql.realm import (
-    PgBlockStorage,
-    PgMessageStorage,
-    PgRealmStorage,
-    PgVlobStorage,
-)
+from parsec.storage.postgresql.pool import PostgreSQLPool
+from parsec.storage.postgresql.realm import PgRealmStorage
 from parsec.storage.postgresql.user import PgUserStorage
+from parsec.storage.postgresql.vlob import PgVlobStorage
 
 __all__ = ["PostgreSQLResources", "PostgreSQLStorage", "build_postgresql_storage"]
 

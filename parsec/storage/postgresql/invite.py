@@ -21,7 +21,8 @@ import attrs
 from parsec.backend.conduit import ConduitListenCtx, ConduitSlots, conduit_listen, conduit_talk
 from parsec.backend.models import HumanHandle, Invitation
 from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, NotFoundError
-from parsec.storage.postgresql.pool import PgConnection, PostgreSQLPool, PreparedStatement
+from parsec.storage.postgresql.connection import PgConnection, PreparedStatement
+from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import storable
 
 T = TypeVar("T")

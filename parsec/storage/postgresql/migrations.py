@@ -20,7 +20,8 @@ from importlib import resources
 import attrs
 import psycopg2
 
-from parsec.storage.postgresql.pool import DatabaseUnavailable, PgConnection, PostgreSQLPool, error_summary
+from parsec.storage.postgresql.connection import DatabaseUnavailable, PgConnection, error_summary
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 __all__ = [
     "Migration",

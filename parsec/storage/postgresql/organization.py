@@ -22,7 +22,8 @@ from parsec.backend.storage import (
     AlreadyExistsError,
     NotFoundError,
 )
-from parsec.storage.postgresql.pool import PostgreSQLPool, PreparedStatement
+from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import (
     ORGANIZATION_COLUMNS,
     clamp_limit,

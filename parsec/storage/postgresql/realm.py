@@ -1,49 +1,7 @@
-"""PostgreSQL realms, vlobs, block metadata and messages (tables of migration 0001).
+"""PostgreSQL realms: creation, roles, re-encryption maintenance, member reads.
 
-Every method is ONE round trip (plus, for PREPAREd statements, one PREPARE per connection
-the first time). The rules are those of `parsec.backend.realm_rules`, applied the same way by
-every method:
-
-* one statement gathers the facts the rules need (a `facts` CTE), decides in SQL whether the
-  operation may proceed (an `allowed` CTE whose conditions are the rules, in SQL), performs
-  the writes only from `allowed` (data-modifying CTEs chained through RETURNING, so a refused
-  request writes nothing), and returns the facts together with what it wrote;
-* when nothing was written, Python calls the `check_*` helper on the returned facts, which
-  raises the exception of the first failing rule; if the helper finds nothing to complain
-  about, the SQL and the rules disagree (a bug): `RuleMismatchError`.
-
-Concurrency: the realm row is the write lock of everything inside the realm. Every write of
-realm state (roles, realm_user, vlobs, checkpoints, maintenance, re-encrypted copies) locks it
-first (`FOR NO KEY UPDATE`, which does not conflict with foreign-key checks), so the writes of
-a realm are serialized and the facts a write decides on must be read as they are once the lock
-is granted. Two ways, both one round trip:
-
-* hot writes (vlob_create, vlob_update) are one PREPAREd statement whose first CTEs lock, in
-  this order, the realm row, the author's realm_user row and the vlob row. In READ COMMITTED
-  a row lock returns the newest committed version of the row, so these facts are current even
-  when the statement waited for the lock. Everything else such a statement reads may be as of
-  before the wait, which is harmless: a row created meanwhile (the author's first role, the
-  vlob itself) is seen as missing, i.e. the request is ordered before that creation, and the
-  vlob id's uniqueness is left to the primary key (`ON CONFLICT DO NOTHING`).
-* the other writes (role updates, re-encryption start/finish/save) decide on sets of rows
-  (participants, counts, a target's first role). They send two statements in one simple-query
-  message, which PostgreSQL runs as one implicit transaction: `SELECT ... FROM realm ...
-  FOR NO KEY UPDATE`, then the checking statement, whose snapshot is taken once the lock is
-  granted and so holds every write of the previous holders (not PREPAREd: a prepared
-  statement is a single statement; these requests are rare).
-
-Hence two updates of a vlob with the same version: the second sees the first's version and
-fails with BadVersionError; checkpoints are `checkpoint + 1` under the lock, gap-free, in
-commit order; concurrent role updates of a realm see each other. What the realm lock does not
-cover is guarded by keys and row locks: vlob and block ids are unique per organization (a lost
-race is an AlreadyExistsError), message indexes come from `UPDATE user_ SET message_count =
-message_count + 1` (row lock, re-evaluated on the newest row). Lock order, hence no deadlock
-among these requests: realm, then realm_user / vlob rows, then user_ rows in user-id order.
-Realm creation (the realm's primary key) and block metadata (a block id's primary key; realm
-sizes are sums over the blocks) take no realm lock.
-
-Reads (status, stats, certificates, vlob_read, poll, list, batches, block checks, messages) are
-one PREPAREd statement without locks: its snapshot is consistent because every write is atomic.
+How every statement applies `parsec.backend.realm_rules` and locks the realm row:
+`parsec.storage.postgresql.realm_common`.
 """
 
 from __future__ import annotations
@@ -54,94 +12,19 @@ from uuid import UUID
 
 from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
-from parsec.backend.models import (
-    Message,
-    RealmGrant,
-    RealmStats,
-    RealmStatus,
-    ReencryptionBatchEntry,
-    VlobChanges,
-    VlobVersion,
-    VlobWrite,
+from parsec.backend.models import RealmGrant, RealmStats, RealmStatus
+from parsec.backend.realm_rules import RoleUpdateFacts
+from parsec.backend.storage import AlreadyExistsError
+from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.realm_common import (
+    LOCK_REALM,
+    PgRealmScopedStorage,
+    RuleMismatchError,
+    int4,
+    realm_state,
 )
-from parsec.backend.realm_rules import RealmState, RoleUpdateFacts
-from parsec.backend.storage import (
-    AlreadyExistsError,
-    BadVersionError,
-    RealmNotFoundError,
-)
-from parsec.storage.postgresql.pool import PostgreSQLPool, PreparedStatement, Query
 
-__all__ = [
-    "PgBlockStorage",
-    "PgMessageStorage",
-    "PgRealmStorage",
-    "PgVlobStorage",
-    "RuleMismatchError",
-]
-
-_INT4_MAX = 2**31 - 1
-
-
-def _int4(value: int) -> int:
-    """A request integer (revision, version) for the SQL side. A value beyond the integer
-    columns cannot match any row, yet PostgreSQL refuses it as soon as it meets such a column
-    (even where no row is written): it becomes 0, which matches nothing either (revisions and
-    versions start at 1). The rules are always applied to the real value, in Python."""
-    return value if -_INT4_MAX <= value <= _INT4_MAX else 0
-
-
-def _clamp(value: int, low: int, high: int) -> int:
-    """A bound (checkpoint, offset) within the column's range: same rows selected."""
-    return max(low, min(value, high))
-
-
-class RuleMismatchError(RuntimeError):
-    """The SQL refused an operation that `realm_rules` accepts on the same facts (a bug)."""
-
-    def __init__(self, operation: str) -> None:
-        super().__init__(f"{operation}: the SQL conditions and realm_rules disagree on the facts")
-
-
-# Values the SQL conditions take from `realm_rules` rather than spelling them out.
-_RULE_PARAMS: dict[str, Any] = {
-    "owner": rules.OWNER,
-    "write_roles": sorted(rules.WRITE_ROLES),
-    "management_roles": sorted(rules.MANAGEMENT_ROLES),
-    "reencryption": rules.REENCRYPTION,
-}
-
-# First statement of the "lock, then check with a fresh snapshot" round trips: the realm's
-# write lock (nothing is locked when the realm does not exist: the next statement reports it).
-_LOCK_REALM = """
-SELECT 1 FROM realm WHERE organization_id = %(org)s AND realm_id = %(realm)s FOR NO KEY UPDATE;
-"""
-
-
-def _state(encryption_revision: int | None, maintenance_type: str | None) -> RealmState | None:
-    """The realm's state from nullable columns (NULL revision = no such realm)."""
-    if encryption_revision is None:
-        return None
-    return RealmState(encryption_revision, maintenance_type)
-
-
-class _PgBase:
-    def __init__(self, pool: PostgreSQLPool) -> None:
-        self._pool = pool
-
-    async def _row(self, sql: Query, params: dict[str, Any]) -> tuple[Any, ...]:
-        """The single row every statement of this module returns (one round trip)."""
-        row = await self._pool.fetchrow(sql, {**_RULE_PARAMS, **params})
-        assert row is not None, "the statement must return its facts row"
-        return row
-
-    async def _rows(self, sql: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        rows = await self._pool.fetch(sql, {**_RULE_PARAMS, **params})
-        assert rows, "the statement must return at least its facts row"
-        return rows
-
-
-# ---- realms ------------------------------------------------------------------------------------
+__all__ = ["PgRealmStorage"]
 
 _REALM_CREATE = PreparedStatement("""
 WITH new_realm AS (
@@ -185,7 +68,7 @@ LEFT JOIN realm_user AS ru
     ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
 """)
 
-_UPDATE_ROLES = _LOCK_REALM + """
+_UPDATE_ROLES = LOCK_REALM + """
 WITH facts AS MATERIALIZED (
     SELECT target.profile AS target_profile,
            target.revoked_on IS NOT NULL AS target_revoked,
@@ -251,7 +134,7 @@ FROM facts
 
 # The recipients' user_ rows are locked in user-id order (ORDER BY runs before the row locks):
 # two re-encryptions of different realms sharing participants cannot deadlock.
-_START_REENCRYPTION = _LOCK_REALM + """
+_START_REENCRYPTION = LOCK_REALM + """
 WITH facts AS MATERIALIZED (
     SELECT r.encryption_revision, r.maintenance_type, ru.role AS author_role,
            CASE WHEN r.realm_id IS NOT NULL THEN (
@@ -303,7 +186,7 @@ SELECT facts.*, EXISTS (SELECT 1 FROM allowed),
 FROM facts
 """
 
-_FINISH_REENCRYPTION = _LOCK_REALM + """
+_FINISH_REENCRYPTION = LOCK_REALM + """
 WITH facts AS MATERIALIZED (
     SELECT r.encryption_revision, r.maintenance_type, ru.role,
            -- Every version of revision N-1 has its copy at N (true without any vlob).
@@ -348,7 +231,7 @@ WHERE organization_id = %(org)s::text AND user_id = %(user)s::text AND role IS N
 """)
 
 
-class PgRealmStorage(_PgBase):
+class PgRealmStorage(PgRealmScopedStorage):
     async def create(self, organization_id: str, grant: RealmGrant) -> None:
         created, = await self._row(
             _REALM_CREATE,
@@ -381,7 +264,7 @@ class PgRealmStorage(_PgBase):
                 "want_certificates": certificates,
             },
         )
-        rules.check_realm_member(_state(row[0], row[1]), row[2])
+        rules.check_realm_member(realm_state(row[0], row[1]), row[2])
         return row
 
     async def get_status(self, organization_id: str, user_id: str, realm_id: UUID) -> RealmStatus:
@@ -446,7 +329,7 @@ class PgRealmStorage(_PgBase):
         facts = RoleUpdateFacts(
             target_profile=target_profile,
             target_revoked=bool(target_revoked),
-            realm=_state(revision, maintenance_type),
+            realm=realm_state(revision, maintenance_type),
             author_role=author_role,
             target_role=target_role,
             target_last_role_granted_on=target_granted_on,
@@ -474,7 +357,7 @@ class PgRealmStorage(_PgBase):
                 "realm": realm_id,
                 "author": author,
                 "author_user": user_of(author),
-                "revision": _int4(encryption_revision),
+                "revision": int4(encryption_revision),
                 "ts": timestamp,
                 "now": now,
                 "recipients": recipients,
@@ -486,7 +369,7 @@ class PgRealmStorage(_PgBase):
             indexes = dict(zip(inbox_users or [], inbox_indexes or [], strict=True))
             return [(recipient, int(indexes[recipient])) for recipient in recipients]
         rules.check_start_reencryption(
-            _state(revision, maintenance_type), author_role, encryption_revision, participants or [], recipients
+            realm_state(revision, maintenance_type), author_role, encryption_revision, participants or [], recipients
         )
         raise RuleMismatchError("realm_start_reencryption_maintenance")
 
@@ -499,560 +382,15 @@ class PgRealmStorage(_PgBase):
                 "org": organization_id,
                 "realm": realm_id,
                 "author_user": user_of(author),
-                "revision": _int4(encryption_revision),
+                "revision": int4(encryption_revision),
             },
         )
         if written:
             return
-        rules.check_finish_reencryption(_state(revision, maintenance_type), role, encryption_revision, bool(over))
+        rules.check_finish_reencryption(realm_state(revision, maintenance_type), role, encryption_revision, bool(over))
         raise RuleMismatchError("realm_finish_reencryption_maintenance")
 
     async def get_realms_for_user(self, organization_id: str, user_id: str) -> dict[UUID, str]:
         rows = await self._pool.fetch(_REALMS_FOR_USER, {"org": organization_id, "user": user_id})
         return {realm_id: role for realm_id, role in rows}
 
-
-# ---- vlobs -------------------------------------------------------------------------------------
-
-# The write lock of vlob writes, as the first CTEs of their statement: the realm row, then
-# the rows gated on it (a one-time EXISTS / scalar subquery on `realm_row` is evaluated before
-# their scan starts), each returned in its newest committed version.
-_VLOB_CREATE = PreparedStatement("""
-WITH realm_row AS MATERIALIZED (
-    SELECT encryption_revision, maintenance_type FROM realm
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
-    FOR NO KEY UPDATE
-), author_row AS MATERIALIZED (
-    SELECT role, role_certified_on FROM realm_user
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
-      AND EXISTS (SELECT 1 FROM realm_row)
-    FOR NO KEY UPDATE
-), facts AS MATERIALIZED (
-    SELECT r.encryption_revision, r.maintenance_type, a.role, a.role_certified_on,
-           EXISTS (
-               SELECT 1 FROM vlob WHERE organization_id = %(org)s::text AND vlob_id = %(vlob)s::uuid
-           ) AS vlob_used
-    FROM (VALUES (1)) AS one
-    LEFT JOIN realm_row AS r ON true
-    LEFT JOIN author_row AS a ON true
-), allowed AS MATERIALIZED (
-    -- realm_rules.check_vlob_create.
-    SELECT encryption_revision FROM facts
-    WHERE encryption_revision IS NOT NULL
-      AND maintenance_type IS NULL
-      AND encryption_revision = %(revision)s::integer
-      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
-      AND (role_certified_on IS NULL OR role_certified_on < %(ts)s::timestamptz)
-      AND NOT vlob_used
-), new_vlob AS (
-    -- A concurrent creation of the same id in another realm is caught by the primary key.
-    INSERT INTO vlob (organization_id, vlob_id, realm_id, latest_version, latest_timestamp, created_on)
-    SELECT %(org)s::text, %(vlob)s::uuid, %(realm)s::uuid, 1, %(ts)s::timestamptz, %(ts)s::timestamptz
-    FROM allowed
-    ON CONFLICT DO NOTHING
-    RETURNING realm_id
-), new_atom AS (
-    INSERT INTO vlob_atom (organization_id, vlob_id, encryption_revision, version, realm_id, blob, author,
-                           created_on)
-    SELECT %(org)s::text, %(vlob)s::uuid, allowed.encryption_revision, 1, new_vlob.realm_id, %(blob)s::bytea,
-           %(author)s::text, %(ts)s::timestamptz
-    FROM new_vlob, allowed
-), bump AS (
-    UPDATE realm SET checkpoint = realm.checkpoint + 1, vlobs_size = realm.vlobs_size + %(size)s::integer
-    FROM new_vlob
-    WHERE realm.organization_id = %(org)s::text AND realm.realm_id = new_vlob.realm_id
-    RETURNING realm.checkpoint
-), change AS (
-    INSERT INTO realm_vlob_update (organization_id, realm_id, checkpoint, vlob_id, version)
-    SELECT %(org)s::text, %(realm)s::uuid, checkpoint, %(vlob)s::uuid, 1 FROM bump
-), writer AS (
-    UPDATE realm_user SET last_vlob_update = greatest(last_vlob_update, %(ts)s::timestamptz)
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
-      AND EXISTS (SELECT 1 FROM new_vlob)
-)
-SELECT facts.*, EXISTS (SELECT 1 FROM allowed), (SELECT checkpoint FROM bump)
-FROM facts
-""")
-
-_VLOB_UPDATE = PreparedStatement("""
-WITH realm_row AS MATERIALIZED (
-    SELECT realm_id, encryption_revision, maintenance_type FROM realm
-    WHERE organization_id = %(org)s::text
-      AND realm_id = (
-          SELECT realm_id FROM vlob WHERE organization_id = %(org)s::text AND vlob_id = %(vlob)s::uuid
-      )
-    FOR NO KEY UPDATE
-), author_row AS MATERIALIZED (
-    SELECT role, role_certified_on FROM realm_user
-    WHERE organization_id = %(org)s::text AND realm_id = (SELECT realm_id FROM realm_row)
-      AND user_id = %(user)s::text
-    FOR NO KEY UPDATE
-), vlob_row AS MATERIALIZED (
-    SELECT latest_version, latest_timestamp FROM vlob
-    WHERE organization_id = %(org)s::text AND vlob_id = %(vlob)s::uuid AND EXISTS (SELECT 1 FROM realm_row)
-    FOR NO KEY UPDATE
-), facts AS MATERIALIZED (
-    SELECT r.realm_id, r.encryption_revision, r.maintenance_type, a.role, a.role_certified_on,
-           v.latest_version, v.latest_timestamp
-    FROM (VALUES (1)) AS one
-    LEFT JOIN realm_row AS r ON true
-    LEFT JOIN author_row AS a ON true
-    LEFT JOIN vlob_row AS v ON true
-), allowed AS MATERIALIZED (
-    -- realm_rules.check_vlob_update. Outside maintenance the readable revision is the current
-    -- one, whose latest version vlob.latest_version/latest_timestamp describe.
-    SELECT realm_id, encryption_revision FROM facts
-    WHERE realm_id IS NOT NULL
-      AND maintenance_type IS NULL
-      AND encryption_revision = %(revision)s::integer
-      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
-      AND (role_certified_on IS NULL OR role_certified_on < %(ts)s::timestamptz)
-      AND latest_version + 1 = %(version)s::integer
-      AND latest_timestamp <= %(ts)s::timestamptz
-), new_version AS (
-    UPDATE vlob SET latest_version = %(version)s::integer, latest_timestamp = %(ts)s::timestamptz
-    FROM allowed
-    WHERE vlob.organization_id = %(org)s::text AND vlob.vlob_id = %(vlob)s::uuid
-      AND vlob.latest_version + 1 = %(version)s::integer
-    RETURNING vlob.realm_id, allowed.encryption_revision
-), new_atom AS (
-    INSERT INTO vlob_atom (organization_id, vlob_id, encryption_revision, version, realm_id, blob, author,
-                           created_on)
-    SELECT %(org)s::text, %(vlob)s::uuid, encryption_revision, %(version)s::integer, realm_id, %(blob)s::bytea,
-           %(author)s::text, %(ts)s::timestamptz
-    FROM new_version
-), bump AS (
-    UPDATE realm SET checkpoint = realm.checkpoint + 1, vlobs_size = realm.vlobs_size + %(size)s::integer
-    FROM new_version
-    WHERE realm.organization_id = %(org)s::text AND realm.realm_id = new_version.realm_id
-    RETURNING realm.realm_id, realm.checkpoint
-), change AS (
-    INSERT INTO realm_vlob_update (organization_id, realm_id, checkpoint, vlob_id, version)
-    SELECT %(org)s::text, realm_id, checkpoint, %(vlob)s::uuid, %(version)s::integer FROM bump
-), writer AS (
-    UPDATE realm_user SET last_vlob_update = greatest(last_vlob_update, %(ts)s::timestamptz)
-    FROM new_version
-    WHERE realm_user.organization_id = %(org)s::text AND realm_user.realm_id = new_version.realm_id
-      AND realm_user.user_id = %(user)s::text
-)
-SELECT facts.*, (SELECT checkpoint FROM bump)
-FROM facts
-""")
-
-# The realm facts of a vlob and its readable revision (realm_rules.readable_revision).
-_VLOB_FACTS = """
-facts AS MATERIALIZED (
-    SELECT v.realm_id, r.encryption_revision, r.maintenance_type, ru.role,
-           CASE WHEN r.maintenance_type = %(reencryption)s::text THEN r.encryption_revision - 1
-                ELSE r.encryption_revision END AS readable_revision
-    FROM (VALUES (1)) AS one
-    LEFT JOIN vlob AS v ON v.organization_id = %(org)s::text AND v.vlob_id = %(vlob)s::uuid
-    LEFT JOIN realm AS r ON r.organization_id = v.organization_id AND r.realm_id = v.realm_id
-    LEFT JOIN realm_user AS ru
-        ON ru.organization_id = v.organization_id AND ru.realm_id = v.realm_id AND ru.user_id = %(user)s::text
-)
-"""
-
-# realm_rules.select_vlob_version in SQL: `version` wins, else the latest at or before `at`,
-# else the latest. Blobs are only fetched for a member.
-_VLOB_READ = PreparedStatement("WITH " + _VLOB_FACTS + """
-SELECT f.realm_id, f.encryption_revision, f.maintenance_type, f.role,
-       a.version, a.blob, a.author, a.created_on, coalesce(author_ru.role_certified_on, a.created_on)
-FROM facts AS f
-LEFT JOIN LATERAL (
-    SELECT atom.version, atom.blob, atom.author, atom.created_on FROM vlob_atom AS atom
-    WHERE f.role IS NOT NULL
-      AND atom.organization_id = %(org)s::text AND atom.vlob_id = %(vlob)s::uuid
-      AND atom.encryption_revision = f.readable_revision
-      AND CASE WHEN %(version)s::integer IS NOT NULL THEN atom.version = %(version)s::integer
-               WHEN %(at)s::timestamptz IS NOT NULL THEN atom.created_on <= %(at)s::timestamptz
-               ELSE true END
-    ORDER BY atom.version DESC
-    LIMIT 1
-) AS a ON true
-LEFT JOIN realm_user AS author_ru
-    ON author_ru.organization_id = %(org)s::text AND author_ru.realm_id = f.realm_id
-   AND author_ru.user_id = split_part(a.author, '@', 1)
-""")
-
-_VLOB_LIST_VERSIONS = PreparedStatement("WITH " + _VLOB_FACTS + """
-SELECT f.realm_id, f.encryption_revision, f.maintenance_type, f.role, a.version, a.created_on, a.author
-FROM facts AS f
-LEFT JOIN LATERAL (
-    SELECT atom.version, atom.created_on, atom.author FROM vlob_atom AS atom
-    WHERE f.role IS NOT NULL
-      AND atom.organization_id = %(org)s::text AND atom.vlob_id = %(vlob)s::uuid
-      AND atom.encryption_revision = f.readable_revision
-) AS a ON true
-ORDER BY a.version
-""")
-
-_POLL_CHANGES = PreparedStatement("""
-WITH facts AS MATERIALIZED (
-    SELECT r.encryption_revision, r.maintenance_type, ru.role, r.checkpoint
-    FROM (VALUES (1)) AS one
-    LEFT JOIN realm AS r ON r.organization_id = %(org)s::text AND r.realm_id = %(realm)s::uuid
-    LEFT JOIN realm_user AS ru
-        ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
-)
-SELECT f.encryption_revision, f.maintenance_type, f.role, f.checkpoint, c.vlob_id, c.version
-FROM facts AS f
-LEFT JOIN LATERAL (
-    SELECT u.vlob_id, max(u.version) AS version FROM realm_vlob_update AS u
-    WHERE f.role IS NOT NULL
-      AND u.organization_id = %(org)s::text AND u.realm_id = %(realm)s::uuid
-      AND u.checkpoint > %(last_checkpoint)s::bigint
-    GROUP BY u.vlob_id
-) AS c ON true
-""")
-
-# The realm facts of a re-encryption batch request, and whether realm_rules.
-# check_reencryption_batch accepts them (maintenance, revision N, OWNER).
-_MAINTENANCE_FACTS = """
-facts AS MATERIALIZED (
-    SELECT r.encryption_revision, r.maintenance_type, ru.role,
-           coalesce(r.maintenance_type IS NOT NULL AND r.encryption_revision = %(revision)s::integer
-                    AND ru.role = %(owner)s::text, false) AS allowed
-    FROM (VALUES (1)) AS one
-    LEFT JOIN realm AS r ON r.organization_id = %(org)s::text AND r.realm_id = %(realm)s::uuid
-    LEFT JOIN realm_user AS ru
-        ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
-)
-"""
-
-# Versions of revision N-1 without their copy at N, in (vlob id, version) order.
-_GET_REENCRYPTION_BATCH = PreparedStatement("WITH " + _MAINTENANCE_FACTS + """
-SELECT f.encryption_revision, f.maintenance_type, f.role, b.vlob_id, b.version, b.blob
-FROM facts AS f
-LEFT JOIN LATERAL (
-    SELECT old.vlob_id, old.version, old.blob FROM vlob_atom AS old
-    WHERE f.allowed
-      AND old.organization_id = %(org)s::text AND old.realm_id = %(realm)s::uuid
-      AND old.encryption_revision = %(revision)s::integer - 1
-      AND NOT EXISTS (
-          SELECT 1 FROM vlob_atom AS new
-          WHERE new.organization_id = old.organization_id AND new.vlob_id = old.vlob_id
-            AND new.encryption_revision = %(revision)s::integer AND new.version = old.version
-      )
-    ORDER BY old.vlob_id, old.version
-    LIMIT %(size)s::integer
-) AS b ON true
-ORDER BY b.vlob_id, b.version
-""")
-
-# Under the realm lock, so the counts include every earlier batch; this statement's own
-# copies are invisible to its snapshot, hence `+ copies`. Within the batch, the first entry of
-# a (vlob, version) wins; against earlier batches, ON CONFLICT keeps the stored copy.
-_SAVE_REENCRYPTION_BATCH = _LOCK_REALM + "WITH " + _MAINTENANCE_FACTS + """
-, entries AS (
-    SELECT DISTINCT ON (e.vlob_id, e.version) e.vlob_id, e.version, e.blob
-    FROM unnest(%(vlob_ids)s::uuid[], %(versions)s::integer[], %(blobs)s::bytea[])
-         WITH ORDINALITY AS e (vlob_id, version, blob, position)
-    ORDER BY e.vlob_id, e.version, e.position
-), copies AS (
-    INSERT INTO vlob_atom (organization_id, vlob_id, encryption_revision, version, realm_id, blob, author,
-                           created_on)
-    SELECT old.organization_id, old.vlob_id, %(revision)s, old.version, old.realm_id, entries.blob, old.author,
-           old.created_on
-    FROM facts, entries
-    JOIN vlob_atom AS old
-        ON old.organization_id = %(org)s AND old.vlob_id = entries.vlob_id
-       AND old.encryption_revision = %(revision)s - 1 AND old.version = entries.version
-    WHERE facts.allowed AND old.realm_id = %(realm)s
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT f.encryption_revision, f.maintenance_type, f.role, f.allowed,
-       CASE WHEN f.allowed THEN (
-           SELECT count(*) FROM vlob_atom
-           WHERE organization_id = %(org)s AND realm_id = %(realm)s AND encryption_revision = %(revision)s - 1
-       ) END,
-       CASE WHEN f.allowed THEN (
-           SELECT count(*) FROM vlob_atom
-           WHERE organization_id = %(org)s AND realm_id = %(realm)s AND encryption_revision = %(revision)s
-       ) + (SELECT count(*) FROM copies) END
-FROM facts AS f
-"""
-
-
-class PgVlobStorage(_PgBase):
-    async def create(
-        self,
-        organization_id: str,
-        author: str,
-        realm_id: UUID,
-        encryption_revision: int,
-        vlob_id: UUID,
-        timestamp: datetime,
-        blob: bytes,
-    ) -> VlobWrite:
-        row = await self._row(
-            _VLOB_CREATE,
-            {
-                "org": organization_id,
-                "realm": realm_id,
-                "user": user_of(author),
-                "author": author,
-                "revision": _int4(encryption_revision),
-                "vlob": vlob_id,
-                "ts": timestamp,
-                "blob": blob,
-                "size": len(blob),
-            },
-        )
-        revision, maintenance_type, role, role_granted_on, vlob_used, allowed, checkpoint = row
-        if checkpoint is not None:
-            return VlobWrite(realm_id=realm_id, checkpoint=int(checkpoint))
-        rules.check_vlob_create(
-            _state(revision, maintenance_type),
-            role,
-            role_granted_on,
-            encryption_revision,
-            timestamp,
-            # Allowed yet not written: the id was taken meanwhile (in another realm).
-            bool(vlob_used) or bool(allowed),
-        )
-        raise RuleMismatchError("vlob_create")
-
-    async def update(
-        self,
-        organization_id: str,
-        author: str,
-        encryption_revision: int,
-        vlob_id: UUID,
-        version: int,
-        timestamp: datetime,
-        blob: bytes,
-    ) -> VlobWrite:
-        row = await self._row(
-            _VLOB_UPDATE,
-            {
-                "org": organization_id,
-                "user": user_of(author),
-                "author": author,
-                "revision": _int4(encryption_revision),
-                "vlob": vlob_id,
-                "version": _int4(version),
-                "ts": timestamp,
-                "blob": blob,
-                "size": len(blob),
-            },
-        )
-        vlob_realm, revision, maintenance_type, role, role_granted_on, latest_version, latest_ts, checkpoint = row
-        if checkpoint is not None:
-            return VlobWrite(realm_id=vlob_realm, checkpoint=int(checkpoint))
-        rules.check_vlob_update(
-            _state(revision, maintenance_type),
-            role,
-            role_granted_on,
-            encryption_revision,
-            timestamp,
-            latest_version or 0,
-            latest_ts,
-            version,
-        )
-        raise RuleMismatchError("vlob_update")
-
-    async def read(
-        self,
-        organization_id: str,
-        user_id: str,
-        encryption_revision: int,
-        vlob_id: UUID,
-        version: int | None,
-        timestamp: datetime | None,
-    ) -> VlobVersion:
-        row = await self._row(
-            _VLOB_READ,
-            {
-                "org": organization_id,
-                "user": user_id,
-                "vlob": vlob_id,
-                "version": None if version is None else _int4(version),
-                "at": timestamp,
-            },
-        )
-        _, revision, maintenance_type, role, found, blob, author, created_on, author_granted_on = row
-        rules.check_vlob_read(_state(revision, maintenance_type), role, encryption_revision)
-        if found is None:
-            raise BadVersionError()
-        return VlobVersion(
-            version=found,
-            blob=blob,
-            author=author,
-            timestamp=created_on,
-            author_last_role_granted_on=author_granted_on,
-        )
-
-    async def poll_changes(
-        self, organization_id: str, user_id: str, realm_id: UUID, last_checkpoint: int
-    ) -> VlobChanges:
-        rows = await self._rows(
-            _POLL_CHANGES,
-            {
-                "org": organization_id,
-                "user": user_id,
-                "realm": realm_id,
-                "last_checkpoint": _clamp(last_checkpoint, -1, 2**63 - 1),
-            },
-        )
-        revision, maintenance_type, role, checkpoint, *_ = rows[0]
-        rules.check_poll_changes(_state(revision, maintenance_type), role)
-        changes = {vlob_id: int(version) for *_, vlob_id, version in rows if vlob_id is not None}
-        return VlobChanges(current_checkpoint=int(checkpoint), changes=changes)
-
-    async def list_versions(
-        self, organization_id: str, user_id: str, vlob_id: UUID
-    ) -> dict[int, tuple[datetime, str]]:
-        rows = await self._rows(_VLOB_LIST_VERSIONS, {"org": organization_id, "user": user_id, "vlob": vlob_id})
-        _, revision, maintenance_type, role, *_ = rows[0]
-        rules.check_vlob_read(_state(revision, maintenance_type), role, None)
-        return {
-            int(version): (created_on, author)
-            for *_, version, created_on, author in rows
-            if version is not None
-        }
-
-    async def get_reencryption_batch(
-        self, organization_id: str, user_id: str, realm_id: UUID, encryption_revision: int, size: int
-    ) -> list[ReencryptionBatchEntry]:
-        rows = await self._rows(
-            _GET_REENCRYPTION_BATCH,
-            {
-                "org": organization_id,
-                "user": user_id,
-                "realm": realm_id,
-                "revision": _int4(encryption_revision),
-                "size": _clamp(size, 0, _INT4_MAX),
-            },
-        )
-        revision, maintenance_type, role, *_ = rows[0]
-        rules.check_reencryption_batch(_state(revision, maintenance_type), role, encryption_revision)
-        return [
-            ReencryptionBatchEntry(vlob_id, int(version), blob)
-            for *_, vlob_id, version, blob in rows
-            if vlob_id is not None
-        ]
-
-    async def save_reencryption_batch(
-        self,
-        organization_id: str,
-        user_id: str,
-        realm_id: UUID,
-        encryption_revision: int,
-        batch: list[ReencryptionBatchEntry],
-    ) -> tuple[int, int]:
-        # Versions outside the column's range cannot exist at N-1: ignored like unknown ones.
-        entries = [e for e in batch if 1 <= e.version <= _INT4_MAX]
-        row = await self._row(
-            _SAVE_REENCRYPTION_BATCH,
-            {
-                "org": organization_id,
-                "user": user_id,
-                "realm": realm_id,
-                "revision": _int4(encryption_revision),
-                "vlob_ids": [e.vlob_id for e in entries],
-                "versions": [e.version for e in entries],
-                "blobs": [e.blob for e in entries],
-            },
-        )
-        revision, maintenance_type, role, allowed, total, done = row
-        rules.check_reencryption_batch(_state(revision, maintenance_type), role, encryption_revision)
-        if not allowed:
-            raise RuleMismatchError("vlob_maintenance_save_reencryption_batch")
-        return int(total), int(done)
-
-
-# ---- blocks ------------------------------------------------------------------------------------
-
-_BLOCK_CHECK_CREATE = PreparedStatement("""
-SELECT r.encryption_revision, r.maintenance_type, ru.role,
-       EXISTS (SELECT 1 FROM block WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
-FROM (VALUES (1)) AS one
-LEFT JOIN realm AS r ON r.organization_id = %(org)s::text AND r.realm_id = %(realm)s::uuid
-LEFT JOIN realm_user AS ru
-    ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
-""")
-
-_BLOCK_RECORD_CREATE = PreparedStatement("""
-WITH target AS (
-    SELECT realm_id FROM realm WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
-), new_block AS (
-    INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
-    SELECT %(org)s::text, %(block)s::uuid, realm_id, %(author)s::text, %(size)s::integer,
-           %(created_on)s::timestamptz
-    FROM target
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM new_block)
-""")
-
-_BLOCK_CHECK_READ = PreparedStatement("""
-SELECT r.encryption_revision, r.maintenance_type, ru.role
-FROM (VALUES (1)) AS one
-LEFT JOIN block AS b ON b.organization_id = %(org)s::text AND b.block_id = %(block)s::uuid
-LEFT JOIN realm AS r ON r.organization_id = b.organization_id AND r.realm_id = b.realm_id
-LEFT JOIN realm_user AS ru
-    ON ru.organization_id = b.organization_id AND ru.realm_id = b.realm_id AND ru.user_id = %(user)s::text
-""")
-
-
-class PgBlockStorage(_PgBase):
-    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
-        revision, maintenance_type, role, used = await self._row(
-            _BLOCK_CHECK_CREATE,
-            {"org": organization_id, "realm": realm_id, "user": user_of(author), "block": block_id},
-        )
-        rules.check_block_create(_state(revision, maintenance_type), role, bool(used))
-
-    async def record_create(
-        self,
-        organization_id: str,
-        author: str,
-        realm_id: UUID,
-        block_id: UUID,
-        size: int,
-        created_on: datetime,
-    ) -> None:
-        realm_found, created = await self._row(
-            _BLOCK_RECORD_CREATE,
-            {
-                "org": organization_id,
-                "realm": realm_id,
-                "block": block_id,
-                "author": author,
-                "size": size,
-                "created_on": created_on,
-            },
-        )
-        if not realm_found:
-            raise RealmNotFoundError()
-        if not created:
-            raise AlreadyExistsError()
-
-    async def check_read(self, organization_id: str, user_id: str, block_id: UUID) -> None:
-        revision, maintenance_type, role = await self._row(
-            _BLOCK_CHECK_READ, {"org": organization_id, "user": user_id, "block": block_id}
-        )
-        rules.check_block_read(_state(revision, maintenance_type), role)
-
-
-# ---- messages ----------------------------------------------------------------------------------
-
-_MESSAGE_GET = PreparedStatement("""
-SELECT message_index, sender, sent_on, body FROM message
-WHERE organization_id = %(org)s::text AND recipient = %(user)s::text AND message_index > %(offset)s::integer
-ORDER BY message_index
-""")
-
-
-class PgMessageStorage(_PgBase):
-    async def get(self, organization_id: str, user_id: str, offset: int) -> list[Message]:
-        rows = await self._pool.fetch(
-            _MESSAGE_GET, {"org": organization_id, "user": user_id, "offset": _clamp(offset, -1, _INT4_MAX)}
-        )
-        return [
-            Message(index=index, sender=sender, timestamp=sent_on, body=body)
-            for index, sender, sent_on, body in rows
-        ]

@@ -31,7 +31,9 @@ from parsec.backend.storage import (
     NotFoundError,
     UnstorableValueError,
 )
-from parsec.storage.postgresql.pool import PostgreSQLPool, PreparedStatement
+from parsec.backend.user import human_handle_taken_reason
+from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 # ---- shared helpers ------------------------------------------------------------------------
 
@@ -253,8 +255,6 @@ def raise_new_user_refusal(facts: tuple[Any, ...], user: User, device: Device) -
     if user_exists:
         raise AlreadyExistsError(f"User `{user.user_id}` already exists")
     if human_taken:
-        from parsec.backend.user import human_handle_taken_reason
-
         assert user.human_handle is not None
         raise AlreadyExistsError(human_handle_taken_reason(user.human_handle))
     if device_exists:

@@ -219,7 +219,7 @@ CREATE TABLE message (
 -- maintenance, realm_user): every write request first takes
 -- `SELECT ... FROM realm WHERE ... FOR NO KEY UPDATE` as a separate statement of the same
 -- round trip (an implicit transaction), so the statement that checks and writes starts with a
--- snapshot holding every earlier write of the realm (see parsec.storage.postgresql.realm).
+-- snapshot holding every earlier write of the realm (see parsec.storage.postgresql.realm_common).
 -- NO KEY UPDATE does not conflict with the KEY SHARE locks of foreign-key checks.
 -- checkpoint = last checkpoint allocated: a vlob write does `checkpoint = checkpoint + 1` under
 -- that lock, hence checkpoints gap-free and in commit order. encryption_revision is the

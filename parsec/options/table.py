@@ -1,64 +1,30 @@
-"""Command line and environment parsing, shared by `parsec backend ...` and `twistd parsec`.
+"""The option table of `parsec backend run|migrate` and `twistd parsec`, as data.
 
-Both front-ends hand their raw argument list to :func:`parse_run_args` (or
-:func:`parse_migrate_args`), so the two accept exactly the same options, read the same
-environment variables and report the same errors. The options are described once, as data,
-in :data:`RUN_OPTIONS` / :data:`MIGRATE_OPTIONS`; the help text is rendered from that table.
-
-Resolution of one option, highest priority first:
-
-1. the command line, followed by the tokens of ``PARSEC_CMD_ARGS`` (appended *after* the real
-   arguments, so for a single-valued option they win, and ``--blockstore`` values accumulate);
-2. for ``--dev``, the development value of an option that the command line did not give;
-3. the option's environment variable (an empty value counts as unset);
-4. the default (or a "Missing option" error for a required option).
-
-The parser is written by hand (GNU style: ``--opt value``, ``--opt=value``, ``-P value``,
-``-P6777``; no abbreviations; ``--`` ends the options) because it must be usable both from our
-console script and from inside twistd's ``usage.Options``.
+Each :class:`Option` names its command line spellings, environment variables, default and
+value parser; :data:`RUN_OPTIONS` and :data:`MIGRATE_OPTIONS` list them in `--help` order. The
+parser (`parsec.options.parser`) and the help renderer (`parsec.options.render`) read them.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
-import sys
-import textwrap
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
-from parsec.blockstore.config import BlockStoreConfigError, parse_blockstore_params
-from parsec.config import (
-    BackendAddr,
-    BackendConfig,
-    ConfigError,
-    EmailConfig,
-    ListenConfig,
-    LogConfig,
-    MigrateConfig,
-    ServerConfig,
-)
+from parsec.config import BackendAddr, ConfigError
 
 __all__ = [
     "CMD_ARGS_ENV",
+    "DEFAULT_PORT",
+    "DEV_ADMINISTRATION_TOKEN",
+    "DEV_EMAIL_SENDER",
+    "DEV_VALUES",
     "MIGRATE_OPTIONS",
     "RUN_OPTIONS",
-    "ConfigError",
-    "HelpRequested",
-    "MigrateConfig",
     "Option",
-    "debug_requested",
-    "expand_cmd_args",
     "parse_bool",
-    "parse_migrate_args",
-    "parse_run_args",
-    "render_help",
-    "report_error",
-    "startup_line",
 ]
 
 CMD_ARGS_ENV = "PARSEC_CMD_ARGS"
@@ -71,10 +37,6 @@ DEFAULT_PORT = 6777
 
 _TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
-
-
-class HelpRequested(Exception):
-    """`--help` was found among the options: the front-end prints the help and exits 0."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,7 +550,7 @@ MIGRATE_OPTIONS: tuple[Option, ...] = (
 )
 
 # Options injected by --dev when the command line lacks them (backend_addr is computed).
-_DEV_VALUES: dict[str, str] = {
+DEV_VALUES: dict[str, str] = {
     "debug": "1",
     "db": "MOCKED",
     "blockstore": "MOCKED",
@@ -596,349 +558,3 @@ _DEV_VALUES: dict[str, str] = {
     "email_sender": DEV_EMAIL_SENDER,
     "email_host": "MOCKED",
 }
-
-_DESCRIPTIONS = {
-    "run": "Run the Parsec server.",
-    "migrate": "Create or upgrade the PostgreSQL database schema (run it before the server).",
-}
-
-
-# --------------------------------------------------------------------------------------------
-# PARSEC_CMD_ARGS
-
-_VAR_RE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
-
-
-def _expand_vars(token: str, environ: Mapping[str, str]) -> str:
-    """`$VAR` / `${VAR}` expansion from `environ`; unknown variables stay as written."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name.startswith("{"):
-            name = name[1:-1]
-        value = environ.get(name)
-        return match.group(0) if value is None else value
-
-    return _VAR_RE.sub(replace, token)
-
-
-def expand_cmd_args(environ: Mapping[str, str]) -> list[str]:
-    """The tokens of PARSEC_CMD_ARGS: split on whitespace (no quoting), then variables expanded."""
-    raw = environ.get(CMD_ARGS_ENV, "")
-    return [_expand_vars(token, environ) for token in raw.split()]
-
-
-# --------------------------------------------------------------------------------------------
-# Parsing
-
-
-@attrs.define
-class _CommandLine:
-    values: dict[str, list[str]] = attrs.field(factory=dict)  # dest -> raw values, in order
-    flags: set[str] = attrs.field(factory=set)  # dests of flags that were given
-
-
-def _tokenize(table: Sequence[Option], tokens: Sequence[str]) -> _CommandLine:
-    by_name: dict[str, Option] = {}
-    for option in table:
-        for name in option.names:
-            by_name[name] = option
-    result = _CommandLine()
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
-        if token == "--":
-            if index < len(tokens):
-                raise ConfigError(f"Got unexpected extra argument ({tokens[index]})")
-            break
-        if token == "--help":
-            raise HelpRequested()
-        if not token.startswith("-") or token == "-":
-            raise ConfigError(f"Got unexpected extra argument ({token})")
-        attached: str | None = None
-        if token.startswith("--"):
-            name, sep, rest = token.partition("=")
-            if sep:
-                attached = rest
-        else:
-            name = token[:2]
-            if len(token) > 2:
-                attached = token[2:]
-        option = by_name.get(name)
-        if option is None:
-            raise ConfigError(f"No such option: {name}")
-        if option.flag:
-            if attached is not None:
-                raise ConfigError(f"Option '{name}' does not take a value")
-            result.flags.add(option.dest)
-            continue
-        if attached is None:
-            if index >= len(tokens):
-                raise ConfigError(f"Option '{name}' requires an argument")
-            attached = tokens[index]
-            index += 1
-        result.values.setdefault(option.dest, []).append(attached)
-    return result
-
-
-def _convert(option: Option, raw: str, source: str | None) -> Any:
-    try:
-        return option.parser(raw)
-    except ValueError as exc:
-        origin = f" (from {source})" if source else ""
-        raise ConfigError(f"Invalid value for {option.label()}{origin}: {exc}") from None
-
-
-def _resolve(
-    table: Sequence[Option], command_line: _CommandLine, environ: Mapping[str, str]
-) -> dict[str, Any]:
-    """Typed value of every option (cmd line > env > default); required options checked."""
-    values: dict[str, Any] = {}
-    for option in table:
-        if option.flag and option.dest in command_line.flags:
-            values[option.dest] = True
-            continue
-        given = command_line.values.get(option.dest)
-        if given:
-            if option.multiple:
-                values[option.dest] = [_convert(option, raw, None) for raw in given]
-            else:
-                values[option.dest] = _convert(option, given[-1], None)
-            continue
-        env_name = next((name for name in option.env if environ.get(name)), None)
-        if env_name is not None:
-            raw = environ[env_name]
-            if option.multiple:
-                values[option.dest] = [_convert(option, part, env_name) for part in raw.split()]
-            else:
-                values[option.dest] = _convert(option, raw, env_name)
-            continue
-        if option.required:
-            env_hint = f" (or environment variable {option.env[0]})" if option.env else ""
-            raise ConfigError(f"Missing option {option.label()}{env_hint}")
-        values[option.dest] = list(option.default or ()) if option.multiple else option.default
-    return values
-
-
-def _apply_dev(command_line: _CommandLine) -> None:
-    """`--dev`: inject development values for options absent from the command line."""
-    for dest, raw in _DEV_VALUES.items():
-        if dest == "debug":
-            command_line.flags.add("debug")
-        elif dest not in command_line.values:
-            command_line.values[dest] = [raw]
-    if "backend_addr" not in command_line.values:
-        # The quirk is deliberate (docs/protocol/server-config.md §3): PARSEC_PORT is not looked at.
-        ports = command_line.values.get("port")
-        port = ports[-1] if ports else str(DEFAULT_PORT)
-        command_line.values["backend_addr"] = [f"parsec://localhost:{port}"]
-
-
-def _all_tokens(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
-    return [*argv, *expand_cmd_args(environ)]
-
-
-def debug_requested(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
-    """Best effort, for error reporting when the configuration itself is invalid."""
-    tokens = _all_tokens(argv, environ)
-    if "--debug" in tokens or "--dev" in tokens:
-        return True
-    try:
-        return parse_bool(environ.get("PARSEC_DEBUG", "0") or "0")
-    except ValueError:
-        return False
-
-
-def report_error(exc: BaseException, *, debug: bool) -> None:
-    """`Error: <message>` on stderr (both front-ends), after the traceback in debug mode."""
-    if debug:
-        traceback.print_exception(exc, file=sys.stderr)
-    sys.stderr.write(f"Error: {exc}\n")
-    sys.stderr.flush()
-
-
-def _check_sentry_dsn(dsn: str) -> None:
-    # sentry-sdk is an optional dependency: only imported when a DSN is configured.
-    if importlib.util.find_spec("sentry_sdk") is None:
-        raise ConfigError(
-            "Option '--sentry-dsn' needs the sentry-sdk package (pip install 'parsec-twisted[sentry]')"
-        )
-    from sentry_sdk.utils import BadDsn, Dsn
-
-    try:
-        Dsn(dsn)
-    except BadDsn as exc:
-        # BadDsn messages name the faulty part, not the whole DSN.
-        raise ConfigError(f"Invalid value for '--sentry-dsn': {exc}") from None
-
-
-def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerConfig:
-    """Options of `parsec backend run` / `twistd parsec` -> ServerConfig.
-
-    Raises ConfigError (message naming the option) or HelpRequested.
-    """
-    command_line = _tokenize(RUN_OPTIONS, _all_tokens(argv, environ))
-    if "dev" in command_line.flags:
-        _apply_dev(command_line)
-    values = _resolve(RUN_OPTIONS, command_line, environ)
-
-    try:
-        blockstore = parse_blockstore_params(values["blockstore"])
-    except BlockStoreConfigError as exc:
-        raise ConfigError(f"Invalid value for '--blockstore': {exc}") from None
-
-    if values["email_use_ssl"] and values["email_use_tls"]:
-        raise ConfigError(
-            "Options '--email-use-ssl' (implicit TLS) and '--email-use-tls' (STARTTLS) are mutually exclusive"
-        )
-    email_host = values["email_host"]
-    email_sender = values["email_sender"]
-    if email_sender is None:
-        if email_host != "MOCKED":
-            raise ConfigError("--email-sender is required when --email-host is provided")
-        email_sender = DEV_EMAIL_SENDER
-    if values["sentry_dsn"]:
-        _check_sentry_dsn(values["sentry_dsn"])
-
-    email = EmailConfig(
-        host=email_host,
-        port=values["email_port"],
-        host_user=values["email_host_user"],
-        host_password=values["email_host_password"],
-        use_ssl=values["email_use_ssl"],
-        use_tls=values["email_use_tls"],
-        sender=email_sender,
-        language=values["email_language"],
-        ca_file=values["email_ca_file"],
-    )
-    backend = BackendConfig(
-        db_url=values["db"],
-        db_min_connections=values["db_min_connections"],
-        db_max_connections=values["db_max_connections"],
-        db_max_connection_attempts=values["db_max_connection_attempts"],
-        db_pause_before_retry=values["db_pause_before_retry"],
-        blockstore=blockstore,
-        administration_token=values["administration_token"],
-        backend_addr=values["backend_addr"],
-        email=email,
-        spontaneous_organization_bootstrap=values["spontaneous_organization_bootstrap"],
-        organization_bootstrap_webhook=values["organization_bootstrap_webhook"],
-        organization_initial_active_users_limit=values["organization_initial_active_users_limit"],
-        organization_initial_user_profile_outsider_allowed=values[
-            "organization_initial_user_profile_outsider_allowed"
-        ],
-        forward_proto_enforce_https=values["forward_proto_enforce_https"],
-        debug=values["debug"],
-    )
-    listen = ListenConfig(
-        host=values["host"],
-        port=values["port"],
-        ssl_keyfile=values["ssl_keyfile"],
-        ssl_certfile=values["ssl_certfile"],
-    )
-    return ServerConfig(backend=backend, listen=listen, log=_log_config(values))
-
-
-def _log_config(values: Mapping[str, Any]) -> LogConfig:
-    log_file = values["log_file"]
-    return LogConfig(
-        level=values["log_level"],
-        format=values["log_format"],
-        file=None if log_file in (None, "", "-") else log_file,
-        sentry_dsn=values.get("sentry_dsn"),
-        sentry_environment=values.get("sentry_environment") or "production",
-    )
-
-
-def parse_migrate_args(argv: Sequence[str], environ: Mapping[str, str]) -> MigrateConfig:
-    """Options of `parsec backend migrate` -> MigrateConfig. Raises ConfigError / HelpRequested."""
-    command_line = _tokenize(MIGRATE_OPTIONS, _all_tokens(argv, environ))
-    values = _resolve(MIGRATE_OPTIONS, command_line, environ)
-    return MigrateConfig(
-        db_url=values["db"],
-        dry_run=values["dry_run"],
-        log=_log_config(values),
-        debug=values["debug"],
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-
-
-def startup_line(config: ServerConfig) -> str:
-    backend = config.backend
-    addr = backend.backend_addr.to_url() if backend.backend_addr is not None else "none"
-    return (
-        f"Starting Parsec Backend on {config.listen.host}:{config.listen.port} "
-        f"(db={backend.db_type} "
-        f"blockstore={backend.blockstore.type} "
-        f"email={'MOCKED' if backend.email.is_mocked else 'SMTP'} "
-        f"telemetry={'on' if config.log.sentry_dsn else 'off'} "
-        f"backend_addr={addr})"
-    )
-
-
-def _format_default(option: Option) -> str | None:
-    if option.required:
-        return None
-    if option.default_help is not None:
-        return option.default_help
-    if option.secret or option.default is None:
-        return None
-    if option.flag or isinstance(option.default, bool):
-        return "on" if option.default else "off"
-    return str(option.default)
-
-
-def render_help(command: str = "run", prog: str | None = None, width: int = 79) -> str:
-    """Help text of `parsec backend <command>` (also used by `twistd parsec --help`)."""
-    table = RUN_OPTIONS if command == "run" else MIGRATE_OPTIONS
-    prog = prog or f"parsec backend {command}"
-    lines = [f"Usage: {prog} [OPTIONS]", ""]
-    for paragraph in (
-        _DESCRIPTIONS[command],
-        "Every option can also be set through the environment variable shown with it "
-        "(precedence: command line, then environment, then default). Boolean variables accept "
-        "1/0, true/false, yes/no, on/off.",
-        f"{CMD_ARGS_ENV}: extra options, split on whitespace, with $VAR / ${{VAR}} expanded, "
-        "appended after the command line (so they win over it; --blockstore values accumulate).",
-    ):
-        lines.extend(
-            textwrap.wrap(
-                paragraph, width, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
-            )
-        )
-        lines.append("")
-    lines.append("Options:")
-    body_indent = " " * 8
-    for option in table:
-        names = ", ".join(filter(None, (option.short, option.name, *option.aliases)))
-        head = f"  {names}" if option.flag else f"  {names} {option.metavar}"
-        lines.append(head)
-        lines.extend(
-            textwrap.wrap(
-                option.help,
-                width,
-                initial_indent=body_indent,
-                subsequent_indent=body_indent,
-                break_on_hyphens=False,
-            )
-        )
-        facts = []
-        if option.env:
-            label = "env var" if len(option.env) == 1 else "env vars"
-            facts.append(f"{label}: {', '.join(option.env)}")
-        default = _format_default(option)
-        if default is not None:
-            facts.append(f"default: {default}")
-        if option.required:
-            facts.append("required")
-        if option.multiple:
-            facts.append("repeatable")
-        if facts:
-            lines.append(f"{body_indent}[{'; '.join(facts)}]")
-    lines.append("  --help")
-    lines.append(f"{body_indent}Show this message and exit.")
-    return "\n".join(lines) + "\n"
