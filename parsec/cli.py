@@ -28,6 +28,7 @@ from parsec.options import (
     render_help,
     report_error,
 )
+from parsec.transfer.cli import main as transfer_main
 
 # Twisted (and the server) are imported only once the options are valid: `--help`, `--version`
 # and configuration errors answer without that start-up cost.
@@ -86,8 +87,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if command == "migrate":
         return backend_migrate(command_args, env)
     if command in ("import", "export"):
-        from parsec.transfer.cli import main as transfer_main  # parsec/transfer/cli.py
-
         return transfer_main(command, command_args, env)
     return _usage_error(f"No such command '{command}'", "parsec backend")
 

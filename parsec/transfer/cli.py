@@ -16,15 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from parsec.config import ConfigError
-from parsec.options import (
-    HelpRequested,
-    Option,
-    _resolve,
-    _tokenize,
-    debug_requested,
-    parse_bool,
-    report_error,
-)
+from parsec.options import HelpRequested, Option, debug_requested, parse_bool, report_error
+
+# The tokenizer and the resolution order of the other subcommands (same error messages).
+from parsec.options.parser import _resolve, _tokenize
 
 __all__ = ["COMMANDS", "main", "render_help"]
 
