@@ -15,8 +15,10 @@ upstream server (parsec-cloud 2.10.0, both from the client virtualenv).
 5. The upstream server starts on it, same address: the same devices, plus the one created on
    our server, find everything again (`check --round 2`) and claim the device invitation.
 
-The POSTGRESQL-blockstore run uses the smaller `blocks` scope (one organization, one shared
-workspace): what it adds is the block bytes travelling in `block_data`.
+Blockstores: S3 runs the whole scenario. The RAID5 (S3 + Swift + S3 nodes) and POSTGRESQL
+runs use the smaller `blocks` scope (one organization, one shared workspace, bob's reads and
+writes): what they add is blocks written by one server and read by the other, in the RAID5
+layout, or travelling in `block_data` with the database.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.objectstore import INTEROP_S3_BUCKET
+from tests.objectstore import INTEROP_RAID5_CONTAINERS, INTEROP_S3_BUCKET, ObjectStore
 
 from .harness import ClientHome, HarnessError, ServerProcess, free_loopback_port
 from .variants import PgDatabases
@@ -126,14 +128,19 @@ def check_round(result: dict[str, Any], before: dict[str, Any], scope: str) -> N
     }
     assert before["pki"] in result["pki_listed"]
     assert result["eve_read"] == before["workspaces"]["eve-ws"]["files"]
-    # carol (OUTSIDER, READER) and alice's second device read the shared workspace as it is now
-    for name in ("carol", "alice-2"):
-        assert result["logins"][name] == result["state"]["workspaces"]["shared"]["files"]
+    # carol (OUTSIDER, READER), alice's second device, and the user and device made during the
+    # rounds (empty local storages) read the shared workspace as it is now
+    for name, read in result["logins"].items():
+        assert read == result["state"]["workspaces"]["shared"]["files"], name
 
 
 @pytest.mark.parametrize(
     "blockstore",
-    [pytest.param("s3", marks=pytest.mark.objectstore), pytest.param("postgresql")],
+    [
+        pytest.param("s3", marks=pytest.mark.objectstore),
+        pytest.param("raid5", marks=pytest.mark.objectstore),
+        pytest.param("postgresql"),
+    ],
 )
 def test_same_devices_on_our_server_after_import_and_on_upstream_after_export(
     blockstore: str,
@@ -145,12 +152,21 @@ def test_same_devices_on_our_server_after_import_and_on_upstream_after_export(
     org_id: str,
 ) -> None:
     scope = "full" if blockstore == "s3" else "blocks"
+    store: ObjectStore | None = None
     if blockstore == "s3":
         store = request.getfixturevalue("objectstore")
         blockstore_args = ["--blockstore", store.s3_param(INTEROP_S3_BUCKET)]
+    elif blockstore == "raid5":
+        store = request.getfixturevalue("objectstore")
+        node0, node1, node2 = INTEROP_RAID5_CONTAINERS
+        blockstore_args = [
+            "--blockstore", f"RAID5:0:{store.s3_param(node0)}",
+            "--blockstore", f"RAID5:1:{store.swift_param(node1)}",
+            "--blockstore", f"RAID5:2:{store.s3_param(node2)}",
+        ]
     else:
-        store = None
         blockstore_args = ["--blockstore", "POSTGRESQL"]
+    containers = {"s3": (INTEROP_S3_BUCKET,), "raid5": INTEROP_RAID5_CONTAINERS}.get(blockstore, ())
     port = free_loopback_port()
     client = client_factory("client")
     workdir = client.root / "work"
@@ -165,7 +181,11 @@ def test_same_devices_on_our_server_after_import_and_on_upstream_after_export(
         assert populated["pki_submit"] == "ok"
     keys_before = device_files(workdir)
     assert len(keys_before) == len(state["devices"])
-    objects_before = store.object_names(INTEROP_S3_BUCKET, prefix=f"{org_id}A/") if store else []
+    def stored_objects() -> set[tuple[str, str]]:
+        assert store is not None
+        return {(c, name) for c in containers for name in store.object_names(c, prefix=f"{org_id}A/")}
+
+    objects_before = stored_objects() if store else set()
 
     # 2. import into an empty database
     ours_db = interop_pg.cluster.create_database(f"transfer_ours_{uuid.uuid4().hex[:12]}")
@@ -178,9 +198,8 @@ def test_same_devices_on_our_server_after_import_and_on_upstream_after_export(
         assert verified_rows(output, "messages") > 0
         assert verified_rows(output, "PKI enrollments") == 1
         assert verified_rows(output, "invitations") >= 2 + 4  # two pending, four claimed
-        assert verified_rows(output, "block data (POSTGRESQL blockstore)") == 0
-    else:
-        assert verified_rows(output, "block data (POSTGRESQL blockstore)") == verified_rows(output, "blocks") > 0
+    in_database = verified_rows(output, "block data (POSTGRESQL blockstore)")
+    assert in_database == (verified_rows(output, "blocks") if blockstore == "postgresql" else 0)
 
     # 3. our server on the imported database, same blockstore, same address
     ours = ServerProcess("ours", tmp_path / "ours", None, ["--db", ours_db, *blockstore_args])
@@ -195,10 +214,10 @@ def test_same_devices_on_our_server_after_import_and_on_upstream_after_export(
         assert round1["claimed"]["claimer.claimer_email"] == "erin@example.com"
         assert round1["claimed"]["new_human_handle"] == "Erin <erin@example.com>"
         assert set(round1["logins"]) == {"alice-2", "carol", "erin"}
+        assert round1["state"]["roles"][round1["claimed"]["new_user_id"]] == "READER"
     if store is not None:
-        # the upstream's blocks stayed where they were; ours went next to them
-        objects_after = store.object_names(INTEROP_S3_BUCKET, prefix=f"{org_id}A/")
-        assert set(objects_before) < set(objects_after)
+        # the upstream's blocks stayed where they were; ours went next to them, same layout
+        assert objects_before and objects_before < stored_objects()
 
     # 4. export into a fresh upstream database
     back_db = interop_pg.new_database("reference")
@@ -212,7 +231,7 @@ def test_same_devices_on_our_server_after_import_and_on_upstream_after_export(
     check_round(round2, round1["state"], scope)
     if scope == "full":
         assert round2["pending_invitations"] == [["DEVICE", state["pending"]["device"]]]
-        assert round2["logins"]["erin"] == "logged in"
+        assert set(round2["logins"]) == {"alice-2", "alice-3", "carol", "erin"}
         assert round2["claimed"]["new_device_label"] == "alice-3"
 
     # the device files the upstream server created were never touched

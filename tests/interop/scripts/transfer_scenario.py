@@ -22,8 +22,10 @@ local storages and observes: every file's content, /doc.txt's history (each vers
 its time, the number of versions), roles, the re-encrypted workspace, the revoked user
 refused, the pending invitations listed, the PKI enrollment, eve's organization; then new
 writes: bob writes, alice's core is notified by the server and reads it; alice adds a version
-to /doc.txt; round 1 claims the pending user invitation (erin), round 2 the pending device
-invitation. What it writes or creates is added to state.json for the next round.
+to /doc.txt; round 1 claims the pending user invitation (erin) and shares the workspace with
+her, round 2 claims the pending device invitation (alice-3); the others (alice-2, carol, and
+these new ones, whose local storage starts empty) log in and read every file (blocks written
+by both servers). What it writes or creates is added to state.json for the next round.
 """
 
 from __future__ import annotations
@@ -343,6 +345,9 @@ async def check(args: argparse.Namespace, result: Result) -> None:
                 result["claimed"] = seen
                 await init_new_user_storage(config_of(args.workdir, "erin"), erin)
                 save_device(args.workdir, state, "erin", erin)
+                # shared with the newcomer: a role certificate and a message made by this server
+                await core.user_fs.workspace_share(shared, erin.user_id, WorkspaceRole.READER)
+                state["roles"] = {**state["roles"], str(erin.user_id): "READER"}
             elif args.round == 2:
                 result.step("alice claims the pending device invitation")
                 addr = BackendInvitationAddr.build(backend_addr, alice.organization_id, InvitationType.DEVICE,
@@ -363,8 +368,10 @@ async def check(args: argparse.Namespace, result: Result) -> None:
             continue
         device = load_device(args.workdir, name)
         async with logged_core(config_of(args.workdir, name), device) as other:
-            readable = workspaces["shared"]["files"] if name != "erin" else {}
-            logins[name] = await read_all(other, shared, sorted(readable)) if readable else "logged in"
+            # (a new user or device first learns about the workspace from its messages)
+            await wait_until(lambda: other.user_fs.get_user_manifest().get_workspace_entry(shared) is not None,
+                             NOTIFICATION_TIMEOUT)
+            logins[name] = await read_all(other, shared, sorted(workspaces["shared"]["files"]))
     result["logins"] = logins
 
     result.step("dave, revoked, is refused")
