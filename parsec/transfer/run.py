@@ -7,9 +7,10 @@ difference rolls everything back, the schema creation of an empty import target 
 
 Steps on the target, in that transaction:
 1. schema check (and, for an import into an empty database, our schema's creation);
-2. emptiness check (`overwrite`: TRUNCATE instead);
-3. foreign keys dropped (their ALTER TABLE locks the tables: a server still using the target
-   makes the transfer wait at most `LOCK_TIMEOUT` for a lock, then fail);
+2. every target table locked (ACCESS EXCLUSIVE: a server still using the target makes the
+   transfer wait at most `LOCK_TIMEOUT`, then fail), then the emptiness check (`overwrite`:
+   TRUNCATE instead);
+3. foreign keys dropped;
 4. the tables, one by one, with a progress display;
 5. foreign keys added back (checking every reference), serial sequences moved past the
    copied `_id`s (export), statistics (ANALYZE);
@@ -150,7 +151,8 @@ def _transfer(
         if missing:
             raise TransferError(f"the target schema lacks tables: {', '.join(missing)}")
 
-        # 2. emptiness
+        # 2. emptiness (under lock: no server may write meanwhile)
+        schema.lock_tables(target, tables)
         filled = schema.non_empty_tables(target, tables)
         if filled:
             if not overwrite:

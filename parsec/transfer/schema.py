@@ -218,6 +218,14 @@ def our_tables(conn: Connection) -> list[str]:
 # Target preparation (both directions)
 
 
+def lock_tables(conn: Connection, tables: list[str]) -> None:
+    """Nobody else reads or writes these tables until the transfer's transaction ends (so the
+    emptiness check still holds when the rows arrive); waits at most the session's
+    lock_timeout for a server still using them."""
+    with conn.cursor() as cur:
+        cur.execute(f"LOCK TABLE {', '.join(quote_ident(table) for table in tables)} IN ACCESS EXCLUSIVE MODE")
+
+
 def non_empty_tables(conn: Connection, tables: list[str]) -> list[str]:
     found = []
     with conn.cursor() as cur:
