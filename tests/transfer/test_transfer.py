@@ -4,6 +4,7 @@ computes, every refusal, the verification, all-or-nothing."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import uuid
@@ -289,7 +290,9 @@ def test_refuses_a_non_empty_target_unless_told_to_overwrite(new_db: NewDb) -> N
     assert upstream_dump(back) == upstream_dump(upstream)
 
 
-def test_verification_fails_loudly_and_nothing_is_committed(new_db: NewDb) -> None:
+def test_verification_fails_loudly_and_nothing_is_committed(
+    new_db: NewDb, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     upstream = new_db("populated")
     ours = new_db("empty")
     # A faulty copy of one vlob version (as a bug in a plan, or bytes mangled on the way,
@@ -310,10 +313,14 @@ def test_verification_fails_loudly_and_nothing_is_committed(new_db: NewDb) -> No
     assert "Verification FAILED" in output
     assert tables_of(ours) == set(), "the schema created for the import must be rolled back too"
 
-    # Into a migrated target too: its tables stay empty.
+    # Into a migrated target, through the command line: exit status 1, `Error:` on stderr, the
+    # tables stay empty.
     ours_migrated = new_db("ours")
-    result, _ = do_import(upstream, ours_migrated, plans=plans)
-    assert not result.ok
+    monkeypatch.setattr("parsec.transfer.run.run_import", functools.partial(run_import, plans=plans))
+    assert cli.main(["backend", "import", "--from", upstream, "--db", ours_migrated], environ={}) == 1
+    out, err = capsys.readouterr()
+    assert "DIFFERENT" in out and "Verification FAILED" in out
+    assert err == "Error: verification failed; the import was cancelled\n"
     assert query(ours_migrated, "SELECT count(*) FROM organization") == [(0,)]
 
 
