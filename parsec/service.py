@@ -127,7 +127,8 @@ class ParsecService(service.MultiService):
     def _build_storage(self) -> tuple[Any, Any, Any]:
         backend = self.config.backend
         if backend.db_type == "MOCKED":
-            return build_memory_storage(), MemoryEventBus(), None
+            bus = MemoryEventBus()
+            return build_memory_storage(bus), bus, None
         return build_postgresql_storage(backend, reactor=self.reactor)
 
     def _build_blockstore(self) -> Any:

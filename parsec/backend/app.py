@@ -31,6 +31,7 @@ from parsec.api.handshake import (
     ServerHandshake,
     bad_identity,
 )
+from parsec.backend import bus as events
 from parsec.backend.block import BlockComponent
 from parsec.backend.bus import BackendEvent, EventBus
 from parsec.backend.command import (
@@ -178,31 +179,24 @@ class BackendApp:
         if isinstance(ctx, AuthenticatedContext):
             self.events.unsubscribe(ctx)
         elif isinstance(ctx, InvitedContext):
+            # The claimer left (tied to no write: published directly).
             self.bus.publish(
-                BackendEvent(
-                    "invite.status_changed",
-                    ctx.organization_id,
-                    {
-                        "greeter": ctx.greeter_user_id,
-                        "token": ctx.token,
-                        "status": "IDLE",
-                    },
-                )
+                events.invite_status_changed(ctx.organization_id, ctx.greeter_user_id, ctx.token, "IDLE")
             )
 
     def connections(self, organization_id: str) -> list[ClientContext]:
         return list(self._connections.get(organization_id, ()))
 
     def _on_event(self, event: BackendEvent) -> None:
-        if event.name == "organization.expired":
+        if event.name == events.ORGANIZATION_EXPIRED:
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, AuthenticatedContext):
                     ctx.close()
-        elif event.name == "user.revoked":
+        elif event.name == events.USER_REVOKED:
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, AuthenticatedContext) and ctx.user_id == event["user_id"]:
                     ctx.close()
-        elif event.name == "invite.status_changed" and event["status"] == "DELETED":
+        elif event.name == events.INVITE_STATUS_CHANGED and event["status"] == "DELETED":
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, InvitedContext) and ctx.token == event["token"]:
                     ctx.close()
@@ -220,7 +214,7 @@ class BackendApp:
         return await self._handshake_anonymous_v1(answer)
 
     def _expired(self, organization_id: str) -> HandshakeFailed:
-        self.bus.publish(BackendEvent("organization.expired", organization_id, {}))
+        self.bus.publish(events.organization_expired(organization_id))
         return HandshakeFailed("organization_expired", HELP_ORGANIZATION_EXPIRED)
 
     async def _handshake_authenticated(
@@ -295,11 +289,8 @@ class BackendApp:
     def on_handshake_done(self, ctx: ClientContext) -> None:
         """Called once the `ok` result is sent and the context registered."""
         if isinstance(ctx, InvitedContext):
+            # The claimer joined (tied to no write: published directly).
             self.bus.publish(
-                BackendEvent(
-                    "invite.status_changed",
-                    ctx.organization_id,
-                    {"greeter": ctx.greeter_user_id, "token": ctx.token, "status": "READY"},
-                )
+                events.invite_status_changed(ctx.organization_id, ctx.greeter_user_id, ctx.token, "READY")
             )
 

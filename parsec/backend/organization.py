@@ -8,7 +8,6 @@ from typing import Any
 from twisted.logger import Logger
 
 from parsec.api import certificates as certs
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
     ANONYMOUS,
     APIV1_ANONYMOUS,
@@ -77,9 +76,8 @@ class OrganizationComponent:
         )
 
     async def update(self, organization_id: str, **changes: Any) -> None:
+        """Setting `is_expired` to true publishes `organization.expired` (the storage does)."""
         await self._storage.update(organization_id, **changes)
-        if changes.get("is_expired") is True:
-            self._app.bus.publish(BackendEvent("organization.expired", organization_id, {}))
 
     # ---- commands ------------------------------------------------------------------------
 

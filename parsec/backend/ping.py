@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from parsec.backend.bus import BackendEvent
+from parsec.backend import bus as events
 from parsec.backend.command import (
     APIV1_ANONYMOUS,
     AUTHENTICATED,
@@ -23,11 +23,6 @@ class PingComponent:
     @api("ping", kinds=(AUTHENTICATED, INVITED, APIV1_ANONYMOUS))
     async def api_ping(self, ctx: Any, req: dict[str, Any]) -> Reply:
         if isinstance(ctx, AuthenticatedContext):
-            self._app.bus.publish(
-                BackendEvent(
-                    "pinged",
-                    ctx.organization_id,
-                    {"author": ctx.device_id, "ping": req["ping"]},
-                )
-            )
+            # Tied to no write: published directly.
+            self._app.bus.publish(events.pinged(ctx.organization_id, ctx.device_id, req["ping"]))
         return ok(pong=req["ping"])

@@ -4,6 +4,11 @@ The business rules (parsec.backend.<domain>) live above these interfaces once.
 A storage method does its checks and writes atomically (one transaction, one
 round trip where the data allows) and reports rule violations by raising the
 exceptions below; it never builds wire replies.
+
+A write publishes the events that describe it (docs/protocol/events.md §5, built by the
+constructors of `parsec.backend.bus`) on the storage's event bus, atomically with the write:
+they exist if and only if the write happened (PostgreSQL: NOTIFY inside the write's
+transaction). Each method's docstring says which ("Publishes ...").
 """
 
 from __future__ import annotations
@@ -215,7 +220,7 @@ class OrganizationStorage(Protocol):
         user_profile_outsider_allowed: bool = UNSET,
         active_users_limit: int | None = UNSET,
     ) -> None:
-        """Raises NotFoundError."""
+        """Raises NotFoundError. Publishes `organization.expired` when `is_expired` is True."""
 
     async def bootstrap(
         self,
@@ -239,10 +244,12 @@ class UserStorage(Protocol):
         """Organization + user + device in one call. Raises NotFoundError."""
 
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
-        """Raises ActiveUsersLimitReachedError, AlreadyExistsError(reason)."""
+        """Raises ActiveUsersLimitReachedError, AlreadyExistsError(reason). Publishes
+        `user.created`."""
 
     async def create_device(self, organization_id: str, device: Device) -> None:
-        """Raises AlreadyExistsError(reason), NotFoundError (user vanished)."""
+        """Raises AlreadyExistsError(reason), NotFoundError (user vanished). Publishes
+        `device.created`."""
 
     async def revoke_user(
         self,
@@ -252,7 +259,8 @@ class UserStorage(Protocol):
         revoked_user_certifier: str,
         revoked_on: datetime,
     ) -> None:
-        """Raises NotFoundError, AlreadyRevokedError."""
+        """Raises NotFoundError, AlreadyRevokedError. Publishes `user.revoked` (which closes the
+        user's connections on every instance: it must not be lost)."""
 
     async def get_user(self, organization_id: str, user_id: str) -> User:
         """Raises NotFoundError."""
@@ -286,14 +294,15 @@ class InviteStorage(Protocol):
 # Every method below is one atomic unit (one transaction, ideally one round trip): it reads the
 # facts it needs, applies the rules of `parsec.backend.realm_rules` IN THE ORDER those helpers
 # define (the first failing rule raises), then writes. `author` is always the connected device
-# and `user_id` the connected user; the author's role is read inside the same unit. Events are
-# not the storage's business: the component publishes them from the returned values.
+# and `user_id` the connected user; the author's role is read inside the same unit. The events
+# are published with the write (see the module doc).
 
 
 class RealmStorage(Protocol):
     async def create(self, organization_id: str, grant: RealmGrant) -> None:
         """New realm (encryption revision 1, no maintenance, checkpoint 0) whose first role is
-        `grant` (the creator as OWNER). Raises AlreadyExistsError."""
+        `grant` (the creator as OWNER). Raises AlreadyExistsError. Publishes
+        `realm.roles_updated` (author = grant author)."""
 
     async def get_status(self, organization_id: str, user_id: str, realm_id: UUID) -> RealmStatus:
         """Raises RealmNotFoundError, NotAllowedError (no current role)."""
@@ -313,7 +322,8 @@ class RealmStorage(Protocol):
         (sender = grant author, timestamp = grant timestamp). Returns the message index, or
         None when no message was stored. Raises UserNotFoundError, IncompatibleProfileError,
         UserRevokedError, RealmNotFoundError, InMaintenanceError, NotAllowedError,
-        AlreadyGrantedError, RequireGreaterTimestampError."""
+        AlreadyGrantedError, RequireGreaterTimestampError. Publishes `realm.roles_updated`, then
+        `message.received` when a message was stored (author = grant author)."""
 
     async def start_reencryption_maintenance(
         self,
@@ -330,14 +340,15 @@ class RealmStorage(Protocol):
         participant (sender = author, timestamp = `timestamp`). "Participants" are the users
         with a current role who are not revoked at `now`. Returns [(recipient, message index)]
         in `per_participant_message` order. Raises RealmNotFoundError, InMaintenanceError,
-        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError."""
+        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError. Publishes
+        `realm.maintenance_started`, then one `message.received` per recipient in that order."""
 
     async def finish_reencryption_maintenance(
         self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
     ) -> None:
         """`realm_rules.check_finish_reencryption` then leave maintenance. Raises
         RealmNotFoundError, NotAllowedError, NotInMaintenanceError, BadEncryptionRevisionError,
-        MaintenanceError."""
+        MaintenanceError. Publishes `realm.maintenance_finished`."""
 
     async def get_realms_for_user(self, organization_id: str, user_id: str) -> dict[UUID, str]:
         """realm id -> current (non-nil) role of the user."""
@@ -357,7 +368,8 @@ class VlobStorage(Protocol):
         """`realm_rules.check_vlob_create` then store version 1, bump the realm checkpoint and
         the author user's last vlob write. Raises RealmNotFoundError, InMaintenanceError,
         BadEncryptionRevisionError, NotAllowedError, RequireGreaterTimestampError,
-        AlreadyExistsError (vlob id used anywhere in the organization)."""
+        AlreadyExistsError (vlob id used anywhere in the organization). Publishes
+        `realm.vlobs_updated` (src_version 1, the checkpoint of the write)."""
 
     async def update(
         self,
@@ -371,7 +383,7 @@ class VlobStorage(Protocol):
     ) -> VlobWrite:
         """`realm_rules.check_vlob_update` then append the version (as `create`). Raises
         VlobNotFoundError, InMaintenanceError, BadEncryptionRevisionError, NotAllowedError,
-        RequireGreaterTimestampError, BadVersionError."""
+        RequireGreaterTimestampError, BadVersionError. Publishes `realm.vlobs_updated`."""
 
     async def read(
         self,
@@ -493,7 +505,8 @@ class PkiStorage(Protocol):
         `force`, in which case it becomes CANCELLED (cancelled_on = `enrollment.submitted_on`);
         ACCEPTED and its user not revoked at `now` -> AlreadyEnrolledError; then, when `email`
         is given, EmailAlreadyUsedError if a user not revoked at `now` has exactly this
-        e-mail. Returns the id of the enrollment cancelled by `force`, or None."""
+        e-mail. Returns the id of the enrollment cancelled by `force`, or None. Publishes
+        `pki_enrollment.updated` once per enrollment written (twice when one was cancelled)."""
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         """Raises NotFoundError."""
@@ -502,7 +515,8 @@ class PkiStorage(Protocol):
         """The SUBMITTED enrollments, in submission order."""
 
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
-        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED)."""
+        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED). Publishes
+        `pki_enrollment.updated`."""
 
     async def accept(
         self,
@@ -515,7 +529,8 @@ class PkiStorage(Protocol):
     ) -> None:
         """Create `user` + `device` and mark the enrollment ACCEPTED. In order: NotFoundError,
         NoLongerAvailableError (not SUBMITTED), then the checks of `UserStorage.create_user`
-        (ActiveUsersLimitReachedError, AlreadyExistsError)."""
+        (ActiveUsersLimitReachedError, AlreadyExistsError). Publishes `user.created` then
+        `pki_enrollment.updated`."""
 
 
 @attrs.define

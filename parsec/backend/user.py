@@ -7,7 +7,6 @@ from typing import Any
 
 from parsec.api import certificates as certs
 from parsec.api.ids import format_human_handle
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
@@ -130,9 +129,6 @@ class UserComponent:
             return status("active_users_limit_reached")
         except AlreadyExistsError as exc:
             return user_already_exists_reply(exc)
-        self._app.bus.publish(
-            BackendEvent("user.created", ctx.organization_id, {"user_id": user.user_id})
-        )
         return ok()
 
     @api("device_create")
@@ -164,9 +160,6 @@ class UserComponent:
             return status("already_exists", exc.reason or f"Device `{device.device_id}` already exists")
         except NotFoundError:
             return status("bad_user_id", "Device must be handled by it own user.")
-        self._app.bus.publish(
-            BackendEvent("device.created", ctx.organization_id, {"device_id": device.device_id})
-        )
         return ok()
 
     @api("user_revoke", admin_only=True)
@@ -193,9 +186,6 @@ class UserComponent:
             return status("not_found")
         except AlreadyRevokedError:
             return status("already_revoked", f"User `{revoked.user_id}` already revoked")
-        self._app.bus.publish(
-            BackendEvent("user.revoked", ctx.organization_id, {"user_id": revoked.user_id})
-        )
         return ok()
 
     @api("human_find", outsider_reason=OUTSIDER_HUMAN_FIND)

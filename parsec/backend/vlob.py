@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
@@ -14,7 +13,7 @@ from parsec.backend.command import (
     status,
     timestamp_in_ballpark,
 )
-from parsec.backend.models import ReencryptionBatchEntry, VlobWrite
+from parsec.backend.models import ReencryptionBatchEntry
 from parsec.backend.realm import error_reply
 from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError, StorageError
 
@@ -27,21 +26,6 @@ class VlobComponent:
     def _storage(self) -> Any:
         return self._app.storage.vlob
 
-    def _publish_write(self, ctx: AuthenticatedContext, write: VlobWrite, vlob_id: Any, version: int) -> None:
-        self._app.bus.publish(
-            BackendEvent(
-                "realm.vlobs_updated",
-                ctx.organization_id,
-                {
-                    "author": ctx.device_id,
-                    "realm_id": write.realm_id,
-                    "checkpoint": write.checkpoint,
-                    "src_id": vlob_id,
-                    "src_version": version,
-                },
-            )
-        )
-
     @api("vlob_create")
     async def api_vlob_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         now = self._app.now()
@@ -49,7 +33,7 @@ class VlobComponent:
         if not timestamp_in_ballpark(timestamp, now):
             return bad_timestamp(timestamp, now)
         try:
-            write = await self._storage.create(
+            await self._storage.create(
                 ctx.organization_id,
                 ctx.device_id,
                 req["realm_id"],
@@ -65,7 +49,6 @@ class VlobComponent:
             return status("already_exists", "")
         except StorageError as exc:
             return error_reply(exc, realm_id=req["realm_id"])
-        self._publish_write(ctx, write, req["vlob_id"], 1)
         return ok()
 
     @api("vlob_read")
@@ -96,7 +79,7 @@ class VlobComponent:
         if not timestamp_in_ballpark(timestamp, now):
             return bad_timestamp(timestamp, now)
         try:
-            write = await self._storage.update(
+            await self._storage.update(
                 ctx.organization_id,
                 ctx.device_id,
                 req["encryption_revision"],
@@ -107,7 +90,6 @@ class VlobComponent:
             )
         except StorageError as exc:
             return error_reply(exc, vlob_id=req["vlob_id"])
-        self._publish_write(ctx, write, req["vlob_id"], req["version"])
         return ok()
 
     @api("vlob_poll_changes")

@@ -2,7 +2,8 @@
 
 All memory storages share one `MemoryDatastore`; every method runs without
 yielding to the reactor between its checks and its writes, which makes it
-atomic in a single-threaded process.
+atomic in a single-threaded process. A write publishes its events on the datastore's bus
+once it is done (`MemoryDatastore.publish`), still without yielding.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from parsec.backend import bus as events
+from parsec.backend.bus import BackendEvent, EventBus
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
@@ -79,8 +82,14 @@ def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) ->
 
 
 class MemoryDatastore:
-    def __init__(self) -> None:
+    def __init__(self, bus: EventBus) -> None:
         self.orgs: dict[str, OrgData] = {}
+        self._bus = bus
+
+    def publish(self, *published: BackendEvent) -> None:
+        """The events of a write, once it is done."""
+        for event in published:
+            self._bus.publish(event)
 
     def get(self, organization_id: str) -> OrgData:
         try:
@@ -161,6 +170,8 @@ class MemoryOrganizationStorage:
         if "active_users_limit" in changes:
             changes["active_users_limit"] = _clamp_limit(changes["active_users_limit"])
         data.organization = attrs.evolve(data.organization, **changes)
+        if is_expired is True:
+            self._store.publish(events.organization_expired(organization_id))
 
     async def bootstrap(
         self,
@@ -216,6 +227,7 @@ class MemoryUserStorage:
 
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
         insert_new_user(self._store.get(organization_id), user, device, now)
+        self._store.publish(events.user_created(organization_id, user.user_id))
 
     async def create_device(self, organization_id: str, device: Device) -> None:
         data = self._store.get(organization_id)
@@ -224,6 +236,7 @@ class MemoryUserStorage:
         if device.device_id in data.devices:
             raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
         data.devices[device.device_id] = device
+        self._store.publish(events.device_created(organization_id, device.device_id))
 
     async def revoke_user(
         self,
@@ -245,6 +258,7 @@ class MemoryUserStorage:
             revoked_user_certificate=revoked_user_certificate,
             revoked_user_certifier=revoked_user_certifier,
         )
+        self._store.publish(events.user_revoked(organization_id, user_id))
 
     async def get_user(self, organization_id: str, user_id: str) -> User:
         data = self._store.get(organization_id)
