@@ -58,7 +58,8 @@ def _default(obj: Any) -> Any:
 
 
 def packb(data: Any) -> bytes:
-    return msgpack.packb(data, default=_default, use_bin_type=True, datetime=False)
+    packed: bytes = msgpack.packb(data, default=_default, use_bin_type=True, datetime=False)
+    return packed
 
 
 def unpackb(raw: bytes, *, root_map: bool = True) -> Any:

@@ -7,7 +7,7 @@ them with the writes (invitation created/reused or deleted, conduit written).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
@@ -26,8 +26,11 @@ from parsec.backend.command import (
 )
 from parsec.backend.conduit import FIRST_STEP, STEPS, InvalidStateError
 from parsec.backend.models import Invitation
-from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, NotFoundError
+from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, InviteStorage, NotFoundError
 from parsec.mail.render import format_reply_to
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -62,7 +65,7 @@ class _Watch:
 
 
 class InviteComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
         self._watches: dict[tuple[str, UUID], _Watch] = {}
         # Tokens with a claimer connected, as far as this instance knows (docs/protocol/invitations.md §4).
@@ -70,7 +73,7 @@ class InviteComponent:
         app.bus.connect(self._on_event)
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> InviteStorage:
         return self._app.storage.invite
 
     def _on_event(self, event: BackendEvent) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.backend import bus as events
 from parsec.backend.command import (
@@ -15,9 +15,12 @@ from parsec.backend.command import (
     ok,
 )
 
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+
 
 class PingComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @api("ping", kinds=(AUTHENTICATED, INVITED, APIV1_ANONYMOUS))

@@ -11,7 +11,7 @@ organization only, docs/protocol/DECISIONS.md): the storage does, with the write
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.api import certificates as certs
 from parsec.backend.command import (
@@ -37,6 +37,9 @@ from parsec.backend.storage import (
     PkiStorage,
 )
 from parsec.backend.user import UserComponent
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 
 def _not_found() -> Reply:
@@ -75,7 +78,7 @@ def _info_reply(enrollment: PkiEnrollment) -> Reply:
 
 
 class PkiComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property

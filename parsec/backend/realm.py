@@ -9,7 +9,7 @@ in the order docs/protocol/events.md gives.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from parsec.api import certificates as certs
@@ -37,12 +37,16 @@ from parsec.backend.storage import (
     NotInMaintenanceError,
     ParticipantsMismatchError,
     RealmNotFoundError,
+    RealmStorage,
     RequireGreaterTimestampError,
     StorageError,
     UserNotFoundError,
     UserRevokedError,
     VlobNotFoundError,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 OUTSIDER_CANNOT_SHARE = "Outsider user cannot share realm"
 INCOMPATIBLE_PROFILE = "User with OUTSIDER profile cannot be MANAGER or OWNER"
@@ -113,11 +117,11 @@ def _grant(cert: certs.RealmRoleCertificate, raw: bytes) -> RealmGrant:
 
 
 class RealmComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> RealmStorage:
         return self._app.storage.realm
 
     def _validate_role_certificate(

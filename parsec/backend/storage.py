@@ -13,16 +13,19 @@ transaction). Each method's docstring says which ("Publishes ...").
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 import attrs
 
+from parsec.backend.conduit import ConduitListenCtx
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
     HumanFindResult,
+    HumanHandle,
     Invitation,
     Message,
     Organization,
@@ -184,12 +187,13 @@ class NoLongerAvailableError(StorageError):
     """The enrollment is not SUBMITTED any more."""
 
 
-class UNSET_TYPE:
-    def __repr__(self) -> str:
-        return "UNSET"
+class Unset(enum.Enum):
+    """An optional argument that was not given (unlike None, which may be a value)."""
+
+    UNSET = "UNSET"
 
 
-UNSET: Any = UNSET_TYPE()
+UNSET = Unset.UNSET
 
 
 class OrganizationStorage(Protocol):
@@ -216,9 +220,9 @@ class OrganizationStorage(Protocol):
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
         """Raises NotFoundError. Publishes `organization.expired` when `is_expired` is True."""
 
@@ -285,8 +289,50 @@ class UserStorage(Protocol):
 
 
 class InviteStorage(Protocol):
+    """Invitations and their conduit (docs/protocol/invitations.md). The conduit methods apply
+    the state machine of `parsec.backend.conduit` to the invitation's slots atomically (memory:
+    without yielding; PostgreSQL: on the row locked FOR UPDATE); waiting is the component's
+    business, woken by the `invite.conduit_updated` events these methods publish."""
+
     async def info(self, organization_id: str, token: UUID) -> Invitation:
         """Any invitation of the organization, deleted or not. Raises NotFoundError."""
+
+    async def new(
+        self,
+        organization_id: str,
+        greeter_user_id: str,
+        greeter_human_handle: HumanHandle | None,
+        type: str,
+        claimer_email: str | None,
+        created_on: datetime,
+    ) -> Invitation:
+        """The pending (not deleted) invitation of this greeter, type and claimer e-mail if any
+        (idempotent), else a new one with a fresh token. A USER invitation whose claimer e-mail
+        belongs to a user not revoked at `created_on` raises AlreadyMemberError. Publishes
+        `invite.status_changed` IDLE (created or reused)."""
+
+    async def delete(
+        self, organization_id: str, greeter_user_id: str, token: UUID, on: datetime, reason: str
+    ) -> None:
+        """Mark the greeter's invitation deleted. Raises NotFoundError (unknown, or another
+        greeter's), AlreadyDeletedError. Publishes `invite.status_changed` DELETED."""
+
+    async def list(self, organization_id: str, greeter_user_id: str) -> list[Invitation]:
+        """The greeter's pending invitations, oldest first."""
+
+    async def conduit_talk(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, state: str, payload: bytes
+    ) -> ConduitListenCtx:
+        """`conduit.conduit_talk` on the invitation's slots (`greeter_user_id` None: the
+        claimer). Raises NotFoundError (unknown, or another greeter's), AlreadyDeletedError,
+        InvalidStateError. Publishes `invite.conduit_updated`."""
+
+    async def conduit_listen(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
+    ) -> tuple[bytes | None, bool]:
+        """`conduit.conduit_listen`: (the peer's payload or None while waiting, whether the
+        conduit changed). Errors as `conduit_talk`. Publishes `invite.conduit_updated` when the
+        conduit changed."""
 
 
 # ---- realms, vlobs, blocks, messages ------------------------------------------------------
@@ -539,7 +585,7 @@ class Storage:
 
     organization: OrganizationStorage
     user: UserStorage
-    invite: Any
+    invite: InviteStorage
     realm: RealmStorage
     vlob: VlobStorage
     block: BlockStorage

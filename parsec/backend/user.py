@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.api import certificates as certs
 from parsec.api.ids import format_human_handle
@@ -14,7 +14,11 @@ from parsec.backend.storage import (
     AlreadyExistsError,
     AlreadyRevokedError,
     NotFoundError,
+    UserStorage,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 OUTSIDER_HUMAN_FIND = "Not allowed for user with OUTSIDER profile."
 
@@ -50,11 +54,11 @@ def user_already_exists_reply(exc: AlreadyExistsError) -> Reply:
 
 
 class UserComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> UserStorage:
         return self._app.storage.user
 
     async def check_outsider_allowed(self, organization_id: str, profile: str) -> Reply | None:

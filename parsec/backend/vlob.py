@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.backend.command import (
     AuthenticatedContext,
@@ -15,15 +15,18 @@ from parsec.backend.command import (
 )
 from parsec.backend.models import ReencryptionBatchEntry
 from parsec.backend.realm import error_reply
-from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError, StorageError
+from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError, StorageError, VlobStorage
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 
 class VlobComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> VlobStorage:
         return self._app.storage.vlob
 
     @api("vlob_create")

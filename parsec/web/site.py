@@ -10,7 +10,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode
 
 from autobahn.twisted.resource import WebSocketResource
@@ -20,6 +20,12 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 import parsec
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+    from parsec.web.admin import AdminResource
+    from parsec.web.anonymous import AnonymousResource
+    from parsec.web.websocket import ParsecWebSocketFactory
 
 _log = Logger()
 
@@ -54,11 +60,12 @@ class ParsecRequest(server.Request):
         if self._discard_body or self.content is None:
             return b""
         self.content.seek(0)
-        return self.content.read()
+        body: bytes = self.content.read()
+        return body
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
-            self.setHeader(b"server", self.site.server_header)  # type: ignore[attr-defined]
+            self.setHeader(b"server", self.site.server_header)  # type: ignore[union-attr]
         super().write(data)
 
 
@@ -72,7 +79,9 @@ class ParsecChannel(http.HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         if self._receivedHeaderSize > self.totalHeadersSize:
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n")
+            self.transport.write(  # type: ignore[union-attr]
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n"
+            )
             self.loseConnection()
             return
         super()._respondToBadRequestAndDisconnect()
@@ -80,7 +89,7 @@ class ParsecChannel(http.HTTPChannel):
 
 class ParsecSite(server.Site):
     requestFactory = ParsecRequest
-    protocol = ParsecChannel
+    protocol = ParsecChannel  # type: ignore[assignment]  # HTTPFactory's annotation is too narrow
 
     def __init__(self, root: Resource, *, debug: bool = False) -> None:
         super().__init__(root)
@@ -107,7 +116,7 @@ def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: b
     if body:
         request.write(body)
     else:
-        request.setHeader(b"server", request.site.server_header)  # type: ignore[attr-defined]
+        request.setHeader(b"server", request.site.server_header)  # type: ignore[union-attr]
     request.finish()
 
 
@@ -117,7 +126,13 @@ AsyncHandler = Callable[[ParsecRequest, list[str]], Awaitable[None]]
 class RootResource(Resource):
     isLeaf = True
 
-    def __init__(self, app: Any, ws_factory: Any, admin: Any, anonymous: Any) -> None:
+    def __init__(
+        self,
+        app: BackendApp,
+        ws_factory: ParsecWebSocketFactory,
+        admin: AdminResource,
+        anonymous: AnonymousResource,
+    ) -> None:
         super().__init__()
         self._app = app
         self._ws = WebSocketResource(ws_factory)
@@ -128,7 +143,7 @@ class RootResource(Resource):
 
     # ---- entry ---------------------------------------------------------------------------
 
-    def render(self, request: ParsecRequest) -> Any:  # type: ignore[override]
+    def render(self, request: ParsecRequest) -> Any:
         try:
             return self._render(request)
         except Exception:

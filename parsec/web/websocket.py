@@ -17,7 +17,7 @@ The protocol object is a thin shell: frames in, `BackendApp.handshake` /
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
@@ -26,6 +26,9 @@ from twisted.logger import Logger
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import ClientContext
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -159,7 +162,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         cmd = msg.get("cmd")
         route = app.route(ctx.kind, cmd)
         if route is None:
-            self._send(UNKNOWN_COMMAND)
+            self._send_reply(UNKNOWN_COMMAND)
             return
         d = defer.ensureDeferred(app.dispatch(ctx, route, msg))
         self._current = d
@@ -178,13 +181,13 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._current_long_poll = False
         if reply is not None:
             _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
-            self._send(reply)
+            self._send_reply(reply)
         # After the reply: a draining shutdown waits for it before closing.
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
-    def _send(self, reply: dict[str, Any]) -> None:
+    def _send_reply(self, reply: dict[str, Any]) -> None:
         # While draining for shutdown, the in-flight request still gets its reply.
         if self._state in (_READY, _DRAINING):
             self.sendMessage(packb(reply), isBinary=True)
@@ -229,9 +232,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
 
 class ParsecWebSocketFactory(WebSocketServerFactory):
-    protocol = ParsecServerProtocol
+    protocol = ParsecServerProtocol  # type: ignore[assignment]  # Factory's annotation is too narrow
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         super().__init__()
         self.app = app
         self.connections: set[ParsecServerProtocol] = set()
@@ -261,7 +264,7 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             [defer.ensureDeferred(p.shutdown(grace, reactor)) for p in protocols], consumeErrors=True
         )
         done = defer.DeferredList([p.is_closed for p in protocols], consumeErrors=True)
-        done.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        done.addTimeout(timeout, reactor)
         try:
             await done
         except defer.TimeoutError:

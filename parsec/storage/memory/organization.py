@@ -8,8 +8,9 @@ once it is done (`MemoryDatastore.publish`), still without yielding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import attrs
 
@@ -31,6 +32,7 @@ from parsec.backend.storage import (
     AlreadyExistsError,
     AlreadyRevokedError,
     NotFoundError,
+    Unset,
 )
 from parsec.backend.user import human_handle_taken_reason
 
@@ -38,6 +40,8 @@ from parsec.backend.user import human_handle_taken_reason
 # int >= 0, but `organization_config` must be able to send it back in msgpack. Any larger
 # limit means "unlimited in practice", so clamping changes no decision.
 MAX_ACTIVE_USERS_LIMIT = 2**63 - 1
+
+_State = TypeVar("_State")
 
 
 def _clamp_limit(limit: int | None) -> int | None:
@@ -97,12 +101,14 @@ class MemoryDatastore:
         except KeyError:
             raise NotFoundError() from None
 
-    def domain(self, organization_id: str, name: str, factory: Any) -> Any:
+    def domain(self, organization_id: str, name: str, factory: Callable[[], _State]) -> _State:
+        """The organization's state of domain `name` (made by `factory` the first time; always
+        the same `name` with the same `factory`)."""
         data = self.get(organization_id)
         state = data.domains.get(name)
         if state is None:
             state = data.domains[name] = factory()
-        return state
+        return cast(_State, state)
 
 
 class MemoryOrganizationStorage:
@@ -153,23 +159,19 @@ class MemoryOrganizationStorage:
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
         data = self._store.get(organization_id)
-        changes = {
-            key: value
-            for key, value in (
-                ("is_expired", is_expired),
-                ("user_profile_outsider_allowed", user_profile_outsider_allowed),
-                ("active_users_limit", active_users_limit),
-            )
-            if value is not UNSET
-        }
-        if "active_users_limit" in changes:
-            changes["active_users_limit"] = _clamp_limit(changes["active_users_limit"])
-        data.organization = attrs.evolve(data.organization, **changes)
+        org = data.organization
+        if is_expired is not UNSET:
+            org = attrs.evolve(org, is_expired=is_expired)
+        if user_profile_outsider_allowed is not UNSET:
+            org = attrs.evolve(org, user_profile_outsider_allowed=user_profile_outsider_allowed)
+        if active_users_limit is not UNSET:
+            org = attrs.evolve(org, active_users_limit=_clamp_limit(active_users_limit))
+        data.organization = org
         if is_expired is True:
             self._store.publish(events.organization_expired(organization_id))
 

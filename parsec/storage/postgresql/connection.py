@@ -55,7 +55,7 @@ class DatabaseUnavailable(ConnectionError):
     the database restarted), pool closed. The message is one line and holds no secret."""
 
 
-def error_summary(exc: BaseException) -> str:
+def error_summary(exc: BaseException | None) -> str:
     """The first line of an error (libpq adds hints on the next ones), spaces collapsed."""
     for line in str(exc).splitlines():
         if line.strip():

@@ -22,6 +22,7 @@ from parsec.backend.storage import (
     AlreadyBootstrappedError,
     AlreadyExistsError,
     NotFoundError,
+    Unset,
 )
 from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.events import Notify
@@ -186,9 +187,9 @@ class PgOrganizationStorage:
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
         assignments = ["organization_id = organization_id"]
         params: dict[str, Any] = {"org": organization_id}

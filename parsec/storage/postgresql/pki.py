@@ -221,7 +221,8 @@ class PgPkiStorage:
         if email_used:
             raise EmailAlreadyUsedError()
         assert submitted, row
-        return cancelled
+        cancelled_id: UUID | None = cancelled
+        return cancelled_id
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         row = await self._pool.fetchrow(_INFO, {"org": organization_id, "enrollment_id": enrollment_id})
