@@ -205,6 +205,7 @@ def serve(reactor: IReactorCore, service: IService, signals: StopSignals, *, deb
         log.critical("Start-up failed: {error}", error=str(failure.value))
         if debug:
             sys.stderr.write(failure.getTraceback())
+        assert failure.value is not None
         report_error(failure.value, debug=False)
         stop_reactor()
 

@@ -31,12 +31,14 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger, globalLogPublisher
 
 from parsec.backend.app import BackendApp
-from parsec.backend.bus import MemoryEventBus
+from parsec.backend.bus import EventBus, MemoryEventBus
+from parsec.backend.storage import Storage
+from parsec.blockstore.base import BlockStore
 from parsec.blockstore.factory import build_blockstore
 from parsec.config import ServerConfig
 from parsec.options import startup_line
 from parsec.storage.memory import build_memory_storage
-from parsec.storage.postgresql.factory import build_postgresql_storage
+from parsec.storage.postgresql.factory import PostgreSQLResources, PostgreSQLStorage, build_postgresql_storage
 from parsec.web.admin import AdminResource
 from parsec.web.anonymous import AnonymousResource
 from parsec.web.listener import EmfileWatch, check_file_limit
@@ -102,7 +104,7 @@ class ParsecService(service.MultiService):
         self._on_fatal_error = on_fatal_error or self._default_fatal_error
         self._event_feed_down = False
         self.storage, self.bus, self._storage_resources = self._build_storage()
-        if hasattr(self.storage, "on_listen_lost"):  # PostgreSQL: the event feed can be lost
+        if isinstance(self.storage, PostgreSQLStorage):  # the event feed can be lost
             self.storage.on_listen_lost = self._event_feed_lost
             self.storage.on_listen_restored = self._event_feed_restored
             self.storage.on_listen_gave_up = self._event_feed_gave_up
@@ -134,13 +136,14 @@ class ParsecService(service.MultiService):
 
     # ---- building ------------------------------------------------------------------------
 
-    def _build_storage(self) -> tuple[Any, Any, Any]:
+    def _build_storage(self) -> tuple[Storage, EventBus, PostgreSQLResources | None]:
         backend = self.config.backend
         if backend.db_type == "MOCKED":
-            return build_memory_storage(), MemoryEventBus(), None
+            bus = MemoryEventBus()
+            return build_memory_storage(bus), bus, None
         return build_postgresql_storage(backend, reactor=self.reactor)
 
-    def _build_blockstore(self) -> Any:
+    def _build_blockstore(self) -> BlockStore:
         pg_pool = getattr(self._storage_resources, "pool", None)
         return build_blockstore(self.config.backend.blockstore, reactor=self.reactor, pg_pool=pg_pool)
 
@@ -168,7 +171,7 @@ class ParsecService(service.MultiService):
 
     async def listening_port(self) -> Any:
         """The IListeningPort once bound (useful with port 0)."""
-        return await self.port_service._waitingForPort  # type: ignore[attr-defined]
+        return await self.port_service._waitingForPort  # type: ignore[misc]
 
     # ---- life cycle ----------------------------------------------------------------------
 

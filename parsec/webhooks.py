@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 
 _log = Logger()
 
@@ -25,12 +27,13 @@ async def send_bootstrap_webhook(
 
         reactor = default_reactor
     pool = HTTPConnectionPool(reactor, persistent=False)
-    client = HTTPClient(Agent(reactor, pool=pool))
+    # cast: Agent declares IAgent with zope's @implementer, which mypy does not read.
+    client = HTTPClient(cast(IAgent, Agent(reactor, pool=pool)))
     try:
         d = client.post(
             url,
             data=json.dumps(payload).encode("utf8"),
-            headers={b"content-type": [b"application/json; charset=utf-8"]},
+            headers=Headers({b"content-type": [b"application/json; charset=utf-8"]}),
         )
         d.addTimeout(timeout, reactor)
         response = await d

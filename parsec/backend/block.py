@@ -9,7 +9,8 @@ metadata, the other gets `already_exists`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -19,10 +20,14 @@ from parsec.backend.realm import error_reply
 from parsec.backend.storage import (
     AlreadyExistsError,
     BlockNotFoundError,
+    BlockStorage,
     RealmNotFoundError,
     StorageError,
 )
 from parsec.blockstore.base import BlockStoreError
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -31,14 +36,14 @@ BLOCKSTORE_FAILURE = "timeout"
 
 
 class BlockComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> BlockStorage:
         return self._app.storage.block
 
-    def _blockstore_failure(self, operation: str, ctx: AuthenticatedContext, block_id: Any, exc: Exception) -> Reply:
+    def _blockstore_failure(self, operation: str, ctx: AuthenticatedContext, block_id: UUID, exc: Exception) -> Reply:
         if isinstance(exc, BlockStoreError):
             _log.warn(
                 "Block {operation} error (organization_id={organization_id}, block_id={block_id}): {error}",

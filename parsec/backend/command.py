@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -40,8 +40,6 @@ class AuthenticatedContext:
     api_version: tuple[int, int]
     conn_id: int = 0
     kind: str = AUTHENTICATED
-    # Filled by the events component on `events_subscribe`.
-    events: Any = None
     # Called by the server to close the connection (revocation, expiration).
     close: Callable[[], None] = lambda: None
 
@@ -73,7 +71,10 @@ class AnonymousContext:
 
 ClientContext = AuthenticatedContext | InvitedContext | AnonymousContext
 
+# A bound handler: (context, validated request) -> reply. The context is of one of the kinds
+# the command is declared for.
 Handler = Callable[[Any, dict[str, Any]], Awaitable[Reply]]
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Reply]])
 
 
 @attrs.frozen
@@ -94,22 +95,25 @@ def api(
     outsider_reason: str | None = None,
     cancellable: bool = False,
     long_poll: bool = False,
-) -> Callable[[Handler], Handler]:
-    def decorator(fn: Handler) -> Handler:
-        fn._parsec_api = ApiMeta(
-            name, kinds, admin_only, outsider_reason, cancellable, long_poll or cancellable
-        )  # type: ignore[attr-defined]
+) -> Callable[[_Method], _Method]:
+    """Mark a component method `async def m(self, ctx, req) -> Reply` as the handler of `name`."""
+
+    def decorator(fn: _Method) -> _Method:
+        setattr(fn, _META, ApiMeta(name, kinds, admin_only, outsider_reason, cancellable, long_poll or cancellable))
         return fn
 
     return decorator
+
+
+_META = "_parsec_api"
 
 
 def collect_handlers(component: object) -> list[tuple[ApiMeta, Handler]]:
     found = []
     for attr in dir(type(component)):
         fn = getattr(type(component), attr, None)
-        meta = getattr(fn, "_parsec_api", None)
-        if meta is not None:
+        meta = getattr(fn, _META, None)
+        if isinstance(meta, ApiMeta):
             found.append((meta, getattr(component, attr)))
     return found
 

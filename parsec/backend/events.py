@@ -9,7 +9,7 @@ overflow dropped) and at most one pending `events_listen(wait=true)`.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
@@ -17,6 +17,9 @@ from twisted.logger import Logger
 
 from parsec.backend.bus import BackendEvent
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -46,7 +49,7 @@ class Subscription:
 
 
 class EventsComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
         self._by_org: dict[str, dict[int, Subscription]] = {}
         app.bus.connect(self._on_event)
@@ -69,7 +72,6 @@ class EventsComponent:
             return ok()
         sub = Subscription(ctx)
         subs[ctx.conn_id] = sub
-        ctx.events = sub
         # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
         # current ones (events arriving meanwhile only add to the set).
         realms = await self._app.storage.realm.get_realms_for_user(ctx.organization_id, ctx.user_id)

@@ -6,13 +6,16 @@ parsec.backend.realm); this component only reads them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok
 
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+
 
 class MessageComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @api("message_get")

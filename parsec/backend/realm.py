@@ -2,18 +2,17 @@
 and block commands.
 
 Certificates and timestamps are checked here; the storage then applies the realm rules
-(`parsec.backend.realm_rules`) and writes atomically; events are published here, after the
-storage call succeeded, in the order docs/protocol/events.md gives.
+(`parsec.backend.realm_rules`), writes atomically and publishes the events of the write with it,
+in the order docs/protocol/events.md gives.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from parsec.api import certificates as certs
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
@@ -38,12 +37,16 @@ from parsec.backend.storage import (
     NotInMaintenanceError,
     ParticipantsMismatchError,
     RealmNotFoundError,
+    RealmStorage,
     RequireGreaterTimestampError,
     StorageError,
     UserNotFoundError,
     UserRevokedError,
     VlobNotFoundError,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 OUTSIDER_CANNOT_SHARE = "Outsider user cannot share realm"
 INCOMPATIBLE_PROFILE = "User with OUTSIDER profile cannot be MANAGER or OWNER"
@@ -114,18 +117,12 @@ def _grant(cert: certs.RealmRoleCertificate, raw: bytes) -> RealmGrant:
 
 
 class RealmComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> RealmStorage:
         return self._app.storage.realm
-
-    def _publish(self, ctx: AuthenticatedContext, name: str, **data: Any) -> None:
-        self._app.bus.publish(BackendEvent(name, ctx.organization_id, {"author": ctx.device_id, **data}))
-
-    def _publish_message(self, ctx: AuthenticatedContext, recipient: str, index: int) -> None:
-        self._publish(ctx, "message.received", recipient=recipient, index=index)
 
     def _validate_role_certificate(
         self, ctx: AuthenticatedContext, req: dict[str, Any], *, initial: bool
@@ -153,8 +150,6 @@ class RealmComponent:
             await self._storage.create(ctx.organization_id, _grant(cert, req["role_certificate"]))
         except AlreadyExistsError:
             return status("already_exists")
-        # No author filter for this event: the creating device hears it too.
-        self._publish(ctx, "realm.roles_updated", realm_id=cert.realm_id, user=cert.user_id, role=cert.role)
         return ok()
 
     @api("realm_status")
@@ -198,7 +193,7 @@ class RealmComponent:
         if isinstance(cert, dict):
             return cert
         try:
-            index = await self._storage.update_roles(
+            await self._storage.update_roles(
                 ctx.organization_id, _grant(cert, req["role_certificate"]), req["recipient_message"]
             )
         except UserNotFoundError:
@@ -209,9 +204,6 @@ class RealmComponent:
             # `user_revoked` is the API 3.1 status; this server sends it to every 2.x/3.x
             # client, as majors 2 and 3 are served identically (docs/protocol/handshake.md §5).
             return error_reply(exc, realm_id=cert.realm_id)
-        self._publish(ctx, "realm.roles_updated", realm_id=cert.realm_id, user=cert.user_id, role=cert.role)
-        if index is not None:
-            self._publish_message(ctx, cert.user_id, index)
         return ok()
 
     # ---- re-encryption maintenance -----------------------------------------------------------
@@ -227,7 +219,7 @@ class RealmComponent:
         realm_id = req["realm_id"]
         encryption_revision = req["encryption_revision"]
         try:
-            messages = await self._storage.start_reencryption_maintenance(
+            await self._storage.start_reencryption_maintenance(
                 ctx.organization_id,
                 ctx.device_id,
                 realm_id,
@@ -238,9 +230,6 @@ class RealmComponent:
             )
         except StorageError as exc:
             return error_reply(exc, realm_id=realm_id)
-        self._publish(ctx, "realm.maintenance_started", realm_id=realm_id, encryption_revision=encryption_revision)
-        for recipient, index in messages:
-            self._publish_message(ctx, recipient, index)
         return ok()
 
     @api("realm_finish_reencryption_maintenance")
@@ -255,5 +244,4 @@ class RealmComponent:
             )
         except StorageError as exc:
             return error_reply(exc, realm_id=realm_id)
-        self._publish(ctx, "realm.maintenance_finished", realm_id=realm_id, encryption_revision=encryption_revision)
         return ok()

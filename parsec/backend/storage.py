@@ -4,20 +4,28 @@ The business rules (parsec.backend.<domain>) live above these interfaces once.
 A storage method does its checks and writes atomically (one transaction, one
 round trip where the data allows) and reports rule violations by raising the
 exceptions below; it never builds wire replies.
+
+A write publishes the events that describe it (docs/protocol/events.md §5, built by the
+constructors of `parsec.backend.bus`) on the storage's event bus, atomically with the write:
+they exist if and only if the write happened (PostgreSQL: NOTIFY inside the write's
+transaction). Each method's docstring says which ("Publishes ...").
 """
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 import attrs
 
+from parsec.backend.conduit import ConduitListenCtx
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
     HumanFindResult,
+    HumanHandle,
     Invitation,
     Message,
     Organization,
@@ -179,12 +187,13 @@ class NoLongerAvailableError(StorageError):
     """The enrollment is not SUBMITTED any more."""
 
 
-class UNSET_TYPE:
-    def __repr__(self) -> str:
-        return "UNSET"
+class Unset(enum.Enum):
+    """An optional argument that was not given (unlike None, which may be a value)."""
+
+    UNSET = "UNSET"
 
 
-UNSET: Any = UNSET_TYPE()
+UNSET = Unset.UNSET
 
 
 class OrganizationStorage(Protocol):
@@ -211,11 +220,11 @@ class OrganizationStorage(Protocol):
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
-        """Raises NotFoundError."""
+        """Raises NotFoundError. Publishes `organization.expired` when `is_expired` is True."""
 
     async def bootstrap(
         self,
@@ -239,10 +248,12 @@ class UserStorage(Protocol):
         """Organization + user + device in one call. Raises NotFoundError."""
 
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
-        """Raises ActiveUsersLimitReachedError, AlreadyExistsError(reason)."""
+        """Raises ActiveUsersLimitReachedError, AlreadyExistsError(reason). Publishes
+        `user.created`."""
 
     async def create_device(self, organization_id: str, device: Device) -> None:
-        """Raises AlreadyExistsError(reason), NotFoundError (user vanished)."""
+        """Raises AlreadyExistsError(reason), NotFoundError (user vanished). Publishes
+        `device.created`."""
 
     async def revoke_user(
         self,
@@ -252,7 +263,8 @@ class UserStorage(Protocol):
         revoked_user_certifier: str,
         revoked_on: datetime,
     ) -> None:
-        """Raises NotFoundError, AlreadyRevokedError."""
+        """Raises NotFoundError, AlreadyRevokedError. Publishes `user.revoked` (which closes the
+        user's connections on every instance: it must not be lost)."""
 
     async def get_user(self, organization_id: str, user_id: str) -> User:
         """Raises NotFoundError."""
@@ -277,8 +289,50 @@ class UserStorage(Protocol):
 
 
 class InviteStorage(Protocol):
+    """Invitations and their conduit (docs/protocol/invitations.md). The conduit methods apply
+    the state machine of `parsec.backend.conduit` to the invitation's slots atomically (memory:
+    without yielding; PostgreSQL: on the row locked FOR UPDATE); waiting is the component's
+    business, woken by the `invite.conduit_updated` events these methods publish."""
+
     async def info(self, organization_id: str, token: UUID) -> Invitation:
         """Any invitation of the organization, deleted or not. Raises NotFoundError."""
+
+    async def new(
+        self,
+        organization_id: str,
+        greeter_user_id: str,
+        greeter_human_handle: HumanHandle | None,
+        type: str,
+        claimer_email: str | None,
+        created_on: datetime,
+    ) -> Invitation:
+        """The pending (not deleted) invitation of this greeter, type and claimer e-mail if any
+        (idempotent), else a new one with a fresh token. A USER invitation whose claimer e-mail
+        belongs to a user not revoked at `created_on` raises AlreadyMemberError. Publishes
+        `invite.status_changed` IDLE (created or reused)."""
+
+    async def delete(
+        self, organization_id: str, greeter_user_id: str, token: UUID, on: datetime, reason: str
+    ) -> None:
+        """Mark the greeter's invitation deleted. Raises NotFoundError (unknown, or another
+        greeter's), AlreadyDeletedError. Publishes `invite.status_changed` DELETED."""
+
+    async def list(self, organization_id: str, greeter_user_id: str) -> list[Invitation]:
+        """The greeter's pending invitations, oldest first."""
+
+    async def conduit_talk(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, state: str, payload: bytes
+    ) -> ConduitListenCtx:
+        """`conduit.conduit_talk` on the invitation's slots (`greeter_user_id` None: the
+        claimer). Raises NotFoundError (unknown, or another greeter's), AlreadyDeletedError,
+        InvalidStateError. Publishes `invite.conduit_updated`."""
+
+    async def conduit_listen(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
+    ) -> tuple[bytes | None, bool]:
+        """`conduit.conduit_listen`: (the peer's payload or None while waiting, whether the
+        conduit changed). Errors as `conduit_talk`. Publishes `invite.conduit_updated` when the
+        conduit changed."""
 
 
 # ---- realms, vlobs, blocks, messages ------------------------------------------------------
@@ -286,14 +340,15 @@ class InviteStorage(Protocol):
 # Every method below is one atomic unit (one transaction, ideally one round trip): it reads the
 # facts it needs, applies the rules of `parsec.backend.realm_rules` IN THE ORDER those helpers
 # define (the first failing rule raises), then writes. `author` is always the connected device
-# and `user_id` the connected user; the author's role is read inside the same unit. Events are
-# not the storage's business: the component publishes them from the returned values.
+# and `user_id` the connected user; the author's role is read inside the same unit. The events
+# are published with the write (see the module doc).
 
 
 class RealmStorage(Protocol):
     async def create(self, organization_id: str, grant: RealmGrant) -> None:
         """New realm (encryption revision 1, no maintenance, checkpoint 0) whose first role is
-        `grant` (the creator as OWNER). Raises AlreadyExistsError."""
+        `grant` (the creator as OWNER). Raises AlreadyExistsError. Publishes
+        `realm.roles_updated` (author = grant author)."""
 
     async def get_status(self, organization_id: str, user_id: str, realm_id: UUID) -> RealmStatus:
         """Raises RealmNotFoundError, NotAllowedError (no current role)."""
@@ -313,7 +368,8 @@ class RealmStorage(Protocol):
         (sender = grant author, timestamp = grant timestamp). Returns the message index, or
         None when no message was stored. Raises UserNotFoundError, IncompatibleProfileError,
         UserRevokedError, RealmNotFoundError, InMaintenanceError, NotAllowedError,
-        AlreadyGrantedError, RequireGreaterTimestampError."""
+        AlreadyGrantedError, RequireGreaterTimestampError. Publishes `realm.roles_updated`, then
+        `message.received` when a message was stored (author = grant author)."""
 
     async def start_reencryption_maintenance(
         self,
@@ -330,14 +386,15 @@ class RealmStorage(Protocol):
         participant (sender = author, timestamp = `timestamp`). "Participants" are the users
         with a current role who are not revoked at `now`. Returns [(recipient, message index)]
         in `per_participant_message` order. Raises RealmNotFoundError, InMaintenanceError,
-        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError."""
+        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError. Publishes
+        `realm.maintenance_started`, then one `message.received` per recipient in that order."""
 
     async def finish_reencryption_maintenance(
         self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
     ) -> None:
         """`realm_rules.check_finish_reencryption` then leave maintenance. Raises
         RealmNotFoundError, NotAllowedError, NotInMaintenanceError, BadEncryptionRevisionError,
-        MaintenanceError."""
+        MaintenanceError. Publishes `realm.maintenance_finished`."""
 
     async def get_realms_for_user(self, organization_id: str, user_id: str) -> dict[UUID, str]:
         """realm id -> current (non-nil) role of the user."""
@@ -357,7 +414,8 @@ class VlobStorage(Protocol):
         """`realm_rules.check_vlob_create` then store version 1, bump the realm checkpoint and
         the author user's last vlob write. Raises RealmNotFoundError, InMaintenanceError,
         BadEncryptionRevisionError, NotAllowedError, RequireGreaterTimestampError,
-        AlreadyExistsError (vlob id used anywhere in the organization)."""
+        AlreadyExistsError (vlob id used anywhere in the organization). Publishes
+        `realm.vlobs_updated` (src_version 1, the checkpoint of the write)."""
 
     async def update(
         self,
@@ -371,7 +429,7 @@ class VlobStorage(Protocol):
     ) -> VlobWrite:
         """`realm_rules.check_vlob_update` then append the version (as `create`). Raises
         VlobNotFoundError, InMaintenanceError, BadEncryptionRevisionError, NotAllowedError,
-        RequireGreaterTimestampError, BadVersionError."""
+        RequireGreaterTimestampError, BadVersionError. Publishes `realm.vlobs_updated`."""
 
     async def read(
         self,
@@ -493,7 +551,8 @@ class PkiStorage(Protocol):
         `force`, in which case it becomes CANCELLED (cancelled_on = `enrollment.submitted_on`);
         ACCEPTED and its user not revoked at `now` -> AlreadyEnrolledError; then, when `email`
         is given, EmailAlreadyUsedError if a user not revoked at `now` has exactly this
-        e-mail. Returns the id of the enrollment cancelled by `force`, or None."""
+        e-mail. Returns the id of the enrollment cancelled by `force`, or None. Publishes
+        `pki_enrollment.updated` once per enrollment written (twice when one was cancelled)."""
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         """Raises NotFoundError."""
@@ -502,7 +561,8 @@ class PkiStorage(Protocol):
         """The SUBMITTED enrollments, in submission order."""
 
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
-        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED)."""
+        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED). Publishes
+        `pki_enrollment.updated`."""
 
     async def accept(
         self,
@@ -515,7 +575,8 @@ class PkiStorage(Protocol):
     ) -> None:
         """Create `user` + `device` and mark the enrollment ACCEPTED. In order: NotFoundError,
         NoLongerAvailableError (not SUBMITTED), then the checks of `UserStorage.create_user`
-        (ActiveUsersLimitReachedError, AlreadyExistsError)."""
+        (ActiveUsersLimitReachedError, AlreadyExistsError). Publishes `user.created` then
+        `pki_enrollment.updated`."""
 
 
 @attrs.define
@@ -524,7 +585,7 @@ class Storage:
 
     organization: OrganizationStorage
     user: UserStorage
-    invite: Any
+    invite: InviteStorage
     realm: RealmStorage
     vlob: VlobStorage
     block: BlockStorage

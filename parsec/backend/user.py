@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.api import certificates as certs
 from parsec.api.ids import format_human_handle
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
@@ -15,7 +14,11 @@ from parsec.backend.storage import (
     AlreadyExistsError,
     AlreadyRevokedError,
     NotFoundError,
+    UserStorage,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 OUTSIDER_HUMAN_FIND = "Not allowed for user with OUTSIDER profile."
 
@@ -51,11 +54,11 @@ def user_already_exists_reply(exc: AlreadyExistsError) -> Reply:
 
 
 class UserComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> UserStorage:
         return self._app.storage.user
 
     async def check_outsider_allowed(self, organization_id: str, profile: str) -> Reply | None:
@@ -130,9 +133,6 @@ class UserComponent:
             return status("active_users_limit_reached")
         except AlreadyExistsError as exc:
             return user_already_exists_reply(exc)
-        self._app.bus.publish(
-            BackendEvent("user.created", ctx.organization_id, {"user_id": user.user_id})
-        )
         return ok()
 
     @api("device_create")
@@ -164,9 +164,6 @@ class UserComponent:
             return status("already_exists", exc.reason or f"Device `{device.device_id}` already exists")
         except NotFoundError:
             return status("bad_user_id", "Device must be handled by it own user.")
-        self._app.bus.publish(
-            BackendEvent("device.created", ctx.organization_id, {"device_id": device.device_id})
-        )
         return ok()
 
     @api("user_revoke", admin_only=True)
@@ -193,9 +190,6 @@ class UserComponent:
             return status("not_found")
         except AlreadyRevokedError:
             return status("already_revoked", f"User `{revoked.user_id}` already revoked")
-        self._app.bus.publish(
-            BackendEvent("user.revoked", ctx.organization_id, {"user_id": revoked.user_id})
-        )
         return ok()
 
     @api("human_find", outsider_reason=OUTSIDER_HUMAN_FIND)

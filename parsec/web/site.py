@@ -13,7 +13,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode
 
 from autobahn.twisted.resource import WebSocketResource
@@ -25,6 +25,12 @@ from twisted.web.resource import Resource
 import parsec
 from parsec.limits import Limits
 from parsec.web.listener import Listener
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+    from parsec.web.admin import AdminResource
+    from parsec.web.anonymous import AnonymousResource
+    from parsec.web.websocket import ParsecWebSocketFactory
 
 _log = Logger()
 
@@ -70,11 +76,12 @@ class ParsecRequest(server.Request):
         if self._discard_body or self.content is None:
             return b""
         self.content.seek(0)
-        return self.content.read()
+        body: bytes = self.content.read()
+        return body
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
-            self.setHeader(b"server", self.site.server_header)  # type: ignore[attr-defined]
+            self.setHeader(b"server", self.site.server_header)  # type: ignore[union-attr]
         super().write(data)
 
 
@@ -91,7 +98,7 @@ class ParsecChannel(http.HTTPChannel):
 
 class ParsecSite(server.Site):
     requestFactory = ParsecRequest
-    protocol = ParsecChannel
+    protocol = ParsecChannel  # type: ignore[assignment]  # HTTPFactory's annotation is too narrow
 
     def __init__(
         self,
@@ -135,7 +142,7 @@ def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: b
     if body:
         request.write(body)
     else:
-        request.setHeader(b"server", request.site.server_header)  # type: ignore[attr-defined]
+        request.setHeader(b"server", request.site.server_header)  # type: ignore[union-attr]
     request.finish()
 
 
@@ -145,7 +152,13 @@ AsyncHandler = Callable[[ParsecRequest, list[str]], Awaitable[None]]
 class RootResource(Resource):
     isLeaf = True
 
-    def __init__(self, app: Any, ws_factory: Any, admin: Any, anonymous: Any) -> None:
+    def __init__(
+        self,
+        app: BackendApp,
+        ws_factory: ParsecWebSocketFactory,
+        admin: AdminResource,
+        anonymous: AnonymousResource,
+    ) -> None:
         super().__init__()
         self._app = app
         self._ws = WebSocketResource(ws_factory)
@@ -156,7 +169,7 @@ class RootResource(Resource):
 
     # ---- entry ---------------------------------------------------------------------------
 
-    def render(self, request: ParsecRequest) -> Any:  # type: ignore[override]
+    def render(self, request: ParsecRequest) -> Any:
         try:
             return self._render(request)
         except Exception:

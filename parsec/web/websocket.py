@@ -30,7 +30,7 @@ Bounds (parsec.limits), whatever the peer does:
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import abstract, defer, interfaces
@@ -43,6 +43,9 @@ from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import ClientContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -366,9 +369,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
 
 class ParsecWebSocketFactory(WebSocketServerFactory):
-    protocol = ParsecServerProtocol
+    protocol = ParsecServerProtocol  # type: ignore[assignment]  # Factory's annotation is too narrow
 
-    def __init__(self, app: Any, limits: Limits = DEFAULT_LIMITS, reactor: Any = None) -> None:
+    def __init__(self, app: BackendApp, limits: Limits = DEFAULT_LIMITS, reactor: Any = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -409,7 +412,7 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             [defer.ensureDeferred(p.shutdown(grace, reactor)) for p in protocols], consumeErrors=True
         )
         done = defer.DeferredList([p.is_closed for p in protocols], consumeErrors=True)
-        done.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        done.addTimeout(timeout, reactor)
         try:
             await done
         except defer.TimeoutError:

@@ -151,6 +151,23 @@ class InviteEnv:
                 "DELETE FROM invitation WHERE organization_id = %s AND token = %s", (self.organization_id, token)
             )
 
+    async def delete_unnotified(self, token: UUID) -> None:
+        """Mark the invitation deleted as another instance would whose `invite.status_changed`
+        has not reached this one yet (the storage's `delete` publishes it with the write)."""
+        storage = self.server.app.storage
+        pool = getattr(storage, "pool", None)
+        if pool is None:
+            entry = storage.invite._entries(self.organization_id)[token]
+            entry.invitation = attrs.evolve(
+                entry.invitation, deleted_on=self.server.app.now(), deleted_reason="CANCELLED"
+            )
+        else:
+            await pool.execute(
+                "UPDATE invitation SET deleted_on = now(), deleted_reason = 'CANCELLED'"
+                " WHERE organization_id = %s AND token = %s",
+                (self.organization_id, token),
+            )
+
     def waiters(self, token: UUID, organization_id: str | None = None) -> int:
         watch = self.component._watches.get((organization_id or self.organization_id, token))
         return 0 if watch is None else len(watch.waiters)

@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import pytest
 
+from parsec.backend.bus import MemoryEventBus
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
     ActiveUsersLimitReachedError,
@@ -83,7 +84,7 @@ def acceptance(on: datetime = NOW) -> PkiAcceptance:
 
 @pytest.fixture
 def storage():
-    storage = build_memory_storage()
+    storage = build_memory_storage(MemoryEventBus())
     run(storage.organization.create(ORG, "token", None, True, NOW))
     return storage
 

@@ -13,15 +13,20 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from parsec.api import codec
+from parsec.backend import bus as bus_events
 from parsec.backend.bus import BackendEvent
 from parsec.storage.postgresql.connection import DatabaseUnavailable, Transaction
 from parsec.storage.postgresql.events import (
     CHANNEL,
     EventDecodeError,
+    Notify,
     PostgreSQLEventBus,
     decode_event,
     encode_event,
     notify_sql,
+    sql_bigint,
+    sql_text,
+    sql_uuid,
 )
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from tests.pg_cluster import PgCluster
@@ -238,6 +243,35 @@ async def test_notify_sql_with_computed_fields(pool: PostgreSQLPool, unique_org:
         assert received.name == "realm.vlobs_updated"
         assert received.data == {"author": "a@d", "realm_id": realm_id, "checkpoint": 5000000000,
                                  "src_version": -10000000000}
+    finally:
+        await bus.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_with_computed_uuid_text_and_null(pool: PostgreSQLPool, unique_org: str) -> None:
+    """`Notify`: computed values of every kind replace the placeholders of the event, one
+    notification per evaluation (per row), NULL becomes nil."""
+    bus = PostgreSQLEventBus(pool)
+    await bus.start()
+    recorder = Recorder(unique_org)
+    bus.connect(recorder)
+    try:
+        notify = Notify(
+            "x", {"realm_id": sql_uuid("t.r"), "recipient": sql_text("t.u", 128), "index": sql_bigint("t.i")}
+        )
+        rows = [(uuid.uuid4(), "bob", 1), (uuid.uuid4(), "été_ü", 2), (None, None, None)]
+        placeholder = bus_events.message_received(unique_org, "a@d", "", 0)
+        await pool.execute(
+            f"SELECT {notify.sql} FROM unnest(%(r)s::uuid[], %(u)s::text[], %(i)s::bigint[])"
+            " WITH ORDINALITY AS t (r, u, i, n) ORDER BY n",
+            {**notify.params(placeholder), "r": [r[0] for r in rows], "u": [r[1] for r in rows],
+             "i": [r[2] for r in rows]},
+        )
+        received = await recorder.wait_for(3)
+        assert [event.data for event in received] == [
+            {"author": "a@d", "realm_id": realm_id, "recipient": user, "index": index}
+            for realm_id, user, index in rows
+        ]
     finally:
         await bus.stop()
 

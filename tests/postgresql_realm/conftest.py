@@ -22,6 +22,7 @@ import attrs
 import pytest
 import pytest_twisted
 
+from parsec.backend.bus import MemoryEventBus
 from parsec.backend.models import Device, Organization, RealmGrant, User
 from parsec.storage.memory.organization import MemoryDatastore, OrgData
 from parsec.storage.memory.realm import (
@@ -58,7 +59,7 @@ class MemoryBackend:
     kind = "memory"
 
     def __init__(self) -> None:
-        self.store = MemoryDatastore()
+        self.store = MemoryDatastore(MemoryEventBus())
         self.realm = MemoryRealmStorage(self.store)
         self.vlob = MemoryVlobStorage(self.store)
         self.block = MemoryBlockStorage(self.store)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from parsec.backend import bus as events
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
     AlreadyEnrolledError,
@@ -24,11 +25,13 @@ from parsec.backend.storage import (
     PkiAcceptance,
     PkiEnrollment,
 )
+from parsec.storage.postgresql.events import Notify
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import (
     LOCK_ORGANIZATION,
     NEW_USER_FACT_COLUMNS,
     NEW_USER_FACTS,
+    USER_CREATED,
     comparable,
     insert_user_and_device,
     new_user_params,
@@ -41,12 +44,17 @@ _ENROLLMENT_COLUMNS = """
     accept_payload_signature, accept_payload, accepter, accepted
 """
 
+# `pki_enrollment.updated`, published by the write statements themselves: once per enrollment
+# written (a forced submission cancels one and submits one).
+_CANCELLED = Notify("cancelled")
+_UPDATED = Notify("updated")
+
 # Checks in memory's order: the enrollment id; the latest enrollment of the same certificate
 # (SUBMITTED: refused unless forced, then cancelled; ACCEPTED with its user still active:
 # refused); the e-mail. `verdict.ok` gates both writes.
 _SUBMIT = (
     LOCK_ORGANIZATION
-    + """
+    + f"""
 WITH org AS (
     SELECT organization_id FROM organization WHERE organization_id = %(org)s
 ), previous AS (
@@ -95,7 +103,8 @@ WITH org AS (
     RETURNING 1
 )
 SELECT f.id_used, f.previous_state, f.previous_submitted_on, f.previous_user_active, f.email_used,
-       (SELECT enrollment_id FROM cancelled), EXISTS (SELECT 1 FROM submitted)
+       (SELECT enrollment_id FROM cancelled), EXISTS (SELECT 1 FROM submitted),
+       (SELECT {_CANCELLED.sql} FROM cancelled), (SELECT {_UPDATED.sql} FROM submitted)
 FROM facts f
 """
 )
@@ -113,7 +122,7 @@ ORDER BY seq
 
 _REJECT = (
     LOCK_ORGANIZATION
-    + """
+    + f"""
 WITH target AS (
     SELECT state FROM pki_enrollment WHERE organization_id = %(org)s AND enrollment_id = %(enrollment_id)s
 ), rejected AS (
@@ -121,7 +130,7 @@ WITH target AS (
     WHERE organization_id = %(org)s AND enrollment_id = %(enrollment_id)s AND state = 'SUBMITTED'
     RETURNING 1
 )
-SELECT (SELECT state FROM target), EXISTS (SELECT 1 FROM rejected)
+SELECT (SELECT state FROM target), EXISTS (SELECT 1 FROM rejected), (SELECT {_UPDATED.sql} FROM rejected)
 """
 )
 
@@ -147,7 +156,8 @@ _ACCEPT = (
       AND EXISTS (SELECT 1 FROM new_device)
     RETURNING 1
 )
-SELECT (SELECT state FROM target), {NEW_USER_FACT_COLUMNS}, EXISTS (SELECT 1 FROM accepted)
+SELECT (SELECT state FROM target), {NEW_USER_FACT_COLUMNS}, EXISTS (SELECT 1 FROM accepted),
+       (SELECT {USER_CREATED.sql} FROM accepted), (SELECT {_UPDATED.sql} FROM accepted)
 FROM new_user_facts f
 """
 )
@@ -194,12 +204,14 @@ class PgPkiStorage:
                 "email": comparable(email) or None,
                 "force": force,
                 "now": now,
+                **_CANCELLED.params(events.pki_enrollment_updated(organization_id)),
+                **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
             },
         )
         if row is None:
             raise NotFoundError()
         (id_used, previous_state, previous_submitted_on, previous_user_active, email_used,
-         cancelled, submitted) = row
+         cancelled, submitted, _, _) = row
         if id_used:
             raise EnrollmentIdAlreadyUsedError()
         if previous_state == "SUBMITTED" and not force:
@@ -209,7 +221,8 @@ class PgPkiStorage:
         if email_used:
             raise EmailAlreadyUsedError()
         assert submitted, row
-        return cancelled
+        cancelled_id: UUID | None = cancelled
+        return cancelled_id
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         row = await self._pool.fetchrow(_INFO, {"org": organization_id, "enrollment_id": enrollment_id})
@@ -223,10 +236,16 @@ class PgPkiStorage:
 
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
         row = await self._pool.fetchrow(
-            _REJECT, {"org": organization_id, "enrollment_id": enrollment_id, "rejected_on": rejected_on}
+            _REJECT,
+            {
+                "org": organization_id,
+                "enrollment_id": enrollment_id,
+                "rejected_on": rejected_on,
+                **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
+            },
         )
         assert row is not None
-        state, rejected = row
+        state, rejected, _ = row
         if state is None:
             raise NotFoundError()
         if not rejected:
@@ -253,11 +272,13 @@ class PgPkiStorage:
                 "accept_payload": acceptance.accept_payload,
                 "accepter": acceptance.accepter,
                 **new_user_params(user, device),
+                **USER_CREATED.params(events.user_created(organization_id, user.user_id)),
+                **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
             },
         )
         if row is None:
             raise NotFoundError()
-        state, *facts, accepted = row
+        state, *facts, accepted, _, _ = row
         if state is None:
             raise NotFoundError()
         if state != "SUBMITTED":
