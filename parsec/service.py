@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger, globalLogPublisher
 
+from parsec.allocator import tune_allocator
 from parsec.backend.app import BackendApp
 from parsec.backend.bus import EventBus, MemoryEventBus
 from parsec.backend.storage import Storage
@@ -288,6 +289,7 @@ def make_service(config: ServerConfig, *, reactor: Any = None) -> ParsecService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    tune_allocator()
     svc = ParsecService(config, reactor=reactor)
     svc.ready.addCallback(_freeze_startup_objects)
     install_clean_exit_signal_handlers(reactor)
