@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 import msgpack
 
@@ -42,6 +42,21 @@ def datetime_from_timestamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_UNKNOWN_SAFETY = SafeUUID.unknown
+
+
+def uuid_from_bytes(data: bytes) -> UUID:
+    """`UUID(bytes=data)` for exactly 16 bytes, without `UUID.__init__`'s argument checks: a
+    request carries several ids and the generic constructor was 3 % of a `vlob_create`
+    (benchmarks/server_bench.py). Sets the same two slots `__init__` would."""
+    value = _new_object(UUID)
+    _set_slot(value, "int", int.from_bytes(data, "big"))
+    _set_slot(value, "is_safe", _UNKNOWN_SAFETY)
+    return value
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_DATETIME:
         if len(data) != 8:
@@ -53,7 +68,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_UUID:
         if len(data) != 16:
             raise DecodeError("Invalid UUID ext payload")
-        return UUID(bytes=data)
+        return uuid_from_bytes(data)
     return msgpack.ExtType(code, data)
 
 
