@@ -460,11 +460,16 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def process_cpu(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds; 0 if gone."""
+    return sum(process_times(pid))
+
+
+def process_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), in seconds; zeros if gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def rss(pid: int) -> int:
@@ -516,6 +521,7 @@ def self_cpu() -> float:
 @dataclass
 class CpuSample:
     server: float
+    server_kernel: float  # the part of `server` spent in the kernel (stime)
     client: float
     postgres: float
     machine: float
@@ -536,8 +542,10 @@ class Probes:
 
 
 def sample_cpu(probes: Probes) -> CpuSample:
+    times = [process_times(pid) for pid in probes.server_pids]
     return CpuSample(
-        sum(process_cpu(pid) for pid in probes.server_pids),
+        sum(user + system for user, system in times),
+        sum(system for _, system in times),
         self_cpu() + sum(process_cpu(pid) for pid in probes.client_pids),
         probes.postgres_cpu() if probes.postgres_cpu is not None else 0.0,
         machine_cpu(),
@@ -679,7 +687,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("block_create_4k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
         Workload("block_create_512k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
         Workload("block_read_512k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
-        Workload("uploads_512k_x16", PARSEC, (*ALL_STORAGES, "s3"), "upload_conns", "request"),
+        Workload("uploads_512k_x16", PARSEC, ("postgresql", "s3"), "upload_conns", "request"),
         Workload("events", PARSEC, ALL_STORAGES, "conns", "event"),
         Workload("connect", PARSEC, ALL_STORAGES, "conns", "connection"),
         Workload("raw_insert_16", ("raw",), ("postgresql",), "16", "row"),
@@ -815,6 +823,7 @@ class Phase:
         }
         # Whatever else ran on the machine meanwhile (other users' jobs): it skews the figures.
         result.cpu["other"] = max(0.0, (last.machine - first.machine) - sum(result.cpu.values()))
+        result.cpu["server_kernel"] = last.server_kernel - first.server_kernel  # part of "server"
         if first.statements is not None and last.statements is not None:
             s0, s1 = first.statements, last.statements
             result.statements = (s1[0] - s0[0], s1[1] - s0[1])
@@ -1884,7 +1893,7 @@ def describe_phase(result: PhaseResult) -> str:
     parts = [f"{result.rate():8.0f}/s p50 {1000 * p50:6.2f} p99 {1000 * p99:6.2f} ms"]
     if result.cpu:
         parts.append(
-            f"server {result.us_per_op('server'):6.0f} us/op"
+            f"server {result.us_per_op('server'):6.0f} us/op ({result.us_per_op('server_kernel'):.0f} kernel)"
             + (f" + pg {result.us_per_op('postgres'):5.0f}" if result.cpu.get("postgres") else "")
             + f" | cpu% srv {result.percent('server'):.0f} gen {result.percent('client'):.0f}"
             + (f" pg {result.percent('postgres'):.0f}" if result.cpu.get("postgres") else "")
@@ -1921,7 +1930,7 @@ def print_run(run: RunResult) -> None:
     if run.rounds:
         print(
             f"  {'workload':18} {'conns':>5} {'ops/s':>8} {'p50 ms':>7} {'p99 ms':>8} {'srv us/op':>9} "
-            f"{'pg us/op':>8} {'peak MiB':>8} {'SQL/op':>6} {'commit/op':>9} {'errors':>6}"
+            f"{'(kernel)':>8} {'pg us/op':>8} {'peak MiB':>8} {'SQL/op':>6} {'commit/op':>9} {'errors':>6}"
         )
     for name in run.rounds:
         best = run.best(name)
@@ -1938,7 +1947,8 @@ def print_run(run: RunResult) -> None:
         commits = best.per_op(best.commits)
         print(
             f"  {name:18} {best.connections:5} {best.rate():8.0f} {1000 * p50:7.2f} {1000 * p99:8.2f} "
-            f"{fmt(best.us_per_op('server')):>9} {fmt(best.us_per_op('postgres') if best.cpu.get('postgres') else None):>8} "
+            f"{fmt(best.us_per_op('server')):>9} {fmt(best.us_per_op('server_kernel')):>8} "
+            f"{fmt(best.us_per_op('postgres') if best.cpu.get('postgres') else None):>8} "
             f"{best.peak_rss / MiB:8.0f} {fmt(sql, '.2f'):>6} {fmt(commits, '.2f'):>9} {sum(best.errors.values()):6}"
         )
     if run.top_statements:
