@@ -87,6 +87,13 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._state = _CLOSED
+        # Autobahn cancels its close-handshake timer only when the peer answers our Close: a
+        # peer that just drops the connection would leave it pending for seconds, holding
+        # this protocol (found by the reactor-clean check of the tests).
+        pending: Any = self.closeHandshakeTimeoutCall  # Autobahn annotates it None
+        if pending is not None:
+            pending.cancel()
+            self.closeHandshakeTimeoutCall = None
         self.factory.connections.discard(self)
         self._incoming.clear()
         if self._current is not None:
