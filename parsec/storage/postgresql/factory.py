@@ -90,17 +90,19 @@ class PostgreSQLStorage(Storage):
 
 
 def build_postgresql_storage(
-    backend_config: BackendConfig, reactor: Any = None
+    backend_config: BackendConfig, reactor: Any = None, *, pool: PostgreSQLPool | None = None
 ) -> tuple[PostgreSQLStorage, PostgreSQLEventBus, PostgreSQLResources]:
-    """Build (without connecting) the storage of `backend_config.db_url`."""
-    pool = PostgreSQLPool(
-        backend_config.db_url,
-        min_connections=backend_config.db_min_connections,
-        max_connections=max(backend_config.db_max_connections, backend_config.db_min_connections, 1),
-        max_connection_attempts=backend_config.db_max_connection_attempts,
-        pause_before_retry=backend_config.db_pause_before_retry,
-        reactor=reactor,
-    )
+    """Build (without connecting) the storage of `backend_config.db_url`, on `pool` when given
+    (tests count the round trips of theirs)."""
+    if pool is None:
+        pool = PostgreSQLPool(
+            backend_config.db_url,
+            min_connections=backend_config.db_min_connections,
+            max_connections=max(backend_config.db_max_connections, backend_config.db_min_connections, 1),
+            max_connection_attempts=backend_config.db_max_connection_attempts,
+            pause_before_retry=backend_config.db_pause_before_retry,
+            reactor=reactor,
+        )
     bus = PostgreSQLEventBus(pool)
     storage = PostgreSQLStorage(
         organization=PgOrganizationStorage(pool),
