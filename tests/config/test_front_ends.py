@@ -1,10 +1,9 @@
 """The two front-ends as processes: logging in our format under twistd, signals, exit statuses,
 busy port, migrate. They run through launcher.py with a stand-in service tree (the server
-itself is tested elsewhere); the last tests use the real parsec.service when it exists."""
+itself is tested elsewhere); the last tests use the real parsec.service."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import socket
@@ -149,10 +148,6 @@ def test_migrate(tmp_path: Path) -> None:
     assert "Traceback" not in ok.stderr + dry.stderr + failed.stderr
 
 
-_HAS_SERVICE = importlib.util.find_spec("parsec.service") is not None
-
-
-@pytest.mark.skipif(not _HAS_SERVICE, reason="parsec.service is not written yet")
 @pytest.mark.parametrize("front_end", ["parsec", "twistd"])
 def test_real_service_starts_and_stops(start_server, tmp_path: Path, front_end: str) -> None:
     if front_end == "parsec":
