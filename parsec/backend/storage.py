@@ -314,7 +314,8 @@ class InviteStorage(Protocol):
         created_on: datetime,
     ) -> Invitation:
         """The pending (not deleted) invitation of this greeter, type and claimer e-mail if any
-        (idempotent), else a new one with a fresh token. A USER invitation whose claimer e-mail
+        (idempotent), else a new one with a fresh token. `greeter_human_handle` is the greeter
+        user's own (what `info` and `list` give back may be read from the user). A USER invitation whose claimer e-mail
         belongs to a user not revoked at `created_on` raises AlreadyMemberError. Publishes
         `invite.status_changed` IDLE (created or reused)."""
 
