@@ -47,6 +47,7 @@ from parsec.options.table import (
 
 __all__ = [
     "HelpRequested",
+    "VersionRequested",
     "debug_requested",
     "expand_cmd_args",
     "parse_migrate_args",
@@ -57,6 +58,10 @@ __all__ = [
 
 class HelpRequested(Exception):
     """`--help` was found among the options: the front-end prints the help and exits 0."""
+
+
+class VersionRequested(Exception):
+    """`--version` was found among the options: the front-end prints the version and exits 0."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +115,8 @@ def _tokenize(table: Sequence[Option], tokens: Sequence[str]) -> _CommandLine:
             break
         if token == "--help":
             raise HelpRequested()
+        if token == "--version":
+            raise VersionRequested()
         if not token.startswith("-") or token == "-":
             raise ConfigError(f"Got unexpected extra argument ({token})")
         attached: str | None = None
@@ -147,16 +154,26 @@ def _convert(option: Option, raw: str, source: str | None) -> Any:
 
 
 def _resolve(
-    table: Sequence[Option], command_line: _CommandLine, environ: Mapping[str, str]
+    table: Sequence[Option],
+    command_line: _CommandLine,
+    environ: Mapping[str, str],
+    given_names: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Typed value of every option (cmd line > env > default); required options checked."""
+    """Typed value of every option (cmd line > env > default); required options checked.
+
+    `given_names` collects the names of the options given on the command line or in the
+    environment (as opposed to defaulted).
+    """
     values: dict[str, Any] = {}
+    given_names = set() if given_names is None else given_names
     for option in table:
         if option.flag and option.dest in command_line.flags:
             values[option.dest] = True
+            given_names.add(option.name)
             continue
         given = command_line.values.get(option.dest)
         if given:
+            given_names.add(option.name)
             if option.multiple:
                 values[option.dest] = [_convert(option, raw, None) for raw in given]
             else:
@@ -164,6 +181,7 @@ def _resolve(
             continue
         env_name = next((name for name in option.env if environ.get(name)), None)
         if env_name is not None:
+            given_names.add(option.name)
             raw = environ[env_name]
             if option.multiple:
                 values[option.dest] = [_convert(option, part, env_name) for part in raw.split()]
@@ -237,7 +255,15 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
     command_line = _tokenize(RUN_OPTIONS, _all_tokens(argv, environ))
     if "dev" in command_line.flags:
         _apply_dev(command_line)
-    values = _resolve(RUN_OPTIONS, command_line, environ)
+    given: set[str] = set()
+    values = _resolve(RUN_OPTIONS, command_line, environ, given)
+    if values["listen"]:
+        shorthand = [name for name in ("--host", "--port") if name in given]
+        if shorthand:
+            raise ConfigError(
+                f"Option '--listen' replaces {' and '.join(repr(n) for n in shorthand)}: give the "
+                "address in the endpoint instead (e.g. --listen tcp:6777:interface=127.0.0.1)"
+            )
 
     try:
         blockstore = parse_blockstore_params(values["blockstore"])
@@ -292,11 +318,12 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         port=values["port"],
         ssl_keyfile=values["ssl_keyfile"],
         ssl_certfile=values["ssl_certfile"],
+        endpoints=tuple(values["listen"]),
     )
-    return ServerConfig(backend=backend, listen=listen, log=_log_config(values))
+    return ServerConfig(backend=backend, listen=listen, log=_log_config(values, given))
 
 
-def _log_config(values: Mapping[str, Any]) -> LogConfig:
+def _log_config(values: Mapping[str, Any], given: set[str]) -> LogConfig:
     log_file = values["log_file"]
     return LogConfig(
         level=values["log_level"],
@@ -304,16 +331,18 @@ def _log_config(values: Mapping[str, Any]) -> LogConfig:
         file=None if log_file in (None, "", "-") else log_file,
         sentry_dsn=values.get("sentry_dsn"),
         sentry_environment=values.get("sentry_environment") or "production",
+        given=frozenset(name for name in given if name.startswith("--log-")),
     )
 
 
 def parse_migrate_args(argv: Sequence[str], environ: Mapping[str, str]) -> MigrateConfig:
     """Options of `parsec backend migrate` -> MigrateConfig. Raises ConfigError / HelpRequested."""
     command_line = _tokenize(MIGRATE_OPTIONS, _all_tokens(argv, environ))
-    values = _resolve(MIGRATE_OPTIONS, command_line, environ)
+    given: set[str] = set()
+    values = _resolve(MIGRATE_OPTIONS, command_line, environ, given)
     return MigrateConfig(
         db_url=values["db"],
         dry_run=values["dry_run"],
-        log=_log_config(values),
+        log=_log_config(values, given),
         debug=values["debug"],
     )

@@ -41,11 +41,13 @@ class _Announce(service.Service):
         )
 
 
-def make_service(config: Any, *, reactor: Any = None) -> service.MultiService:
-    from parsec.options import startup_line
+class _FakeServer(service.MultiService):
+    def reload(self) -> None:
+        _log.warn("fake reload")
 
-    print(startup_line(config), flush=True)  # as the real make_service does
-    top = service.MultiService()
+
+def make_service(config: Any, *, reactor: Any = None, on_fatal: Any = None) -> service.MultiService:
+    top = _FakeServer()
     host = config.listen.host.replace(":", "\\:")
     listener = strports.service(f"tcp:{config.listen.port}:interface={host}", Factory.forProtocol(Protocol))
     listener.setServiceParent(top)

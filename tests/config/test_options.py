@@ -132,6 +132,13 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
         lambda c: c.backend.forward_proto_enforce_https,
         ("x-forwarded-proto", "HTTPS"),
     ),
+    (
+        "--listen",
+        "PARSEC_LISTEN",
+        "unix:/run/parsec/parsec.sock",
+        lambda c: c.listen.endpoints,
+        ("unix:/run/parsec/parsec.sock",),
+    ),
     ("--ssl-keyfile", "PARSEC_SSL_KEYFILE", THIS_FILE, lambda c: c.listen.ssl_keyfile, THIS_FILE),
     ("--ssl-certfile", "PARSEC_SSL_CERTFILE", THIS_FILE, lambda c: c.listen.ssl_certfile, THIS_FILE),
     ("--log-level", "PARSEC_LOG_LEVEL", "debug", lambda c: c.log.level, "DEBUG"),
