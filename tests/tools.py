@@ -94,3 +94,15 @@ async def served_certificates(port: int, *, ca_file: str | None = None, host: st
 
 async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def ready_becomes(url: str, status: int, *curl_args: str, timeout: float = DEADLINE) -> CurlResult:
+    """Poll `GET <url>/ready` until it answers `status` (its answer is cached about 1 s)."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = await curl(f"{url}/ready", *curl_args)
+        if result.status == status:
+            return result
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"/ready never answered {status}: {result}")
+        await sleep(0.1)
