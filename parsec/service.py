@@ -43,7 +43,6 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.python.systemd import ListenFDs
 
 from parsec.backend.app import BackendApp
 from parsec.backend.bus import EventBus, MemoryEventBus
@@ -353,35 +352,22 @@ class ListenerService(service.Service):
 
 def _server_endpoint(reactor: Any, spec: ListenSpec) -> IStreamServerEndpoint:
     kind, named = split_endpoint(spec.endpoint)
-    if kind == "systemd":
-        _check_systemd_socket(spec.label, named)
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, spec.endpoint)
-    except Exception as exc:  # the endpoint parsers raise ValueError, KeyError, ...
+    except (IndexError, KeyError) as exc:
+        if kind != "systemd":
+            raise ConfigError(f"Invalid value for '--listen' ({spec.label}): {exc}") from None
+        # Twisted's systemd parser looks the socket up in what systemd passed (read from the
+        # environment once, when twisted.internet.endpoints is imported): none, or no such.
+        which = f"a socket named {named['name']!r}" if "name" in named else f"socket #{named['index']}"
+        raise ConfigError(
+            f"Invalid value for '--listen' ({spec.label}): systemd passed no {which} "
+            "(LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES; systemd-socket-activate sets the names "
+            "only with --fdname)"
+        ) from None
+    except Exception as exc:  # the endpoint parsers raise ValueError, TypeError, ...
         raise ConfigError(f"Invalid value for '--listen' ({spec.label}): {exc}") from None
     return endpoint
-
-
-def _check_systemd_socket(label: str, named: dict[str, str]) -> None:
-    """A clear error when systemd passed no (or no such) socket, instead of an IndexError."""
-    fds = ListenFDs.fromEnvironment()
-    if "index" in named:
-        count = len(fds.inheritedDescriptors())
-        if int(named["index"]) < count:
-            return
-        reason = (
-            f"systemd passed {count} socket(s)"
-            if count
-            else "systemd passed no socket (LISTEN_FDS/LISTEN_PID; LISTEN_FDNAMES, which "
-            "systemd-socket-activate sets only with --fdname)"
-        )
-        raise ConfigError(f"Invalid value for '--listen' ({label}): {reason}")
-    names = sorted(fds.inheritedNamedDescriptors())
-    if named["name"] not in names:
-        raise ConfigError(
-            f"Invalid value for '--listen' ({label}): systemd passed no socket named "
-            f"{named['name']!r} (names passed: {', '.join(names) or 'none'})"
-        )
 
 
 # ---- the server --------------------------------------------------------------------------------

@@ -153,27 +153,30 @@ def _convert(option: Option, raw: str, source: str | None) -> Any:
         raise ConfigError(f"Invalid value for {option.label()}{origin}: {exc}") from None
 
 
+COMMAND_LINE, ENVIRONMENT = "command line", "environment"
+
+
 def _resolve(
     table: Sequence[Option],
     command_line: _CommandLine,
     environ: Mapping[str, str],
-    given_names: set[str] | None = None,
+    given_names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Typed value of every option (cmd line > env > default); required options checked.
 
-    `given_names` collects the names of the options given on the command line or in the
-    environment (as opposed to defaulted).
+    `given_names` collects where each option that was not defaulted came from (option name
+    -> COMMAND_LINE or ENVIRONMENT).
     """
     values: dict[str, Any] = {}
-    given_names = set() if given_names is None else given_names
+    given_names = {} if given_names is None else given_names
     for option in table:
         if option.flag and option.dest in command_line.flags:
             values[option.dest] = True
-            given_names.add(option.name)
+            given_names[option.name] = COMMAND_LINE
             continue
         given = command_line.values.get(option.dest)
         if given:
-            given_names.add(option.name)
+            given_names[option.name] = COMMAND_LINE
             if option.multiple:
                 values[option.dest] = [_convert(option, raw, None) for raw in given]
             else:
@@ -181,7 +184,7 @@ def _resolve(
             continue
         env_name = next((name for name in option.env if environ.get(name)), None)
         if env_name is not None:
-            given_names.add(option.name)
+            given_names[option.name] = ENVIRONMENT
             raw = environ[env_name]
             if option.multiple:
                 values[option.dest] = [_convert(option, part, env_name) for part in raw.split()]
@@ -255,15 +258,9 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
     command_line = _tokenize(RUN_OPTIONS, _all_tokens(argv, environ))
     if "dev" in command_line.flags:
         _apply_dev(command_line)
-    given: set[str] = set()
+    given: dict[str, str] = {}
     values = _resolve(RUN_OPTIONS, command_line, environ, given)
-    if values["listen"]:
-        shorthand = [name for name in ("--host", "--port") if name in given]
-        if shorthand:
-            raise ConfigError(
-                f"Option '--listen' replaces {' and '.join(repr(n) for n in shorthand)}: give the "
-                "address in the endpoint instead (e.g. --listen tcp:6777:interface=127.0.0.1)"
-            )
+    _settle_listen(values, given)
 
     try:
         blockstore = parse_blockstore_params(values["blockstore"])
@@ -323,7 +320,26 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
     return ServerConfig(backend=backend, listen=listen, log=_log_config(values, given))
 
 
-def _log_config(values: Mapping[str, Any], given: set[str]) -> LogConfig:
+def _settle_listen(values: dict[str, Any], given: Mapping[str, str]) -> None:
+    """`--listen` or the `--host`/`--port` shorthand: the command line wins over the
+    environment (e.g. the unit's `--listen systemd:...` over PARSEC_PORT in parsec.env); both
+    at the same level is a mistake."""
+    listen_source = given.get("--listen")
+    shorthand = {name: source for name, source in given.items() if name in ("--host", "--port")}
+    if listen_source is None or not shorthand:
+        return
+    same_level = [name for name, source in shorthand.items() if source == listen_source]
+    if same_level:
+        where = "on the command line" if listen_source == COMMAND_LINE else "in the environment"
+        raise ConfigError(
+            f"Option '--listen' replaces {' and '.join(repr(n) for n in same_level)} (both {where}): "
+            "give the address in the endpoint instead (e.g. --listen tcp:6777:interface=127.0.0.1)"
+        )
+    if listen_source == ENVIRONMENT:
+        values["listen"] = []  # --host/--port on the command line win over PARSEC_LISTEN
+
+
+def _log_config(values: Mapping[str, Any], given: Mapping[str, str]) -> LogConfig:
     log_file = values["log_file"]
     return LogConfig(
         level=values["log_level"],
@@ -338,7 +354,7 @@ def _log_config(values: Mapping[str, Any], given: set[str]) -> LogConfig:
 def parse_migrate_args(argv: Sequence[str], environ: Mapping[str, str]) -> MigrateConfig:
     """Options of `parsec backend migrate` -> MigrateConfig. Raises ConfigError / HelpRequested."""
     command_line = _tokenize(MIGRATE_OPTIONS, _all_tokens(argv, environ))
-    given: set[str] = set()
+    given: dict[str, str] = {}
     values = _resolve(MIGRATE_OPTIONS, command_line, environ, given)
     return MigrateConfig(
         db_url=values["db"],
