@@ -1,6 +1,6 @@
 """The two front-ends as processes: logging in our format under twistd, signals, exit statuses,
 busy port, migrate. They run through launcher.py with a stand-in service tree (the server
-itself is tested elsewhere); the last tests use the real parsec.service when it exists."""
+itself is tested elsewhere); the last test uses the real parsec.service."""
 
 from __future__ import annotations
 
