@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 from parsec.blockstore.config import BlockStoreConfig, MockedBlockStoreConfig
+from parsec.limits import Limits
 
 
 class ConfigError(Exception):
@@ -114,6 +115,11 @@ class BackendConfig:
     # (header name lower-cased, exact expected value)
     forward_proto_enforce_https: tuple[str, str] | None = None
     debug: bool = False
+    # Every bound on what a peer can make the server spend (parsec.limits).
+    limits: Limits = attrs.field(factory=Limits)
+    # Addresses (or networks, e.g. 10.0.0.0/8) of reverse proxies whose X-Forwarded-For
+    # names the client: only then is that header believed (per-address connection cap).
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def db_type(self) -> str:
