@@ -33,6 +33,7 @@ from parsec.backend.models import Device, RealmGrant, User
 from parsec.backend.storage import Storage, StorageError
 from parsec.config import BackendConfig
 from parsec.storage.memory import build_memory_storage
+from parsec.storage.postgresql.events import PostgreSQLEventBus
 from parsec.storage.postgresql.factory import build_postgresql_storage
 from tests.support import CountingPool
 
@@ -124,16 +125,21 @@ class Backend:
     storage: Storage
     recorder: Recorder
     pool: CountingPool | None = None  # PostgreSQL: the storage's pool
+    listening: PostgreSQLEventBus | None = None  # PostgreSQL: its bus
 
 
 async def start_postgresql_backend(pool: CountingPool) -> Backend:
-    """The PostgreSQL storage on `pool` (started: schema checked, listening); `stop_backend` it."""
+    """The PostgreSQL storage on `pool` (started: schema checked) and its bus (listening), as
+    the service tree starts them; `stop_backend` them."""
     storage, bus, _ = build_postgresql_storage(BackendConfig(db_url=pool.dsn), reactor=reactor, pool=pool)
     await storage.start()
-    return Backend("postgresql", storage, Recorder(bus), pool)
+    await bus.start()
+    return Backend("postgresql", storage, Recorder(bus), pool, bus)
 
 
 async def stop_backend(backend: Backend) -> None:
+    if backend.listening is not None:
+        await backend.listening.stop()
     await backend.storage.stop()
 
 
