@@ -15,8 +15,7 @@ from uuid import UUID
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
-from parsec.backend.realm import error_reply
+from parsec.backend.command import AuthenticatedContext, Reply, api, error_reply, ok, status
 from parsec.backend.storage import (
     AlreadyExistsError,
     BlockNotFoundError,

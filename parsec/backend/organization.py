@@ -16,7 +16,7 @@ from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
     api,
-    bad_timestamp,
+    certificate_error_reply,
     not_admin,
     ok,
     status,
@@ -163,10 +163,7 @@ class OrganizationComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            if exc.status == "bad_timestamp":
-                assert exc.client_timestamp is not None
-                return bad_timestamp(exc.client_timestamp, now)
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         user_cert, device_cert = validated.user, validated.device
         redacted_user = validated.redacted_user_certificate
         redacted_device = validated.redacted_device_certificate

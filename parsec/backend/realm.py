@@ -8,41 +8,27 @@ in the order docs/protocol/events.md gives.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from parsec.api import certificates as certs
+from parsec.api.ballpark import timestamp_in_ballpark
 from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
     api,
     bad_timestamp,
+    certificate_error_reply,
+    error_reply,
     ok,
-    require_greater_timestamp,
     status,
-    timestamp_in_ballpark,
-    uuid_hex,
 )
 from parsec.backend.models import RealmGrant
 from parsec.backend.storage import (
     AlreadyExistsError,
-    AlreadyGrantedError,
-    BadEncryptionRevisionError,
-    BadVersionError,
     IncompatibleProfileError,
-    InMaintenanceError,
-    MaintenanceError,
-    NotAllowedError,
-    NotInMaintenanceError,
-    ParticipantsMismatchError,
-    RealmNotFoundError,
     RealmStorage,
-    RequireGreaterTimestampError,
     StorageError,
     UserNotFoundError,
-    UserRevokedError,
-    VlobNotFoundError,
 )
 
 if TYPE_CHECKING:
@@ -50,60 +36,6 @@ if TYPE_CHECKING:
 
 OUTSIDER_CANNOT_SHARE = "Outsider user cannot share realm"
 INCOMPATIBLE_PROFILE = "User with OUTSIDER profile cannot be MANAGER or OWNER"
-PARTICIPANTS_MISMATCH = "Realm participants and message recipients mismatch"
-REENCRYPTION_NOT_OVER = "Reencryption operations are not over"
-
-# Errors whose reply is the bare status, whatever the command.
-_BARE_STATUS: dict[type[StorageError], str] = {
-    NotAllowedError: "not_allowed",
-    InMaintenanceError: "in_maintenance",
-    BadEncryptionRevisionError: "bad_encryption_revision",
-    BadVersionError: "bad_version",
-    UserRevokedError: "user_revoked",
-    AlreadyGrantedError: "already_granted",
-}
-
-
-def realm_not_found(realm_id: UUID) -> Reply:
-    return status("not_found", f"Realm `{uuid_hex(realm_id)}` doesn't exist")
-
-
-def vlob_not_found(vlob_id: UUID) -> Reply:
-    return status("not_found", f"Vlob `{uuid_hex(vlob_id)}` doesn't exist")
-
-
-def not_in_maintenance(realm_id: UUID) -> Reply:
-    return status("not_in_maintenance", f"Realm `{uuid_hex(realm_id)}` not under maintenance")
-
-
-def error_reply(exc: StorageError, *, realm_id: UUID | None = None, vlob_id: UUID | None = None) -> Reply:
-    """The usual reply for a storage rule violation. Commands handle their quirks (e.g.
-    `not_allowed` for an unknown realm in vlob_create) before calling this. An error the
-    command cannot produce is re-raised (a bug, logged by the transport)."""
-    if isinstance(exc, RequireGreaterTimestampError):
-        return require_greater_timestamp(exc.strictly_greater_than)
-    if isinstance(exc, RealmNotFoundError) and realm_id is not None:
-        return realm_not_found(realm_id)
-    if isinstance(exc, VlobNotFoundError) and vlob_id is not None:
-        return vlob_not_found(vlob_id)
-    if isinstance(exc, NotInMaintenanceError) and realm_id is not None:
-        return not_in_maintenance(realm_id)
-    if isinstance(exc, MaintenanceError):
-        return status("maintenance_error", REENCRYPTION_NOT_OVER)
-    if isinstance(exc, ParticipantsMismatchError):
-        return status("participants_mismatch", PARTICIPANTS_MISMATCH)
-    name = _BARE_STATUS.get(type(exc))
-    if name is None:
-        raise exc
-    return status(name)
-
-
-def certificate_error_reply(exc: certs.CertificateValidationError, now: datetime) -> Reply:
-    if exc.status == certs.BAD_TIMESTAMP:
-        assert exc.client_timestamp is not None
-        return bad_timestamp(exc.client_timestamp, exc.backend_timestamp or now)
-    return status(exc.status, exc.reason)
-
 
 def _grant(cert: certs.RealmRoleCertificate, raw: bytes) -> RealmGrant:
     return RealmGrant(
@@ -137,7 +69,7 @@ class RealmComponent:
                 initial=initial,
             )
         except certs.CertificateValidationError as exc:
-            return certificate_error_reply(exc, now)
+            return certificate_error_reply(exc)
 
     # ---- creation and read-only commands -----------------------------------------------------
 

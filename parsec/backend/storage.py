@@ -20,6 +20,7 @@ from uuid import UUID
 
 import attrs
 
+from parsec.api.ids import format_human_handle
 from parsec.backend.conduit import ConduitListenCtx
 from parsec.backend.models import (
     AuthenticatedIdentity,
@@ -57,6 +58,12 @@ class NotFoundError(StorageError):
 
 class AlreadyExistsError(StorageError):
     pass
+
+
+def human_handle_taken_reason(handle: HumanHandle) -> str:
+    """The reason of the AlreadyExistsError of a user creation whose human handle (e-mail) is
+    held by a user not revoked (the reply's reason text)."""
+    return f"Human handle `{format_human_handle(handle)}` already corresponds to a non-revoked user"
 
 
 class AlreadyBootstrappedError(StorageError):
@@ -307,7 +314,8 @@ class InviteStorage(Protocol):
         created_on: datetime,
     ) -> Invitation:
         """The pending (not deleted) invitation of this greeter, type and claimer e-mail if any
-        (idempotent), else a new one with a fresh token. A USER invitation whose claimer e-mail
+        (idempotent), else a new one with a fresh token. `greeter_human_handle` is the greeter
+        user's own (what `info` and `list` give back may be read from the user). A USER invitation whose claimer e-mail
         belongs to a user not revoked at `created_on` raises AlreadyMemberError. Publishes
         `invite.status_changed` IDLE (created or reused)."""
 

@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from parsec.api import certificates as certs
-from parsec.api.ids import format_human_handle
-from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+from parsec.backend.command import AuthenticatedContext, Reply, api, certificate_error_reply, ok, status
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
     ActiveUsersLimitReachedError,
@@ -115,7 +114,7 @@ class UserComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         user, device = user_from_certificates(validated, req, ctx.device_id)
         refused = await self.check_outsider_allowed(ctx.organization_id, user.profile)
         return refused if refused is not None else (user, device)
@@ -147,7 +146,7 @@ class UserComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         device_cert = validated.device
         device = Device(
             device_id=device_cert.device_id,
@@ -177,7 +176,7 @@ class UserComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         try:
             await self._storage.revoke_user(
                 ctx.organization_id,
@@ -216,7 +215,3 @@ class UserComponent:
             per_page=req["per_page"],
             total=total,
         )
-
-
-def human_handle_taken_reason(handle: tuple[str, str]) -> str:
-    return f"Human handle `{format_human_handle(handle)}` already corresponds to a non-revoked user"

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from parsec.api.ballpark import timestamp_in_ballpark
 from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
     api,
     bad_timestamp,
+    error_reply,
     ok,
     status,
-    timestamp_in_ballpark,
 )
 from parsec.backend.models import ReencryptionBatchEntry
-from parsec.backend.realm import error_reply
 from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError, StorageError, VlobStorage
 
 if TYPE_CHECKING:

@@ -171,8 +171,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         super().connectionMade()
         # Until the handshake succeeds, a few KiB at most (docs/protocol/handshake.md).
         self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.handshake_bytes
-        # A TCP or TLS transport (both producers and consumers), under the listener's guard.
-        transport: Any = self.transport
+        transport: Any = self.transport  # a TCP/TLS transport: also a consumer and a producer
         assert transport is not None
         # The HTTP channel that answered the upgrade was the transport's producer: we are now.
         transport.unregisterProducer()
@@ -219,7 +218,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             len(self._incoming) >= limits.pipeline_requests or self._incoming_bytes >= limits.pipeline_bytes
         )
         pause = (full or self._output_blocked) and self._state != _CLOSED
-        transport: Any = self.transport  # a producer (see connectionMade)
+        transport: Any = self.transport  # a TCP/TLS transport: also a producer
         if pause == self._reading_paused or transport is None:
             return
         self._reading_paused = pause
@@ -283,6 +282,13 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._state = _CLOSED
         self._cancel_deadline()
+        # Autobahn cancels its close-handshake timer only when the peer answers our Close: a
+        # peer that just drops the connection would leave it pending for seconds, holding
+        # this protocol (found by the reactor-clean check of the tests).
+        pending: Any = self.closeHandshakeTimeoutCall  # Autobahn annotates it None
+        if pending is not None:
+            pending.cancel()
+            self.closeHandshakeTimeoutCall = None
         self.factory.connections.discard(self)
         self._incoming.clear()
         self._incoming_bytes = 0

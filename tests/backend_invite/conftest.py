@@ -18,7 +18,6 @@ against the reply schemas of its command (`parsec.api.protocol.validate_reply`).
 from __future__ import annotations
 
 import inspect
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -277,9 +276,3 @@ async def smtp_server_factory(pki: ThrowawayPKI) -> AsyncIterator[Callable[..., 
     assert not problems, problems
 
 
-@pytest.fixture
-def closed_port() -> int:
-    """A 127.0.0.1 port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -335,9 +335,9 @@ async def test_listener_with_no_retry_gives_up_at_once(pool: PostgreSQLPool) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_listener_survives_a_database_restart(own_cluster: PgCluster) -> None:
+async def test_listener_survives_a_database_restart(restartable_pg_cluster: PgCluster) -> None:
     org = "RestartOrg"
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=2, max_connection_attempts=1)
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=2, max_connection_attempts=1)
     await pool.start()
     hooks = Hooks()
     bus = hooks.bus(pool, max_connection_attempts=10_000, pause_before_retry=0.02)
@@ -346,10 +346,10 @@ async def test_listener_survives_a_database_restart(own_cluster: PgCluster) -> N
     bus.connect(recorder)
     try:
         old_pid = bus.listener_pid
-        own_cluster.stop()
+        restartable_pg_cluster.stop()
         await hooks.wait("lost")
         assert not bus.is_listening
-        own_cluster.start()
+        restartable_pg_cluster.start()
         await hooks.wait("reconnected")
         assert hooks.calls == ["lost", "reconnected"]
         assert bus.listener_pid not in (None, old_pid)
@@ -362,14 +362,14 @@ async def test_listener_survives_a_database_restart(own_cluster: PgCluster) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_listener_gives_up_after_n_attempts(own_cluster: PgCluster) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
+async def test_listener_gives_up_after_n_attempts(restartable_pg_cluster: PgCluster) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
     await pool.start()
     hooks = Hooks()
     bus = hooks.bus(pool, max_connection_attempts=3, pause_before_retry=0.01)
     await bus.start()
     try:
-        own_cluster.stop()
+        restartable_pg_cluster.stop()
         await hooks.wait("gave_up")
         assert hooks.calls == ["lost", "gave_up"]
         assert "cannot connect" in str(hooks.gave_up[0])
@@ -379,13 +379,13 @@ async def test_listener_gives_up_after_n_attempts(own_cluster: PgCluster) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_during_reconnection(own_cluster: PgCluster) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
+async def test_stop_during_reconnection(restartable_pg_cluster: PgCluster) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
     await pool.start()
     hooks = Hooks()
     bus = hooks.bus(pool, max_connection_attempts=10_000, pause_before_retry=0.01)
     await bus.start()
-    own_cluster.stop()
+    restartable_pg_cluster.stop()
     await hooks.wait("lost")
     await bus.stop()  # cancels the reconnection loop: no hook fires afterwards
     await pool.close()

@@ -33,8 +33,8 @@ from parsec.backend.storage import (
     AlreadyRevokedError,
     NotFoundError,
     Unset,
+    human_handle_taken_reason,
 )
-from parsec.backend.user import human_handle_taken_reason
 
 # As the PostgreSQL storage's BIGINT column: the admin API (and the CLI default) accept any
 # int >= 0, but `organization_config` must be able to send it back in msgpack. Any larger

@@ -31,8 +31,8 @@ from parsec.backend.storage import (
     AlreadyRevokedError,
     NotFoundError,
     UnstorableValueError,
+    human_handle_taken_reason,
 )
-from parsec.backend.user import human_handle_taken_reason
 from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.events import Notify
 from parsec.storage.postgresql.pool import PostgreSQLPool
