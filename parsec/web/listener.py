@@ -154,6 +154,10 @@ class HttpGuard(ProtocolWrapper):
         self._cancel_deadline()
         super().connectionLost(reason)
 
+    def upgraded(self) -> None:
+        """The connection now speaks websocket: the HTTP channel is done with, let it go."""
+        self._channel = None
+
     def request_received(self) -> None:
         """The channel has the whole request: the request deadline no longer applies."""
         self._cancel_deadline()

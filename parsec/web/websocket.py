@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import contextvars
 import struct
-from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -64,6 +64,7 @@ CLOSE_POLICY_VIOLATION = 1008
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
 
 _T = TypeVar("_T")
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _SHORT_FRAME = struct.Struct("!BBH")
 _LONG_FRAME = struct.Struct("!BBQ")
 
@@ -149,7 +150,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._state = _HANDSHAKE
         self._hs: ServerHandshake | None = None
         self._ctx: ClientContext | None = None
-        self._incoming: deque[bytes] = deque()
+        # A list, not a deque: it holds at most `pipeline_requests` (8) messages, and an idle
+        # connection's empty deque would take 624 bytes against 56.
+        self._incoming: list[bytes] = []
         self._incoming_bytes = 0
         self._current: defer.Deferred[Any] | None = None
         self._current_cancellable = False
@@ -251,6 +254,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
     def onOpen(self) -> None:
+        # The upgrade request is done with: what Autobahn parsed of it, and the HTTP channel and
+        # request the listener's guard still holds (over 2 KiB per idle connection).
+        self.http_request_data = b""
+        self.http_headers = _NO_HEADERS
+        if isinstance(self.transport, HttpGuard):
+            self.transport.upgraded()
         try:
             self.factory.connections.add(self)
             self._hs = ServerHandshake()
@@ -332,6 +341,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._state == _CLOSED or self.state != self.STATE_OPEN:
             return
         self._cancel_deadline()
+        self._hs = None  # its challenge is answered
         ctx.close = self._server_close
         app.register(ctx)
         self._ctx = ctx
@@ -357,7 +367,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._running = True
         while self._incoming and self._state == _READY and not self._output_blocked:
-            payload = self._incoming.popleft()
+            payload = self._incoming.pop(0)
             self._incoming_bytes -= len(payload)
             try:
                 pending = self._start(payload)
