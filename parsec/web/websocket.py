@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import contextvars
 import struct
-from collections.abc import Coroutine, Generator, Mapping
-from types import MappingProxyType
+from collections.abc import Coroutine, Generator
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -64,7 +64,6 @@ CLOSE_POLICY_VIOLATION = 1008
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
 
 _T = TypeVar("_T")
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _SHORT_FRAME = struct.Struct("!BBH")
 _LONG_FRAME = struct.Struct("!BBQ")
 
@@ -257,9 +256,10 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # The upgrade request is done with: what Autobahn parsed of it, and the HTTP channel and
         # request the listener's guard still holds (over 2 KiB per idle connection).
         self.http_request_data = b""
-        self.http_headers = _NO_HEADERS
-        if isinstance(self.transport, HttpGuard):
-            self.transport.upgraded()
+        self.http_headers = {}
+        guard: Any = self.transport
+        if isinstance(guard, HttpGuard):
+            guard.upgraded()
         try:
             self.factory.connections.add(self)
             self._hs = ServerHandshake()
@@ -527,6 +527,8 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             # §3); validating its UTF-8 first would make Autobahn drop the connection instead.
             utf8validateIncoming=False,
         )
+        self.protocol = _with_options(ParsecServerProtocol, self)
+
 
     async def close_all(self, grace: float = 5.0, timeout: float = 5.0) -> None:
         """Shutdown: drain every connection (requests get `grace` seconds), then wait for the
@@ -548,3 +550,21 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         except defer.TimeoutError:
             for proto in list(self.connections):
                 proto.dropConnection(abort=True)
+
+
+def _with_options(protocol: type[ParsecServerProtocol], factory: WebSocketServerFactory) -> Any:
+    """`protocol` with the factory's options as class attributes, and none to copy.
+
+    On every connection Autobahn copies each of its options (`CONFIG_ATTRS`, ~40) from the
+    factory into the new protocol's `__dict__`, then pretty-prints them all (`pformat`) for a
+    debug line its logger drops: a third of the CPU of a `connect` (cProfile) and about 1.5 KiB
+    per connection. Options held once by the class, with nothing listed to copy, read the
+    same. tests/transport/test_autobahn_shortcuts.py fails if Autobahn changes how it copies.
+    """
+    options: dict[str, Any] = {}
+    for name in protocol.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        # A function as a class attribute would become a method: keep it a plain function.
+        options[name] = staticmethod(value) if isinstance(value, FunctionType) else value
+    options["CONFIG_ATTRS"] = ()
+    return type(protocol.__name__, (protocol,), options)

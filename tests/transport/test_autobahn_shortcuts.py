@@ -13,7 +13,7 @@ import inspect
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from parsec.web.websocket import ParsecServerProtocol
+from parsec.web.websocket import ParsecServerProtocol, ParsecWebSocketFactory
 
 
 def _body(function: object) -> str:
@@ -56,3 +56,21 @@ def test_the_shortcuts_are_in_use() -> None:
     begin = _body(WebSocketProtocol.onMessageBegin)
     assert "self.message_is_binary = isBinary" in begin
     assert "self.message_data" in begin
+
+
+def test_connection_made_copies_only_the_listed_options() -> None:
+    body = _body(WebSocketProtocol._connectionMade)
+    assert "for configAttr in self.CONFIG_ATTRS:" in body
+    assert "if not hasattr(self, configAttr):" in body
+    assert "setattr(self, configAttr, getattr(self.factory, configAttr))" in body
+
+
+def test_the_factory_protocol_holds_the_options() -> None:
+    factory = ParsecWebSocketFactory(app=None)  # type: ignore[arg-type]  # never connected
+    protocol_class = factory.protocol
+    assert issubclass(protocol_class, ParsecServerProtocol)
+    assert protocol_class.CONFIG_ATTRS == ()
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        assert getattr(protocol_class(), name) == getattr(factory, name), name
+    # A function option stays a plain function, as it is on the factory.
+    assert protocol_class().perMessageCompressionAccept([]) is None
