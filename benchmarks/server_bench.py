@@ -48,7 +48,7 @@ Then, unless `--no-connections`, ours alone: `idle10k` (`--many-conns`, 10,000 i
 authenticated event listeners from 80 loopback addresses, while 16 clients ping: the ping p99
 against the same server idle) and, unless `--no-scale`, `scale`: N instances (`--scale 1,2`)
 of ours on one listening socket handed over by socket activation (`--listen
-systemd:domain=INET:index=0`; reported as pending when the server has no `--listen`), on
+systemd:domain=INET:name=parsec`; reported as pending when the server has no `--listen`), on
 PostgreSQL, with the ping and vlob_read workloads.
 
 Printed per server and workload: operations/s, p50 and p99 latency, server CPU per operation
@@ -111,6 +111,7 @@ except ImportError:  # pragma: no cover - depends on how autobahn was built
 
 ADMIN_TOKEN = "s3cr3t"
 ORG_ID = "BenchOrg"
+IDLE_ORG_ID = "BenchIdle"  # the idle listeners' organization: no event of the workloads reaches them
 START_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 KiB = 1024
@@ -396,12 +397,12 @@ class Organization:
     other_device: LocalDevice | None = None  # same user, another device (events workload)
 
 
-def bootstrap_organization(port: int) -> Organization:
+def bootstrap_organization(port: int, organization_id: str = ORG_ID) -> Organization:
     status, body = http_request(
         port,
         "POST",
         "/administration/organizations",
-        json.dumps({"organization_id": ORG_ID}).encode(),
+        json.dumps({"organization_id": organization_id}).encode(),
         {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
     )
     if status != 200:
@@ -419,12 +420,12 @@ def bootstrap_organization(port: int) -> Organization:
         **blobs.as_request(),
     }
     status, body = http_request(
-        port, "POST", f"/anonymous/{ORG_ID}", packb(request), {"Content-Type": "application/msgpack"}
+        port, "POST", f"/anonymous/{organization_id}", packb(request), {"Content-Type": "application/msgpack"}
     )
     reply = unpackb(body) if body else {}
     if status != 200 or reply.get("status") != "ok":
         raise RuntimeError(f"organization_bootstrap: HTTP {status} {reply}")
-    return Organization(ORG_ID, root_key, device)
+    return Organization(organization_id, root_key, device)
 
 
 async def add_second_device(port: int, org: Organization) -> None:
@@ -685,8 +686,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("vlob_update", PARSEC, ALL_STORAGES, "conns", "request"),
         Workload("vlob_read", PARSEC, ALL_STORAGES, "conns", "request"),
         Workload("block_create_4k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
-        Workload("block_create_512k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
+        # Reads before the 512 KiB creations, which fill the memory storage with blocks.
         Workload("block_read_512k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
+        Workload("block_create_512k", PARSEC, (*ALL_STORAGES, "s3"), "block_conns", "request"),
         Workload("uploads_512k_x16", PARSEC, ("postgresql", "s3"), "upload_conns", "request"),
         Workload("events", PARSEC, ALL_STORAGES, "conns", "event"),
         Workload("connect", PARSEC, ALL_STORAGES, "conns", "connection"),
@@ -1101,8 +1103,9 @@ async def open_idle(target: Target, count: int) -> list[WsClientProtocol]:
                 await asyncio.gather(*(ws_connect(target.port, next(addresses)) for _ in range(start, min(count, start + 200))))
             )
         return conns
-    assert target.org is not None
-    conns = await open_connections(target.port, target.org, count, device=target.org.other_device, source_list=IDLE_SOURCES)
+    # Their own organization: the pings of the active clients are not events of theirs.
+    assert target.idle_org is not None
+    conns = await open_connections(target.port, target.idle_org, count, source_list=IDLE_SOURCES)
     subscribe = packb({"cmd": "events_subscribe"})
     listen = packb({"cmd": "events_listen", "wait": True})
     for start in range(0, count, 500):
@@ -1462,6 +1465,7 @@ class Target:
     dsn: str | None = None
     probes: Probes | None = None
     org: Organization | None = None
+    idle_org: Organization | None = None  # for the idle connections
     broken: bool = False  # stalled or died: no more phases
 
     @property
@@ -1519,6 +1523,7 @@ async def start_target(
         if name != "echo":
             target.org = await asyncio.to_thread(bootstrap_organization, port)
             await add_second_device(port, target.org)
+            target.idle_org = await asyncio.to_thread(bootstrap_organization, port, IDLE_ORG_ID)
         print(f"  {name} up in {time.monotonic() - started:.1f} s (port {port}, pid {server.pid})", flush=True)
     except Exception as exc:
         target.result.error = f"{type(exc).__name__}: {exc}"
@@ -1812,14 +1817,18 @@ async def run_scale(args: argparse.Namespace, work_dir: Path) -> list[RunResult]
                 for index in range(count):
                     private = free_port()
                     # systemd's protocol: the socket is fd 3, LISTEN_FDS=1, LISTEN_PID = the
-                    # server's own pid (hence the shell, which execs into it).
+                    # server's own pid (hence the shell, which execs into it), its name in
+                    # LISTEN_FDNAMES.
                     command = [
                         str(args.ours_bin / "twistd"), "-n", "--pidfile=", "parsec", "--dev",
-                        "--listen", "systemd:domain=INET:index=0",
+                        "--listen", "systemd:domain=INET:name=parsec",
                         "--listen", f"tcp:{private}:interface=127.0.0.1",
                         "--db", dsn, "--blockstore", "POSTGRESQL", *shlex.split(args.ours_args),
                     ]
-                    shell = f"export LISTEN_PID=$$ LISTEN_FDS=1; exec {shlex.join(command)} 3<&{listener.fileno()}"
+                    shell = (
+                        f"export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=parsec; "
+                        f"exec {shlex.join(command)} 3<&{listener.fileno()}"
+                    )
                     spec = ServerSpec("ours", ["/bin/sh", "-c", shell], None, pass_fds=(listener.fileno(),))
                     server = ServerProcess(spec, private, work_dir / f"ours-scale-{count}-{index}.log", None)
                     target.servers.append(server)
