@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 from parsec.blockstore.config import BlockStoreConfig, MockedBlockStoreConfig
+from parsec.limits import Limits
 
 
 class ConfigError(Exception):
@@ -114,6 +115,8 @@ class BackendConfig:
     # (header name lower-cased, exact expected value)
     forward_proto_enforce_https: tuple[str, str] | None = None
     debug: bool = False
+    # Every bound on what a peer can make the server spend (parsec.limits).
+    limits: Limits = attrs.field(factory=Limits)
 
     @property
     def db_type(self) -> str:

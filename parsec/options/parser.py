@@ -34,11 +34,13 @@ from parsec.config import (
     MigrateConfig,
     ServerConfig,
 )
+from parsec.limits import with_values
 from parsec.options.table import (
     CMD_ARGS_ENV,
     DEFAULT_PORT,
     DEV_EMAIL_SENDER,
     DEV_VALUES,
+    LIMIT_OPTIONS,
     MIGRATE_OPTIONS,
     RUN_OPTIONS,
     Option,
@@ -286,6 +288,7 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         ],
         forward_proto_enforce_https=values["forward_proto_enforce_https"],
         debug=values["debug"],
+        limits=with_values({option.dest: values[option.dest] for option in LIMIT_OPTIONS}),
     )
     listen = ListenConfig(
         host=values["host"],

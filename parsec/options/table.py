@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from parsec import limits
 from parsec.config import BackendAddr, ConfigError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DEV_ADMINISTRATION_TOKEN",
     "DEV_EMAIL_SENDER",
     "DEV_VALUES",
+    "LIMIT_OPTIONS",
     "MIGRATE_OPTIONS",
     "RUN_OPTIONS",
     "Option",
@@ -224,6 +226,29 @@ def _log_options() -> tuple[Option, ...]:
     )
 
 
+def _limit_options() -> tuple[Option, ...]:
+    """One option per tunable row of the table of limits (`parsec.limits`); its dest is the
+    limit's name."""
+    options = []
+    for limit in limits.tunable():
+        assert limit.option is not None and limit.env is not None
+        is_int = isinstance(limit.default, int)
+        options.append(
+            Option(
+                limit.option,
+                limit.name,
+                limit.meaning[:1].upper() + limit.meaning[1:],
+                _int_parser(0) if is_int else _float_parser(0.0),
+                env=(limit.env,),
+                default=limit.default,
+                metavar="INTEGER" if is_int else "SECONDS" if limit.unit == "seconds" else "NUMBER",
+            )
+        )
+    return tuple(options)
+
+
+LIMIT_OPTIONS: tuple[Option, ...] = _limit_options()
+
 _DEBUG_HELP = "Debug mode: detailed `server` header, tracebacks for start-up and configuration errors"
 
 RUN_OPTIONS: tuple[Option, ...] = (
@@ -295,6 +320,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=1.0,
         metavar="SECONDS",
     ),
+    *LIMIT_OPTIONS,
     Option(
         "--blockstore",
         "blockstore",
