@@ -114,6 +114,7 @@ class ParsecService(service.MultiService):
             self.blockstore,
             send_email=self._send_email,
             webhook=self._webhook if config.backend.organization_bootstrap_webhook else None,
+            reactor=reactor,
         )
         self.app.ready = False
         self.ws_factory = ParsecWebSocketFactory(self.app)

@@ -9,6 +9,7 @@ overflow dropped) and at most one pending `events_listen(wait=true)`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,23 @@ class Subscription:
         self.queue: deque[Reply] = deque()
         self.realms: set[UUID] = set()
         self.waiter: defer.Deferred[Reply] | None = None
+        # While the user's realms load: the role changes heard meanwhile (realm -> role, None
+        # when removed), applied over the loaded set, which may predate them.
+        self.changes_while_loading: dict[UUID, str | None] | None = None
+
+    def role_changed(self, realm_id: UUID, role: str | None) -> None:
+        if self.changes_while_loading is not None:
+            self.changes_while_loading[realm_id] = role
+        if role is None:
+            self.realms.discard(realm_id)
+        else:
+            self.realms.add(realm_id)
+
+    def loaded(self, realms: Iterable[UUID]) -> None:
+        changes, self.changes_while_loading = self.changes_while_loading or {}, None
+        self.realms.update(realms)
+        for realm_id, role in changes.items():
+            self.role_changed(realm_id, role)
 
     def push(self, reply: Reply) -> None:
         if self.waiter is not None:
@@ -71,9 +89,12 @@ class EventsComponent:
         subs[ctx.conn_id] = sub
         ctx.events = sub
         # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
-        # current ones (events arriving meanwhile only add to the set).
+        # current ones. A change heard while they load may be newer than what the load saw
+        # (on PostgreSQL the load is a round trip): it is applied again over the loaded set,
+        # so a role removed meanwhile is not brought back.
+        sub.changes_while_loading = {}
         realms = await self._app.storage.realm.get_realms_for_user(ctx.organization_id, ctx.user_id)
-        sub.realms.update(realms)
+        sub.loaded(realms)
         return ok()
 
     @api("events_listen", cancellable=True)
@@ -119,10 +140,7 @@ class EventsComponent:
                     )
             elif name == "realm.roles_updated":
                 if data["user"] == ctx.user_id:
-                    if data["role"] is None:
-                        sub.realms.discard(data["realm_id"])
-                    else:
-                        sub.realms.add(data["realm_id"])
+                    sub.role_changed(data["realm_id"], data["role"])
                     sub.push(ok(event="realm.roles_updated", realm_id=data["realm_id"], role=data["role"]))
             elif name == "realm.vlobs_updated":
                 if data["author"] != ctx.device_id and data["realm_id"] in sub.realms:

@@ -93,6 +93,10 @@ class VlobNotFoundError(NotFoundError):
     pass
 
 
+class BlockClaimedError(StorageError):
+    """Another device is creating this block id (its claim has not expired)."""
+
+
 class BlockNotFoundError(NotFoundError):
     pass
 
@@ -419,12 +423,28 @@ class VlobStorage(Protocol):
 
 
 class BlockStorage(Protocol):
-    """Block metadata. The bytes live in the blockstore, written between `check_create` and
-    `record_create` (never inside a storage transaction)."""
+    """Block metadata. The bytes live in the blockstore, written between `claim_create` and
+    `record_create` (never inside a storage transaction).
 
-    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
-        """Raises RealmNotFoundError, InMaintenanceError, NotAllowedError, AlreadyExistsError
-        (block id used in the organization)."""
+    A block id is claimed before its bytes are written, so that two creations of one id never
+    both write: of two racing uploads, one writes and records, the other is refused (every
+    `ok` is given on the bytes its writer sent). A claim ends when its creation is recorded or
+    refused; a claim left by a failed write (or a crashed server) holds until it expires, but
+    the device that made it may claim the id again at once (a retry)."""
+
+    async def claim_create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        block_id: UUID,
+        now: datetime,
+        claim_seconds: float,
+    ) -> UUID:
+        """Check the rules and claim `block_id` for `author` (a device): returns the claim.
+        Raises RealmNotFoundError, InMaintenanceError, NotAllowedError, AlreadyExistsError
+        (block id used in the organization), BlockClaimedError (another device claimed it
+        less than `claim_seconds` ago)."""
 
     async def record_create(
         self,
@@ -434,9 +454,12 @@ class BlockStorage(Protocol):
         block_id: UUID,
         size: int,
         created_on: datetime,
+        claim: UUID,
     ) -> None:
-        """Record the metadata once the bytes are written. Raises AlreadyExistsError when a
-        concurrent creation of the same id won the race, RealmNotFoundError."""
+        """Record the metadata once the bytes are written, if the author is still allowed
+        (realm not in maintenance, write role: re-checked in the recording statement), and end
+        the claim either way. Raises RealmNotFoundError, InMaintenanceError, NotAllowedError,
+        AlreadyExistsError, BlockClaimedError (the claim expired and another device took it)."""
 
     async def check_read(self, organization_id: str, user_id: str, block_id: UUID) -> None:
         """Raises BlockNotFoundError, InMaintenanceError, NotAllowedError."""

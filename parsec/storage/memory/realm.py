@@ -8,8 +8,8 @@ awaiting anything in between: in a single-threaded reactor that makes every meth
 
 from __future__ import annotations
 
-from datetime import datetime
-from uuid import UUID
+from datetime import datetime, timedelta
+from uuid import UUID, uuid4
 
 import attrs
 
@@ -26,7 +26,7 @@ from parsec.backend.models import (
     VlobWrite,
 )
 from parsec.backend.realm_rules import RealmState, RoleUpdateFacts
-from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError
+from parsec.backend.storage import AlreadyExistsError, BlockClaimedError
 from parsec.storage.memory.organization import MemoryDatastore, OrgData
 
 REALM_DOMAIN = "realm"
@@ -58,6 +58,13 @@ class _Block:
     author: str
     size: int
     created_on: datetime
+
+
+@attrs.frozen
+class _BlockClaim:
+    claim: UUID
+    author: str  # device id
+    claimed_on: datetime
 
 
 @attrs.define
@@ -118,6 +125,7 @@ class MemoryRealmState:
         self.realms: dict[UUID, _Realm] = {}
         self.vlobs: dict[UUID, _Vlob] = {}  # vlob ids are unique per organization
         self.blocks: dict[UUID, _Block] = {}
+        self.block_claims: dict[UUID, _BlockClaim] = {}  # block creations in progress
         self.metadata_size = 0  # every stored vlob atom, re-encrypted copies included
 
     def stats(self) -> tuple[int, int, int]:
@@ -466,10 +474,24 @@ class MemoryVlobStorage(_Base):
 
 
 class MemoryBlockStorage(_Base):
-    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
+    async def claim_create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        block_id: UUID,
+        now: datetime,
+        claim_seconds: float,
+    ) -> UUID:
         data = self._realms(organization_id)
         realm = data.realms.get(realm_id)
         rules.check_block_create(_state(realm), _role(realm, user_of(author)), block_id in data.blocks)
+        held = data.block_claims.get(block_id)
+        if held is not None and held.author != author and held.claimed_on + timedelta(seconds=claim_seconds) > now:
+            raise BlockClaimedError()
+        claim = uuid4()
+        data.block_claims[block_id] = _BlockClaim(claim, author, now)
+        return claim
 
     async def record_create(
         self,
@@ -479,13 +501,18 @@ class MemoryBlockStorage(_Base):
         block_id: UUID,
         size: int,
         created_on: datetime,
+        claim: UUID,
     ) -> None:
         data = self._realms(organization_id)
+        held = data.block_claims.get(block_id)
+        if held is None or held.claim != claim:
+            if block_id in data.blocks:
+                raise AlreadyExistsError()
+            raise BlockClaimedError()
+        del data.block_claims[block_id]
         realm = data.realms.get(realm_id)
-        if realm is None:
-            raise RealmNotFoundError()
-        if block_id in data.blocks:
-            raise AlreadyExistsError()
+        rules.check_block_create(_state(realm), _role(realm, user_of(author)), block_id in data.blocks)
+        assert realm is not None
         data.blocks[block_id] = _Block(realm_id, author, size, created_on)
         realm.blocks_size += size
 
