@@ -13,7 +13,6 @@ with a short fixed description: never a value of its own echoed back.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -189,19 +188,6 @@ DEFAULT = Limits()
 
 def tunable() -> list[Limit]:
     return [limit for limit in TABLE if limit.option is not None]
-
-
-def parse_value(limit: Limit, raw: str) -> int | float:
-    """The value of `limit`'s option or variable (ValueError with a short text)."""
-    text = raw.strip()
-    try:
-        value: int | float = int(text) if isinstance(limit.default, int) else float(text)
-    except ValueError:
-        kind = "an integer" if isinstance(limit.default, int) else "a number"
-        raise ValueError(f"{limit.option}: {kind} is expected") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{limit.option}: must be zero or more")
-    return value
 
 
 def with_values(values: Mapping[str, int | float | None], base: Limits = DEFAULT) -> Limits:

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from parsec import limits
 from parsec.blockstore.config import BlockStoreConfigError, parse_blockstore_params
 from parsec.config import (
     BackendConfig,
@@ -34,13 +35,11 @@ from parsec.config import (
     MigrateConfig,
     ServerConfig,
 )
-from parsec.limits import with_values
 from parsec.options.table import (
     CMD_ARGS_ENV,
     DEFAULT_PORT,
     DEV_EMAIL_SENDER,
     DEV_VALUES,
-    LIMIT_OPTIONS,
     MIGRATE_OPTIONS,
     RUN_OPTIONS,
     Option,
@@ -288,7 +287,7 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         ],
         forward_proto_enforce_https=values["forward_proto_enforce_https"],
         debug=values["debug"],
-        limits=with_values({option.dest: values[option.dest] for option in LIMIT_OPTIONS}),
+        limits=limits.with_values({limit.name: values.get(limit.name) for limit in limits.tunable()}),
     )
     listen = ListenConfig(
         host=values["host"],

@@ -22,7 +22,6 @@ __all__ = [
     "DEV_ADMINISTRATION_TOKEN",
     "DEV_EMAIL_SENDER",
     "DEV_VALUES",
-    "LIMIT_OPTIONS",
     "MIGRATE_OPTIONS",
     "RUN_OPTIONS",
     "Option",
@@ -226,11 +225,13 @@ def _log_options() -> tuple[Option, ...]:
     )
 
 
-def _limit_options() -> tuple[Option, ...]:
-    """One option per tunable row of the table of limits (`parsec.limits`); its dest is the
-    limit's name."""
+def _db_limit_options() -> tuple[Option, ...]:
+    """One option per tunable PostgreSQL row of the table of limits (`parsec.limits`); its
+    dest is the limit's name (the other rows are wired with the transport)."""
     options = []
     for limit in limits.tunable():
+        if not limit.name.startswith("db_"):
+            continue
         assert limit.option is not None and limit.env is not None
         is_int = isinstance(limit.default, int)
         options.append(
@@ -238,16 +239,14 @@ def _limit_options() -> tuple[Option, ...]:
                 limit.option,
                 limit.name,
                 limit.meaning[:1].upper() + limit.meaning[1:],
-                _int_parser(0) if is_int else _float_parser(0.0),
+                _int_parser(minimum=0) if is_int else _float_parser(minimum=0),
                 env=(limit.env,),
                 default=limit.default,
-                metavar="INTEGER" if is_int else "SECONDS" if limit.unit == "seconds" else "NUMBER",
+                metavar={"seconds": "SECONDS", "bytes": "BYTES"}.get(limit.unit, "N"),
             )
         )
     return tuple(options)
 
-
-LIMIT_OPTIONS: tuple[Option, ...] = _limit_options()
 
 _DEBUG_HELP = "Debug mode: detailed `server` header, tracebacks for start-up and configuration errors"
 
@@ -320,7 +319,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=1.0,
         metavar="SECONDS",
     ),
-    *LIMIT_OPTIONS,
+    *_db_limit_options(),
     Option(
         "--blockstore",
         "blockstore",

@@ -170,8 +170,8 @@ def _limit_case(limit: limits.Limit) -> tuple[str, str, str, Getter, Any]:
     return (limit.option, limit.env, str(value), lambda c: getattr(c.backend.limits, limit.name), value)
 
 
-# Every tunable row of the table of limits (parsec.limits) has its option.
-OPTION_CASES += [_limit_case(limit) for limit in limits.tunable()]
+# The PostgreSQL rows of the table of limits (parsec.limits) have their options.
+OPTION_CASES += [_limit_case(limit) for limit in limits.tunable() if limit.name.startswith("db_")]
 _FLAGS = {option.name for option in RUN_OPTIONS if option.flag}
 # Values needed alongside some cases (a non-MOCKED e-mail host needs a sender).
 _COMPANIONS = {"--email-host": {"PARSEC_EMAIL_SENDER": "p@mail.test"}}
