@@ -98,11 +98,14 @@ TABLE: tuple[Limit, ...] = (
     Limit("message_bytes", 64 * KiB, "bytes",
           "body of one message to a user (`recipient_message` of `realm_update_roles`, each "
           "value of `per_participant_message`); larger: `bad_message`"),
-    Limit("messages_per_reply", 128, "count",
-          "messages in one `message_get` reply; when more wait, `message.received` is raised "
-          "again for the user, so the client asks for the rest"),
-    Limit("message_reply_bytes", 8 * MiB, "bytes",
-          "message bodies in one `message_get` reply (same rule; one message is always sent)"),
+    Limit("pending_messages", 1000, "count",
+          "unread messages of one user (those after the highest offset its devices gave "
+          "`message_get`); a role change or re-encryption start that would add one more gets "
+          "`not_allowed`. A `message_get` reply holds at most this many (the next call gets "
+          "the rest)"),
+    Limit("pending_message_bytes", 8 * MiB, "bytes",
+          "bodies of the unread messages of one user, and of one `message_get` reply (same "
+          "rules; a reply always holds at least one message)"),
     Limit("enrollment_payload_bytes", 64 * KiB, "bytes",
           "each of a PKI enrollment's submitted blobs (payload, X.509 certificate, signature); "
           "larger: `bad_message`"),
@@ -169,8 +172,8 @@ class Limits:
     decompressed_bytes: int = _default("decompressed_bytes")
     ping_chars: int = _default("ping_chars")
     message_bytes: int = _default("message_bytes")
-    messages_per_reply: int = _default("messages_per_reply")
-    message_reply_bytes: int = _default("message_reply_bytes")
+    pending_messages: int = _default("pending_messages")
+    pending_message_bytes: int = _default("pending_message_bytes")
     enrollment_payload_bytes: int = _default("enrollment_payload_bytes")
     pending_enrollments: int = _default("pending_enrollments")
     event_queue_events: int = _default("event_queue_events")
