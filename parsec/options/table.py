@@ -363,6 +363,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=None,
         default_help="none",
         metavar="URL",
+        secret=True,  # often carries a token
     ),
     Option(
         "--organization-initial-active-users-limit",
