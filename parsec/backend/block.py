@@ -59,7 +59,7 @@ def _not_cancelled_by(outer_waiter: defer.Deferred[Reply]) -> defer.Deferred[Rep
     def forward(result: Reply | Failure) -> None:
         if abandoned:
             if isinstance(result, Failure):
-                if result.check(ConnectionError):
+                if isinstance(result.value, ConnectionError):
                     _log.warn("Block creation failed after its client left: {error}", error=result.getErrorMessage())
                 else:
                     _log.failure("Block creation failed after its client left", failure=result)
