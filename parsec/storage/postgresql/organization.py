@@ -83,7 +83,8 @@ _GET = PreparedStatement(
     f"SELECT {', '.join(ORGANIZATION_COLUMNS)} FROM organization WHERE organization_id = %(org)s"
 )
 
-_BOOTSTRAP_STATE = PreparedStatement(
+# Not PREPAREd: a bootstrap happens once per organization.
+_BOOTSTRAP_STATE = (
     "SELECT root_verify_key IS NOT NULL, bootstrap_token FROM organization WHERE organization_id = %(org)s"
 )
 
