@@ -5,12 +5,12 @@ How every statement applies `parsec.backend.realm_rules`: `parsec.storage.postgr
 A creation claims its block id (`block_claim`, migration 0002) before the bytes are written,
 and records the block with the statement that ends the claim (see `BlockStorage`):
 
-* the claim is one round trip of two statements (one implicit transaction). The first checks
-  the rules and inserts the claim, or takes over one of the same device or an expired one.
-  Its snapshot may predate the commit of a creation that just recorded this id (and ended its
-  claim): the second statement, whose snapshot follows the first's insert, sees that block
-  and withdraws the claim (AlreadyExistsError). Two claims of one id never coexist: the
-  primary key serializes them;
+* the claim is one round trip of two prepared statements (one implicit transaction). The
+  first checks the rules and inserts the claim, or takes over one of the same device or an
+  expired one. Its snapshot may predate the commit of a creation that just recorded this id
+  (and ended its claim): the second statement, whose snapshot follows the first's insert,
+  sees that block and withdraws the claim (AlreadyExistsError). Two claims of one id never
+  coexist: the primary key serializes them;
 * the record locks the realm row and the author's realm_user row (`FOR SHARE`: it waits for
   a role change or a maintenance start in progress and reads their result, without
   serializing the realm's other block creations), re-checks maintenance and role, ends the
@@ -27,7 +27,12 @@ from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
 from parsec.backend.storage import AlreadyExistsError, BlockClaimedError
 from parsec.storage.postgresql.connection import PreparedStatement
-from parsec.storage.postgresql.realm_common import PgRealmScopedStorage, RuleMismatchError, realm_state
+from parsec.storage.postgresql.realm_common import (
+    RULE_PARAMS,
+    PgRealmScopedStorage,
+    RuleMismatchError,
+    realm_state,
+)
 
 __all__ = ["PgBlockStorage"]
 
@@ -41,8 +46,8 @@ LEFT JOIN realm_user AS ru
     ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
 """
 
-# Not PREPAREd: two statements (a prepared statement is a single one).
-_BLOCK_CLAIM = f"""
+# Sent together, one round trip (`fetchrow_batch`).
+_BLOCK_CLAIM = PreparedStatement(f"""
 WITH facts AS ({_BLOCK_FACTS}
 ), allowed AS MATERIALIZED (
     -- realm_rules.check_block_create.
@@ -57,7 +62,9 @@ SELECT %(org)s::text, %(block)s::uuid, %(claim)s::uuid, %(author)s::text, %(now)
 FROM allowed
 ON CONFLICT (organization_id, block_id) DO UPDATE
     SET claim = excluded.claim, author = excluded.author, claimed_on = excluded.claimed_on
-    WHERE block_claim.author = excluded.author OR block_claim.claimed_on <= %(expired)s::timestamptz;
+    WHERE block_claim.author = excluded.author OR block_claim.claimed_on <= %(expired)s::timestamptz
+""")
+_BLOCK_CLAIM_CHECK = PreparedStatement(f"""
 WITH facts AS ({_BLOCK_FACTS}
 ), withdrawn AS (
     DELETE FROM block_claim
@@ -71,7 +78,7 @@ SELECT facts.*,
                  AND claim = %(claim)s::uuid)
        AND NOT EXISTS (SELECT 1 FROM withdrawn)
 FROM facts
-"""
+""")
 
 _BLOCK_RECORD_CREATE = PreparedStatement("""
 WITH realm_row AS (
@@ -133,19 +140,20 @@ class PgBlockStorage(PgRealmScopedStorage):
         claim_seconds: float,
     ) -> UUID:
         claim = uuid4()
-        revision, maintenance_type, role, used, claimed = await self._row(
-            _BLOCK_CLAIM,
-            {
-                "org": organization_id,
-                "realm": realm_id,
-                "user": user_of(author),
-                "block": block_id,
-                "claim": claim,
-                "author": author,
-                "now": now,
-                "expired": now - timedelta(seconds=claim_seconds),
-            },
-        )
+        params = {
+            **RULE_PARAMS,
+            "org": organization_id,
+            "realm": realm_id,
+            "user": user_of(author),
+            "block": block_id,
+            "claim": claim,
+            "author": author,
+            "now": now,
+            "expired": now - timedelta(seconds=claim_seconds),
+        }
+        row = await self._pool.fetchrow_batch([_BLOCK_CLAIM, _BLOCK_CLAIM_CHECK], params)
+        assert row is not None, "the check statement returns its facts row"
+        revision, maintenance_type, role, used, claimed = row
         if claimed:
             return claim
         rules.check_block_create(realm_state(revision, maintenance_type), role, bool(used))

@@ -304,6 +304,19 @@ class PgConnection:
         cursor = await self._execute(sql, params)
         return int(cursor.rowcount)
 
+    async def fetchrow_batch(
+        self, statements: Sequence[PreparedStatement], params: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """Several prepared statements in one round trip (one implicit transaction: an error
+        stops the batch and rolls it back); the first row of the last one. Each statement
+        reads the writes of those before it."""
+        for statement in statements:
+            await self._ensure_prepared(statement)
+        sql = "; ".join(statement.execute_sql for statement in statements)
+        cursor = await self._send(sql, [value for statement in statements for value in statement.bind(params)])
+        row = cursor.fetchone()
+        return tuple(row) if row is not None else None
+
 
 class Transaction:
     """Statements of one transaction (see `PostgreSQLPool.transaction`).

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -57,6 +57,7 @@ from parsec.storage.postgresql.connection import (
     Isolation,
     Params,
     PgConnection,
+    PreparedStatement,
     Query,
     Transaction,
     TxConnection,
@@ -644,3 +645,10 @@ class PostgreSQLPool:
     async def execute(self, sql: Query, params: Params = None) -> int:
         async with self.connection() as conn:
             return await conn.execute(sql, params)
+
+    async def fetchrow_batch(
+        self, statements: Sequence[PreparedStatement], params: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """`PgConnection.fetchrow_batch`: prepared statements in one round trip."""
+        async with self.connection() as conn:
+            return await conn.fetchrow_batch(statements, params)
