@@ -1,4 +1,4 @@
-"""The `parsec` console script: `parsec backend run|migrate`, `parsec --version`.
+"""The `parsec` console script: `parsec backend run|migrate|import|export`, `parsec --version`.
 
 `parsec backend run` parses the same options as `twistd parsec` (see parsec.options), sets up
 logging, builds the service tree with parsec.service.make_service and runs the reactor in this
@@ -28,6 +28,7 @@ from parsec.options import (
     render_help,
     report_error,
 )
+from parsec.transfer.cli import main as transfer_main
 
 # Twisted (and the server) are imported only once the options are valid: `--help`, `--version`
 # and configuration errors answer without that start-up cost.
@@ -57,6 +58,8 @@ Options:
   --help     Show this message and exit.
 
 Commands:
+  export     Export to a database of the upstream server (parsec-cloud 2.10).
+  import     Import a database of the upstream server (parsec-cloud 2.10).
   migrate    Create or upgrade the PostgreSQL database schema.
   run        Run the Parsec server.
 """
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return backend_run(command_args, env)
     if command == "migrate":
         return backend_migrate(command_args, env)
+    if command in ("import", "export"):
+        return transfer_main(command, command_args, env)
     return _usage_error(f"No such command '{command}'", "parsec backend")
 
 

@@ -118,6 +118,9 @@ class BackendConfig:
     debug: bool = False
     # Every bound on what a peer can make the server spend (parsec.limits).
     limits: Limits = attrs.field(factory=Limits)
+    # Addresses (or networks, e.g. 10.0.0.0/8) of reverse proxies whose X-Forwarded-For
+    # names the client: only then is that header believed (per-address connection cap).
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def db_type(self) -> str:

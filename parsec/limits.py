@@ -54,6 +54,9 @@ TABLE: tuple[Limit, ...] = (
     _tunable("max_connections_per_address", 200, "count",
              "open client connections from one source address (the X-Forwarded-For address "
              "behind a --trusted-proxy); above it: 429 and close", "--max-connections-per-address"),
+    Limit("connections_per_turn", 16, "count",
+          "new connections whose first bytes are read in one turn of the event loop; the others "
+          "wait, unread, for the next turns (a burst of connections cannot stall the others)"),
     # ---- websocket before the Parsec handshake ------------------------------------------
     Limit("handshake_bytes", 4 * KiB, "bytes",
           "websocket frame and message accepted before the handshake result `ok` (a genuine "
@@ -154,6 +157,7 @@ class Limits:
     http_request_timeout: float = _default("http_request_timeout")
     max_connections: int = _default("max_connections")
     max_connections_per_address: int = _default("max_connections_per_address")
+    connections_per_turn: int = _default("connections_per_turn")
     handshake_bytes: int = _default("handshake_bytes")
     handshake_timeout: float = _default("handshake_timeout")
     handshake_help_chars: int = _default("handshake_help_chars")
@@ -195,7 +199,7 @@ def tunable() -> list[Limit]:
 
 def with_values(values: Mapping[str, int | float | None], base: Limits = DEFAULT) -> Limits:
     """`base` with the given limits changed (None: keep the default)."""
-    changes = {name: value for name, value in values.items() if value is not None}
+    changes: dict[str, Any] = {name: value for name, value in values.items() if value is not None}
     unknown = set(changes) - set(BY_NAME)
     if unknown:
         raise KeyError(f"Unknown limit(s): {', '.join(sorted(unknown))}")

@@ -42,6 +42,7 @@ from parsec.api.schema import (
     Uuid,
     ValidationError,
 )
+from parsec.limits import DEFAULT as _LIMITS
 
 __all__ = [
     "BALLPARK_CLIENT_EARLY_OFFSET",
@@ -90,7 +91,7 @@ SIGNATURE_SIZE = 64
 VERIFY_KEY_SIZE = 32
 # A genuine certificate or PKI payload decompresses to well under 1 KiB; anything above this
 # cap is refused instead of being inflated in memory (zlib ratios reach ~1000:1).
-MAX_DECOMPRESSED_SIZE = 1024 * 1024
+MAX_DECOMPRESSED_SIZE = _LIMITS.decompressed_bytes
 
 USER_CERTIFICATE_TYPE = "user_certificate"
 DEVICE_CERTIFICATE_TYPE = "device_certificate"

@@ -4,7 +4,11 @@
 * UUID <-> ext type 2: the 16 raw bytes (a payload of another size makes the
   whole message undecodable);
 * other ext types decode to an opaque `msgpack.ExtType` that no schema field accepts;
-* bin values are limited to 1 MiB; the root must be a map; no trailing bytes.
+* bin values are limited to 1 MiB; the root must be a map; no trailing bytes;
+* before msgpack builds a single object, `scan` walks the headers and refuses a document
+  over the limits of `parsec.limits` (str and bin bytes, array and map lengths, nesting
+  depth, number of values): a hostile document costs at most `msgpack_objects` steps and
+  allocates nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ from uuid import UUID
 
 import msgpack
 
-MAX_BIN_LEN = 1024 * 1024
+from parsec.limits import DEFAULT as _LIMITS
+
+MAX_BIN_LEN = _LIMITS.msgpack_bin_bytes
+MAX_STR_LEN = _LIMITS.msgpack_str_bytes
+MAX_ARRAY_LEN = _LIMITS.msgpack_array_len
+MAX_MAP_LEN = _LIMITS.msgpack_map_len
+MAX_DEPTH = _LIMITS.msgpack_depth
+MAX_OBJECTS = _LIMITS.msgpack_objects
 EXT_DATETIME = 1
 EXT_UUID = 2
 _DOUBLE = struct.Struct(">d")
@@ -61,8 +72,104 @@ def packb(data: Any) -> bytes:
     return msgpack.packb(data, default=_default, use_bin_type=True, datetime=False)
 
 
+# Headers of the msgpack format (https://github.com/msgpack/msgpack/blob/master/spec.md):
+# first byte -> (kind, bytes of the length field, fixed payload size). Fix* forms are
+# handled in `scan` itself.
+_SCALAR, _STR, _BIN, _EXT, _ARRAY, _MAP, _INVALID = range(7)
+_HEADERS: dict[int, tuple[int, int, int]] = {
+    0xC0: (_SCALAR, 0, 0), 0xC1: (_INVALID, 0, 0), 0xC2: (_SCALAR, 0, 0), 0xC3: (_SCALAR, 0, 0),
+    0xC4: (_BIN, 1, 0), 0xC5: (_BIN, 2, 0), 0xC6: (_BIN, 4, 0),
+    0xC7: (_EXT, 1, 1), 0xC8: (_EXT, 2, 1), 0xC9: (_EXT, 4, 1),
+    0xCA: (_SCALAR, 0, 4), 0xCB: (_SCALAR, 0, 8),
+    0xCC: (_SCALAR, 0, 1), 0xCD: (_SCALAR, 0, 2), 0xCE: (_SCALAR, 0, 4), 0xCF: (_SCALAR, 0, 8),
+    0xD0: (_SCALAR, 0, 1), 0xD1: (_SCALAR, 0, 2), 0xD2: (_SCALAR, 0, 4), 0xD3: (_SCALAR, 0, 8),
+    0xD4: (_SCALAR, 0, 2), 0xD5: (_SCALAR, 0, 3), 0xD6: (_SCALAR, 0, 5), 0xD7: (_SCALAR, 0, 9),
+    0xD8: (_SCALAR, 0, 17),
+    0xD9: (_STR, 1, 0), 0xDA: (_STR, 2, 0), 0xDB: (_STR, 4, 0),
+    0xDC: (_ARRAY, 2, 0), 0xDD: (_ARRAY, 4, 0), 0xDE: (_MAP, 2, 0), 0xDF: (_MAP, 4, 0),
+}
+
+
+def scan(raw: bytes) -> None:
+    """Check a msgpack document against the limits without building it (DecodeError).
+
+    Only headers are read: str, bin and ext bodies are skipped in one step, so the cost is
+    one step per value, and at most `MAX_OBJECTS` steps. Whatever is malformed (truncated,
+    0xc1, trailing bytes) is left to msgpack, which refuses it with its own text.
+    """
+    end = len(raw)
+    i = 0
+    objects = 0
+    remaining = 1  # values still expected in the innermost open container (root: one value)
+    stack: list[int] = []  # the same count for each enclosing container
+    while True:
+        if i >= end:
+            return  # truncated
+        objects += 1
+        if objects > MAX_OBJECTS:
+            raise DecodeError("Invalid msgpack data: too many values")
+        b = raw[i]
+        count = -1  # children of a container
+        if b <= 0x7F or b >= 0xE0:
+            i += 1
+        elif b <= 0x8F:
+            count = 2 * (b & 0x0F)
+            i += 1
+        elif b <= 0x9F:
+            count = b & 0x0F
+            i += 1
+        elif b <= 0xBF:
+            size = b & 0x1F
+            i += 1 + size
+        else:
+            kind, width, fixed = _HEADERS[b]
+            if kind == _INVALID:
+                return  # msgpack gives its own error
+            if width:
+                if i + 1 + width > end:
+                    return  # truncated
+                size = int.from_bytes(raw[i + 1 : i + 1 + width], "big")
+            else:
+                size = 0
+            i += 1 + width
+            if kind == _SCALAR:
+                i += fixed
+            elif kind == _STR:
+                if size > MAX_STR_LEN:
+                    raise DecodeError("Invalid msgpack data: str too long")
+                i += size
+            elif kind == _BIN:
+                if size > MAX_BIN_LEN:
+                    raise DecodeError("Invalid msgpack data: bin too long")
+                i += size
+            elif kind == _EXT:
+                i += fixed + size
+            elif kind == _ARRAY:
+                if size > MAX_ARRAY_LEN:
+                    raise DecodeError("Invalid msgpack data: array too long")
+                count = size
+            else:
+                if size > MAX_MAP_LEN:
+                    raise DecodeError("Invalid msgpack data: map too long")
+                count = 2 * size
+        if i > end:
+            return  # truncated
+        if count > 0:
+            if len(stack) >= MAX_DEPTH:
+                raise DecodeError("Invalid msgpack data: nested too deeply")
+            stack.append(remaining - 1)
+            remaining = count
+            continue
+        remaining -= 1
+        while remaining == 0:
+            if not stack:
+                return
+            remaining = stack.pop()
+
+
 def unpackb(raw: bytes, *, root_map: bool = True) -> Any:
-    """Decode one message. Raises DecodeError (with a readable text)."""
+    """Decode one message. Raises DecodeError (with a short, fixed text)."""
+    scan(raw)
     try:
         value = msgpack.unpackb(
             raw,
@@ -70,6 +177,10 @@ def unpackb(raw: bytes, *, root_map: bool = True) -> Any:
             raw=False,
             strict_map_key=False,
             max_bin_len=MAX_BIN_LEN,
+            max_str_len=MAX_STR_LEN,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=MAX_BIN_LEN,
             timestamp=0,
         )
     except DecodeError:

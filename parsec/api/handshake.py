@@ -8,7 +8,10 @@
     send(hs.build_result("ok"))
 
 Every failure is a `HandshakeFailed(result, help)`; `build_result` turns it
-into the result message. After a non-ok result the caller drops the TCP
+into the result message. A `help` text never carries a value the client sent (the
+reference echoes `type` back, which let a few MiB of answer come back as a 12 MiB
+error): validation messages that would are replaced by fixed ones, and every text is cut
+at `handshake_help_chars` (docs/protocol/DECISIONS.md). After a non-ok result the caller drops the TCP
 connection without a WebSocket Close frame.
 """
 
@@ -26,6 +29,7 @@ from nacl.signing import VerifyKey
 from parsec.api import ids
 from parsec.api import schema as s
 from parsec.api.codec import DecodeError, packb, unpackb
+from parsec.limits import DEFAULT as _LIMITS
 
 SUPPORTED_API_VERSIONS: tuple[tuple[int, int], ...] = ((1, 3), (2, 7), (3, 1))
 CHALLENGE_SIZE = 48
@@ -117,6 +121,24 @@ _V1_ANSWER = s.OneOf(
 _SIGNED_ANSWER = s.Schema(type=s.Constant("signed_answer"), answer=s.Bytes())
 
 
+def _invalid_answer(exc: s.ValidationError) -> HandshakeFailed:
+    """`bad_protocol` with the field errors, minus any value the client sent."""
+    errors: dict[str, list[str]] = {}
+    for field, messages in exc.errors.items():
+        items = messages if isinstance(messages, list) else [messages]
+        cleaned = []
+        for message in items:
+            if not isinstance(message, str):
+                message = "Invalid value."
+            elif message.startswith("Unsupported value"):
+                message = "Unsupported value."
+            elif message.startswith("Invalid role") or message.startswith("Invalid value:"):
+                message = "Invalid value."
+            cleaned.append(message)
+        errors[str(field)] = cleaned
+    return HandshakeFailed("bad_protocol", str(errors))
+
+
 def _fmt_versions(versions: Any) -> str:
     return "{" + ", ".join(f"{major}.{minor}" for major, minor in versions) + "}"
 
@@ -148,7 +170,7 @@ class ServerHandshake:
         try:
             version = _VERSION_SCHEMA.load(data)["client_api_version"]
         except s.ValidationError as exc:
-            raise HandshakeFailed("bad_protocol", str(exc)) from None
+            raise _invalid_answer(exc) from None
         backend_version = next((v for v in SUPPORTED_API_VERSIONS if v[0] == version[0]), None)
         if backend_version is None:
             raise HandshakeFailed(
@@ -164,7 +186,7 @@ class ServerHandshake:
                 return AnonymousV1Answer(version, loaded["organization_id"], loaded["rvk"])
             loaded = _V2_ANSWER.load(data)
         except s.ValidationError as exc:
-            raise HandshakeFailed("bad_protocol", str(exc)) from None
+            raise _invalid_answer(exc) from None
         if loaded["type"] == "AUTHENTICATED":
             return AuthenticatedAnswer(
                 version, loaded["organization_id"], loaded["device_id"], loaded["rvk"], loaded["answer"]
@@ -186,7 +208,7 @@ class ServerHandshake:
             except DecodeError as exc:
                 raise HandshakeFailed("bad_protocol", str(exc)) from None
             except s.ValidationError as exc:
-                raise HandshakeFailed("bad_protocol", str(exc)) from None
+                raise _invalid_answer(exc) from None
         if returned != self.challenge:
             raise HandshakeFailed("bad_protocol", "Invalid returned challenge")
 
@@ -194,7 +216,7 @@ class ServerHandshake:
     def build_result(result: str = "ok", help: str | None = None) -> bytes:
         message: dict[str, Any] = {"handshake": "result", "result": result}
         if result != "ok":
-            message["help"] = help or ""
+            message["help"] = (help or "")[: _LIMITS.handshake_help_chars]
         return packb(message)
 
     @classmethod

@@ -223,7 +223,8 @@ EVENTS_LISTEN_OK = _one_of_rep(
 
 # --- commands ----------------------------------------------------------------------------
 
-PING = _spec("ping", _req(ping=Str()), _rep(pong=Str()))
+# `ping` is echoed, and sent to every subscriber of the organization: bounded (parsec.limits).
+PING = _spec("ping", _req(ping=Str(max_length=_LIMITS.ping_chars)), _rep(pong=Str()))
 
 _ORGANIZATION_BOOTSTRAP_REQ = _req(
     bootstrap_token=Str(),

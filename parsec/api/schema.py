@@ -66,9 +66,15 @@ class Any_(Field):
 
 
 class Str(Field):
+    def __init__(self, *, max_length: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
     def convert(self, value: Any) -> Any:
         if not isinstance(value, str):
             raise FieldError("Not a valid string.")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise FieldError(f"Longer than maximum length {self.max_length}.")
         return value
 
 

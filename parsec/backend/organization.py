@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from typing import Any
 
@@ -116,6 +117,16 @@ class OrganizationComponent:
 
     @api("organization_bootstrap", kinds=(ANONYMOUS, APIV1_ANONYMOUS))
     async def api_organization_bootstrap(self, ctx: AnonymousContext, req: dict[str, Any]) -> Reply:
+        # Cheap checks before any certificate is verified or decoded (docs/protocol/DECISIONS.md):
+        # steps 14-16 of docs/protocol/commands.md §5.1 first; storage repeats them atomically.
+        try:
+            org = await self._storage.get(ctx.organization_id)
+        except NotFoundError:
+            return status("not_found")
+        if org.is_bootstrapped:
+            return status("already_bootstrapped")
+        if not hmac.compare_digest(org.bootstrap_token.encode(), req["bootstrap_token"].encode()):
+            return status("not_found")
         now = self._app.now()
         try:
             validated = certs.validate_bootstrap(

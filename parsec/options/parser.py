@@ -288,6 +288,7 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         forward_proto_enforce_https=values["forward_proto_enforce_https"],
         debug=values["debug"],
         limits=limits.with_values({limit.name: values.get(limit.name) for limit in limits.tunable()}),
+        trusted_proxies=tuple(values["trusted_proxies"]),
     )
     listen = ListenConfig(
         host=values["host"],

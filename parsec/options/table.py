@@ -7,6 +7,7 @@ parser (`parsec.options.parser`) and the help renderer (`parsec.options.render`)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,6 +100,37 @@ def _choice_parser(choices: Sequence[str]) -> Callable[[str], str]:
             raise ValueError(f"{raw!r} is not one of {', '.join(choices)}") from None
 
     return parse
+
+
+def _network(raw: str) -> str:
+    try:
+        ipaddress.ip_network(raw.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an IP address or network") from None
+    return raw.strip()
+
+
+def _limit_options() -> list[Option]:
+    """One option per tunable limit of parsec.limits (the PostgreSQL ones are wired with the
+    storage that enforces them)."""
+    options = []
+    for limit in limits.tunable():
+        if limit.name.startswith("db_"):
+            continue
+        assert limit.option is not None and limit.env is not None
+        is_int = isinstance(limit.default, int)
+        options.append(
+            Option(
+                limit.option,
+                limit.name,
+                limit.meaning[:1].upper() + limit.meaning[1:],
+                _int_parser(minimum=0) if is_int else _float_parser(minimum=0),
+                env=(limit.env,),
+                default=limit.default,
+                metavar={"seconds": "SECONDS", "bytes": "BYTES"}.get(limit.unit, "N"),
+            )
+        )
+    return options
 
 
 def _run_db_url(raw: str) -> str:
@@ -490,6 +522,20 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default_help="none",
         metavar="NAME:VALUE",
     ),
+    Option(
+        "--trusted-proxy",
+        "trusted_proxies",
+        "Address or network (e.g. `10.0.0.0/8`) of a reverse proxy whose X-Forwarded-For header "
+        "names the client (for the per-address connection cap); repeat for several. In the "
+        "environment, several values are separated by whitespace",
+        _network,
+        env=("PARSEC_TRUSTED_PROXY",),
+        multiple=True,
+        default=(),
+        default_help="none",
+        metavar="ADDRESS",
+    ),
+    *_limit_options(),
     Option(
         "--ssl-keyfile",
         "ssl_keyfile",

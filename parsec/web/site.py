@@ -1,5 +1,8 @@
 """The HTTP side of the listener (docs/protocol/transport.md §2): one twisted.web Site, one request per connection.
 
+Connections reach the Site's channel through `parsec.web.listener` (connection caps, head
+limit, request deadline, complete error answers); only public Twisted APIs are used here.
+
 `RootResource` routes on the percent-decoded path itself (twisted's segment
 tree neither decodes `+` as space nor matches the reference's route table), and
 hands websocket upgrades of exactly `GET /ws` to Autobahn's WebSocketResource.
@@ -20,10 +23,11 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 import parsec
+from parsec.limits import Limits
+from parsec.web.listener import Listener
 
 _log = Logger()
 
-MAX_HEAD_SIZE = 8192
 MAX_BODY_SIZE = 1024 * 1024
 HTML = b"text/html;charset=utf-8"
 STATIC_FILES = ("base.css", "favicon.ico", "parsec-vert.png", "parsec.png")
@@ -38,6 +42,18 @@ class ParsecRequest(server.Request):
     """Bounded body (read only when 0 < Content-Length < 1 MiB), fixed server header."""
 
     _discard_body = False
+    gone = False  # the connection was lost before the answer
+
+    def connectionLost(self, reason: Any) -> None:
+        self.gone = True
+        super().connectionLost(reason)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Head and body are in: the listener's request deadline stops here.
+        request_received = getattr(self.transport, "request_received", None)
+        if request_received is not None:
+            request_received()
+        super().requestReceived(command, path, version)
 
     def gotLength(self, length: int | None) -> None:
         if length is None or length >= MAX_BODY_SIZE:
@@ -63,30 +79,42 @@ class ParsecRequest(server.Request):
 
 
 class ParsecChannel(http.HTTPChannel):
-    totalHeadersSize = MAX_HEAD_SIZE
+    # The head limit itself (`http_head_bytes`) is enforced in front of the channel, by
+    # parsec.web.listener.HttpGuard, which counts the whole head; twisted.web's own limit
+    # (request line and headers without their line ends) can then never be the first hit.
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         # No keep-alive: every response closes the connection.
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         return False
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n")
-            self.loseConnection()
-            return
-        super()._respondToBadRequestAndDisconnect()
-
 
 class ParsecSite(server.Site):
     requestFactory = ParsecRequest
     protocol = ParsecChannel
 
-    def __init__(self, root: Resource, *, debug: bool = False) -> None:
-        super().__init__(root)
+    def __init__(
+        self,
+        root: Resource,
+        *,
+        debug: bool = False,
+        limits: Limits | None = None,
+        trusted_proxies: tuple[str, ...] = (),
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        super().__init__(root, reactor=reactor)
         self.server_header = (
             f"parsec/{parsec.__version__} python-twisted".encode() if debug else b"parsec"
         )
+        self.listener = Listener(limits or Limits(), trusted_proxies, reactor)
+        self.listener.server_header = self.server_header
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.listener.build(super().buildProtocol(addr), addr)
 
     def log(self, request: Any) -> None:
         _log.debug(
@@ -98,7 +126,7 @@ class ParsecSite(server.Site):
 
 
 def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: bytes | None = None) -> None:
-    if request.finished or request._disconnected:
+    if request.finished or request.gone:
         return
     request.setResponseCode(code)
     if content_type is not None:
@@ -147,6 +175,14 @@ class RootResource(Resource):
                 finish(request, 301)
                 return server.NOT_DONE_YET
 
+        site = request.site
+        listener = getattr(site, "listener", None)
+        if listener is not None and not listener.admit_forwarded(
+            request.transport, request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        ):
+            finish(request, 429)
+            return server.NOT_DONE_YET
+
         if not getattr(self._app, "ready", True):
             reason = getattr(self._app, "unavailable_reason", None) or "starting"
             finish(request, 503, f"Parsec server unavailable: {reason}".encode())
@@ -169,8 +205,11 @@ class RootResource(Resource):
         head = segments[0]
         if head == "redirect" and len(segments) >= 2:
             return self._only(request, (b"GET",), lambda r: self._redirect(r, "/".join(segments[1:])))
-        if head == "static" and len(segments) == 2:
-            return self._only(request, (b"GET",), lambda r: self._static(r, segments[1]))
+        if head == "static" and len(segments) >= 2:
+            # Only files directly in the folder: any other name (an escape such as
+            # `../x` included) is a miss, and every miss is an empty 404.
+            name = segments[1] if len(segments) == 2 else ""
+            return self._only(request, (b"GET",), lambda r: self._static(r, name))
         if head == "administration":
             route = self._admin.match(segments[1:])
             if route is not None:

@@ -12,6 +12,19 @@ The protocol object is a thin shell: frames in, `BackendApp.handshake` /
   abandons it without any reply;
 * a connection closed by the server (revocation, expiration, invitation
   deleted, shutdown) never gets a reply for its in-flight request.
+
+Bounds (parsec.limits), whatever the peer does:
+
+* until the handshake result `ok`, frames and messages are limited to
+  `handshake_bytes` (Autobahn closes 1009 above it), and the whole handshake must end
+  within `handshake_timeout` (close 1008); afterwards `ws_message_bytes` applies;
+* back-pressure the Twisted way: while a request is processed, at most
+  `pipeline_requests` / `pipeline_bytes` further requests are read, then the transport
+  stops reading (`pauseProducing`) until the queue drains; the protocol registers a push
+  producer on the transport, and while the peer does not read its replies (write buffer
+  above `outgoing_buffer_bytes`) no further request is processed and nothing is read;
+* a reply larger than `ws_message_bytes` is never handed to Autobahn (it would refuse
+  it): the client gets `bad_message` "Reply too large" instead (docs/protocol/DECISIONS.md).
 """
 
 from __future__ import annotations
@@ -20,12 +33,16 @@ from collections import deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import defer
+from twisted.internet import abstract, defer, interfaces
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from zope.interface import implementer
 
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import ClientContext
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
+from parsec.limits import Limits
 
 _log = Logger()
 
@@ -34,11 +51,34 @@ UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
 # Reasons of a close 1011 (fixed texts: never an error message, which may name internals).
 UNAVAILABLE_REASON = b"Service temporarily unavailable"
 INTERNAL_ERROR_REASON = b"Internal server error"
-# Autobahn enforces this; beyond it the connection is closed (1009). The protocol's
-# own limit is on msgpack bin values (1 MiB), strings are not limited.
-MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+REPLY_TOO_LARGE = {"status": "bad_message", "reason": "Reply too large"}
+CLOSE_POLICY_VIOLATION = 1008
 
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
+
+
+def _lowest_transport(transport: Any) -> Any:
+    """The socket transport under any protocol wrappers (TLS, the listener's guard)."""
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
+@implementer(interfaces.IPushProducer)
+class _OutputWatch:
+    """Registered on the transport: told when the peer stops (and resumes) reading."""
+
+    def __init__(self, proto: ParsecServerProtocol) -> None:
+        self._proto = proto
+
+    def pauseProducing(self) -> None:
+        self._proto._set_output_blocked(True)
+
+    def resumeProducing(self) -> None:
+        self._proto._set_output_blocked(False)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ParsecServerProtocol(WebSocketServerProtocol):
@@ -50,11 +90,81 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._hs: ServerHandshake | None = None
         self._ctx: ClientContext | None = None
         self._incoming: deque[bytes] = deque()
+        self._incoming_bytes = 0
         self._current: defer.Deferred[Any] | None = None
         self._current_cancellable = False
         self._current_long_poll = False
         self._running = False
         self._idle_waiters: list[defer.Deferred[None]] = []
+        self._output_blocked = False
+        self._reading_paused = False
+        self._deadline: Any = None
+
+    @property
+    def limits(self) -> Limits:
+        return self.factory.limits
+
+    # ---- transport -----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Until the handshake succeeds, a few KiB at most (docs/protocol/handshake.md).
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.handshake_bytes
+        transport = self.transport
+        assert transport is not None
+        # The HTTP channel that answered the upgrade was the transport's producer: we are now.
+        transport.unregisterProducer()
+        transport.registerProducer(_OutputWatch(self), True)
+        lowest = _lowest_transport(transport)
+        if isinstance(lowest, abstract.FileDescriptor):
+            lowest.bufferSize = self.limits.outgoing_buffer_bytes
+        self._deadline = self.factory.reactor.callLater(self.limits.handshake_timeout, self._handshake_expired)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self._state in (_HANDSHAKE, _HANDSHAKE_BUSY):
+            _log.info("Connection closed: no handshake within {timeout} s", timeout=self.limits.handshake_timeout)
+            self._state = _CLOSED
+            # Policy violation; Autobahn drops the TCP connection if the peer does not answer
+            # the close within closeHandshakeTimeout.
+            self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=b"Handshake timeout", isReply=False)
+            self._update_reading()
+
+    def _set_output_blocked(self, blocked: bool) -> None:
+        self._output_blocked = blocked
+        self._update_reading()
+        if not blocked:
+            self._pump()
+
+    def _update_reading(self) -> None:
+        """Read from the peer only while the pipeline has room and the peer reads replies."""
+        limits = self.limits
+        busy = self._current is not None or self._running
+        full = busy and (
+            len(self._incoming) >= limits.pipeline_requests or self._incoming_bytes >= limits.pipeline_bytes
+        )
+        pause = (full or self._output_blocked) and self._state != _CLOSED
+        if pause == self._reading_paused or self.transport is None:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
+    @property
+    def queued_requests(self) -> tuple[int, int]:
+        """(requests, bytes) read ahead and waiting (tests, benchmarks)."""
+        return len(self._incoming), self._incoming_bytes
 
     # ---- autobahn callbacks --------------------------------------------------------------
 
@@ -81,14 +191,18 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._protocol_error()
         else:
             self._incoming.append(payload)
+            self._incoming_bytes += len(payload)
             if self._current is not None and self._current_cancellable:
                 self._current.cancel()
             self._pump()
+            self._update_reading()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._state = _CLOSED
+        self._cancel_deadline()
         self.factory.connections.discard(self)
         self._incoming.clear()
+        self._incoming_bytes = 0
         if self._current is not None:
             self._current.cancel()
         if self._ctx is not None:
@@ -121,18 +235,22 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             ctx = await app.handshake(self._hs, payload)
         except HandshakeFailed as exc:
-            _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=exc.help)
+            help = exc.help[: self.limits.handshake_help_chars]
+            _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=help)
             if self._state != _CLOSED:
                 self._state = _CLOSED
-                self.sendMessage(ServerHandshake.build_failure(exc), isBinary=True)
+                if self.state == self.STATE_OPEN:
+                    self.sendMessage(ServerHandshake.build_failure(exc), isBinary=True)
                 self.dropConnection(abort=False)
             return
-        if self._state == _CLOSED:
+        if self._state == _CLOSED or self.state != self.STATE_OPEN:
             return
+        self._cancel_deadline()
         ctx.close = self._server_close
         app.register(ctx)
         self._ctx = ctx
         self._state = _READY
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.ws_message_bytes
         self.sendMessage(ServerHandshake.build_result("ok"), isBinary=True)
         app.on_handshake_done(ctx)
         self._pump()
@@ -140,18 +258,21 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # ---- command loop --------------------------------------------------------------------
 
     def _pump(self) -> None:
-        if self._running or self._state != _READY or not self._incoming:
+        if self._running or self._state != _READY or not self._incoming or self._output_blocked:
             return
         self._running = True
         self._run(self._loop())
 
     async def _loop(self) -> None:
         try:
-            while self._incoming and self._state == _READY:
+            while self._incoming and self._state == _READY and not self._output_blocked:
                 payload = self._incoming.popleft()
+                self._incoming_bytes -= len(payload)
                 await self._process(payload)
+                self._update_reading()
         finally:
             self._running = False
+            self._update_reading()
 
     async def _process(self, payload: bytes) -> None:
         app = self.factory.app
@@ -165,7 +286,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         cmd = msg.get("cmd")
         route = app.route(ctx.kind, cmd)
         if route is None:
-            self._send(UNKNOWN_COMMAND)
+            self._send_reply(UNKNOWN_COMMAND)
             return
         d = defer.ensureDeferred(app.dispatch(ctx, route, msg))
         self._current = d
@@ -184,21 +305,34 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._current_long_poll = False
         if reply is not None:
             _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
-            self._send(reply)
+            self._send_reply(reply)
         # After the reply: a draining shutdown waits for it before closing.
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
-    def _send(self, reply: dict[str, Any]) -> None:
+    def _send_reply(self, reply: dict[str, Any]) -> None:
         # While draining for shutdown, the in-flight request still gets its reply.
-        if self._state in (_READY, _DRAINING):
-            self.sendMessage(packb(reply), isBinary=True)
+        if self._state not in (_READY, _DRAINING) or self.state != self.STATE_OPEN:
+            return
+        data = packb(reply)
+        if len(data) > self.maxMessagePayloadSize:
+            # Autobahn would refuse it (and the feeds are bounded so that honest use never
+            # gets here): the protocol's own error status instead, one warning.
+            _log.warn(
+                "Reply of {size} bytes over the {limit}-byte message limit: answered bad_message",
+                size=len(data),
+                limit=self.maxMessagePayloadSize,
+            )
+            data = packb(REPLY_TOO_LARGE)
+        self.sendMessage(data, isBinary=True)
 
     def _protocol_error(self) -> None:
         self._state = _CLOSED
-        self.sendMessage(INVALID_MSG_FORMAT, isBinary=True)
-        self.sendClose(code=1000)
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(INVALID_MSG_FORMAT, isBinary=True)
+            self.sendClose(code=1000)
+        self._update_reading()  # read the peer's close answer
 
     def _server_close(self) -> None:
         """Server-side termination (revocation, expiration, invitation deleted)."""
@@ -208,6 +342,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._current is not None:
             self._current.cancel()
         self.sendClose(code=1000)
+        self._update_reading()  # read the peer's close answer
 
     async def shutdown(self, grace: float, reactor: Any) -> None:
         """Stop reading requests, let the in-flight one finish (bounded), close with 1001."""
@@ -215,6 +350,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._state = _DRAINING
         self._incoming.clear()
+        self._incoming_bytes = 0
         if self._current is not None:
             if self._current_long_poll:
                 # Waiting for a peer or an event: nothing to finish.
@@ -232,19 +368,31 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # Autobahn's sendClose() only accepts 1000 and 3000-4999 from applications;
         # 1001 "going away" is the right code for a server shutting down.
         self.sendCloseFrame(code=1001, isReply=False)
+        self._update_reading()  # read the peer's close answer
 
 
 class ParsecWebSocketFactory(WebSocketServerFactory):
     protocol = ParsecServerProtocol
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, limits: Limits = DEFAULT_LIMITS, reactor: Any = None) -> None:
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.app = app
+        self.limits = limits
+        self.reactor = reactor
         self.connections: set[ParsecServerProtocol] = set()
         self.server = None  # no Server header on the 101 answer
         self.setProtocolOptions(
-            maxMessagePayloadSize=MAX_MESSAGE_SIZE,
-            maxFramePayloadSize=MAX_MESSAGE_SIZE,
+            # Lowered to `handshake_bytes` on each connection until its handshake succeeds.
+            maxMessagePayloadSize=limits.ws_message_bytes,
+            maxFramePayloadSize=limits.ws_message_bytes,
+            # Keep-alive: a ping after this much silence; with a timeout, a close when the
+            # pong does not come (parsec.limits explains why the default has none).
+            autoPingInterval=limits.ws_keepalive_interval,
+            autoPingTimeout=limits.ws_keepalive_timeout,
             perMessageCompressionAccept=lambda offers: None,
             openHandshakeTimeout=3,
             closeHandshakeTimeout=5,

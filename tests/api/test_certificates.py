@@ -430,12 +430,12 @@ def test_zlib_bomb_is_refused() -> None:
         signed(message),
         ALICE.verify_key,
         ALICE.device_id,
-        text="Decompressed data exceeds 1048576 bytes",
+        text="Decompressed data exceeds 65536 bytes",
     )
     expect_error(
-        unsecure_load_user_certificate, signed(message), text="Decompressed data exceeds 1048576 bytes"
+        unsecure_load_user_certificate, signed(message), text="Decompressed data exceeds 65536 bytes"
     )
-    expect_error(load_pki_submit_payload, message, text="Decompressed data exceeds 1048576 bytes")
+    expect_error(load_pki_submit_payload, message, text="Decompressed data exceeds 65536 bytes")
 
 
 def _padded_fields(size: int) -> bytes:
@@ -452,7 +452,7 @@ def _padded_fields(size: int) -> bytes:
 
 def test_decompressed_size_cap_boundary() -> None:
     cap = c.MAX_DECOMPRESSED_SIZE
-    assert cap == 1024 * 1024
+    assert cap == 64 * 1024
     ok = signed(zlib.compress(_padded_fields(cap)))
     assert load_user_certificate(ok, ALICE.verify_key, ALICE.device_id) == load_kind("user")
     too_big = signed(zlib.compress(_padded_fields(cap + 1)))
@@ -461,7 +461,7 @@ def test_decompressed_size_cap_boundary() -> None:
         too_big,
         ALICE.verify_key,
         ALICE.device_id,
-        text="Decompressed data exceeds 1048576 bytes",
+        text="Decompressed data exceeds 65536 bytes",
     )
 
 

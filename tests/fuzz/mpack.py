@@ -15,8 +15,9 @@ With an `rng`, each header picks at random among the encodings able to hold the 
 
 `decodable(payload)` says whether a server must accept the bytes as a message, from the
 spec's rules (root map, no trailing bytes, valid UTF-8 str, bin <= 1 MiB, ext 1 = 8 bytes of
-a float64 giving a representable UTC instant, ext 2 = 16 bytes), using the msgpack library
-as a plain parser. Ext -1 is msgpack's own timestamp type, which msgpack always parses (a
+a float64 giving a representable UTC instant, ext 2 = 16 bytes) and the limits of
+parsec.limits (str bytes, array and map lengths, nesting depth of non-empty containers,
+number of values), using the msgpack library as a plain parser. Ext -1 is msgpack's own timestamp type, which msgpack always parses (a
 payload other than 4/8/12 valid bytes is a parse error, for the reference server too); the
 other negative codes are reserved by msgpack and its `ExtType` refuses them, so they are
 undecodable as well (again like the reference, whose ext hook builds an `ExtType`).
@@ -34,7 +35,9 @@ from uuid import UUID
 import attrs
 import msgpack
 
-MAX_BIN = 1024 * 1024
+from parsec.limits import DEFAULT as LIMITS
+
+MAX_BIN = LIMITS.msgpack_bin_bytes
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -212,10 +215,35 @@ def decodable(payload: bytes) -> bool:
             raw=False,
             strict_map_key=False,
             max_bin_len=MAX_BIN,
+            max_str_len=LIMITS.msgpack_str_bytes,
+            max_array_len=LIMITS.msgpack_array_len,
+            max_map_len=LIMITS.msgpack_map_len,
+            max_ext_len=MAX_BIN,
             ext_hook=_ext_hook,
             timestamp=0,
         )
     except Exception:
         return False
-    return isinstance(value, dict)
+    return isinstance(value, dict) and _within_limits(value)
+
+
+def _within_limits(root: Any) -> bool:
+    """Depth of non-empty containers <= msgpack_depth; values (keys included) <= msgpack_objects."""
+    count = 0
+    todo: list[tuple[Any, int]] = [(root, 1)]
+    while todo:
+        value, depth = todo.pop()
+        count += 1
+        if count > LIMITS.msgpack_objects:
+            return False
+        children: list[Any] = []
+        if isinstance(value, dict):
+            children = [item for pair in value.items() for item in pair]
+        elif isinstance(value, (list, tuple)):
+            children = list(value)
+        if children:
+            if depth > LIMITS.msgpack_depth:
+                return False
+            todo.extend((child, depth + 1) for child in children)
+    return True
 

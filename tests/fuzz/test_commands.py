@@ -13,6 +13,7 @@ import pytest_twisted
 
 from parsec.api import protocol
 from parsec.api.codec import DecodeError, packb, unpackb
+from parsec.limits import DEFAULT as LIMITS
 from tests import httpclient
 from tests.fuzz import mpack
 from tests.fuzz.common import (
@@ -175,7 +176,7 @@ async def test_anonymous_http(server):
 
 HOSTILE_EMAILS = [
     '"', "?<", "=?utf-8?q?x?=", "a\u2028b", "a\x1cb", "a\nb", "a\rb", "<>", "a@b, c@d", "=@[>", "_.:", "\x00",
-    "é" * 5000, "😀" * 300, "a" * 70000 + "@example.com", "", " ", "alice@example.com\n",
+    "é" * 5000, "😀" * 300, "a" * 60000 + "@example.com", "", " ", "alice@example.com\n",
 ]
 
 
@@ -187,6 +188,8 @@ async def test_invite_new_hostile_claimer_emails(server):
     name = "claimer-emails"
     gen = Gen(rng_for(name), world.known)
     emails = [*HOSTILE_EMAILS, *(gen.text() for _ in range(cases(12)))]
+    # A str over the msgpack limit never reaches the command (tests/transport/test_hostile.py).
+    emails = [e for e in emails if len(e.encode("utf8", "surrogatepass")) <= LIMITS.msgpack_str_bytes]
     client = await world.org.connect("alice@dev1")
     try:
         for case, email in enumerate(emails):

@@ -19,9 +19,10 @@ from nacl.signing import SigningKey
 
 from parsec.api import schema as s
 from parsec.api.codec import packb, unpackb
+from parsec.limits import DEFAULT as LIMITS
 from tests import httpclient
 from tests.fuzz import mpack
-from tests.fuzz.common import INVALID_MSG_FORMAT, MAX_WS_MESSAGE, build_world, checked, record, where
+from tests.fuzz.common import INVALID_MSG_FORMAT, build_world, checked, record, where
 from tests.fuzz.gen import Gen, cases, rng_for
 from tests.orgs import bootstrap_organization, now
 from tests.wsclient import ClosedError, WsClient
@@ -146,8 +147,13 @@ async def test_handshake_answers(server):
             answer = gen.mutate_map(answer, s.Schema(ANSWER_FIELDS))
         mode = gen.rng.random()
         if mode < 0.04:
-            client.send_raw(mpack.pack(answer), binary=False)
+            text = mpack.pack(answer)
+            client.send_raw(text, binary=False)
             context = where(name, case, ("text frame", answer))
+            if len(text) > LIMITS.handshake_bytes:
+                code, _ = await client.wait_closed()
+                assert code in (1009, 1006), f"{context} -> close code {code}"
+                continue
             assert await client.recv() == INVALID_MSG_FORMAT, context
             code, _ = await client.wait_closed()
             assert code == 1000, context
@@ -157,7 +163,8 @@ async def test_handshake_answers(server):
             payload = gen.rng.choice([payload[: gen.rng.randrange(len(payload))], payload + b"\x00", gen.rng.randbytes(20), b""])
         context = where(name, case, (kind, who, answer))
         client.send_raw(payload)
-        if len(payload) > MAX_WS_MESSAGE:
+        if len(payload) > LIMITS.handshake_bytes:
+            # Before the handshake result, a few KiB at most (parsec.limits).
             code, _ = await client.wait_closed()
             assert code in (1009, 1006), f"{context} -> close code {code}"
             continue

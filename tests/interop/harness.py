@@ -285,7 +285,9 @@ class ServerProcess:
             cmd += ["--log-level", level, "--log-format", "JSON", "--log-file", str(self.log_path)]
         return cmd + self.extra_args
 
-    def start(self, attempts: int = 3) -> None:
+    def start(self, attempts: int = 3, port: int | None = None) -> None:
+        """Start on a free port, or on `port` (a server taking over another one's address:
+        the client devices keep the address they were created with)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if self.kind == "reference":
@@ -293,8 +295,10 @@ class ServerProcess:
             env = {**client_base_env(), **{k: v for k, v in os.environ.items() if k.startswith("PARSEC_")}}
         env.update(self.extra_env)
         last_error = ""
-        for _ in range(attempts):
-            self.port = free_loopback_port()
+        for attempt in range(attempts):
+            if port is not None and attempt:
+                time.sleep(1.0)  # the previous server's socket may take a moment to go
+            self.port = port if port is not None else free_loopback_port()
             self.command = self.build_command(self.port)
             with self.output_path.open("ab") as output:
                 output.write(f"\n$ {shlex.join(self.command)}\n".encode())

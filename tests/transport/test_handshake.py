@@ -141,15 +141,15 @@ async def test_authenticated_revoked_and_expired(server):
         ),
         (
             {"handshake": "answer", "client_api_version": [1, 3], "type": "AUTHENTICATED", "organization_id": "Org"},
-            "{'type': ['Unsupported value: AUTHENTICATED']}",
+            "{'type': ['Unsupported value.']}",
         ),
         (
             {"handshake": "answer", "client_api_version": [1, 3], "type": "ADMINISTRATION", "organization_id": "Org"},
-            "{'type': ['Unsupported value: ADMINISTRATION']}",
+            "{'type': ['Unsupported value.']}",
         ),
         (
             {"handshake": "answer", "client_api_version": [2, 7], "type": "anonymous", "organization_id": "Org"},
-            "{'type': ['Unsupported value: anonymous']}",
+            "{'type': ['Unsupported value.']}",
         ),
         (
             {"handshake": "answer", "client_api_version": [2, 7], "type": "INVITED", "organization_id": "Org",

@@ -199,3 +199,58 @@ async def bootstrap_organization_tls(server, options) -> None:
     rep = await client.handshake_anonymous_v1("Unknown")
     assert rep["result"] == "bad_identity"
     await client.wait_closed()
+
+
+# ---- HTTP hygiene (parsec.web.listener) -----------------------------------------------------
+
+
+def assert_complete_error(raw: bytes, status: int) -> None:
+    rep = parse_response(raw)
+    assert rep.status == status, raw
+    assert rep.body == b""
+    assert rep.headers["content-length"] == "0"
+    assert rep.headers["connection"] == "close"
+    assert rep.headers["server"] == "parsec"
+    assert "date" in rep.headers
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"GET / HTTP/42.0\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n", b"GET /\r\n\r\n", b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+     b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"],
+)
+@ok
+async def test_malformed_requests_get_complete_answers(server, data):
+    assert_complete_error(await raw_request(server.port, data), 400)
+
+
+@pytest.mark.parametrize("data", [b"\x00", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b" GET / HTTP/1.1", b"\xff"])
+@ok
+async def test_first_byte_that_cannot_start_a_request(server, data):
+    # No line end is ever sent: the answer comes from the first byte alone.
+    assert_complete_error(await raw_request(server.port, data), 400)
+
+
+def _head_of(size: int) -> bytes:
+    base = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n"
+    return base.replace(b"X-Pad: ", b"X-Pad: " + b"a" * (size - len(base)))
+
+
+@ok
+async def test_head_limit_counts_the_whole_head(server):
+    assert len(_head_of(8192)) == 8192
+    rep = parse_response(await raw_request(server.port, _head_of(8192)))
+    assert rep.status == 200
+    raw = await raw_request(server.port, _head_of(8193))
+    assert_complete_error(raw, 431)
+    # A head that never ends is refused as soon as it is over the limit.
+    raw = await raw_request(server.port, b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 9000)
+    assert_complete_error(raw, 431)
+
+
+@pytest.mark.parametrize("path", ["/static/", "/static/a/b", "/static/../site.py", "/static/%2E%2E%2Fsite.py", "/static/..%2Fstatic%2Fbase.css"])
+@ok
+async def test_static_escape_is_an_empty_404(server, path):
+    rep = await request(server.port, "GET", path)
+    assert rep.status == 404
+    assert rep.body == b""

@@ -33,7 +33,7 @@ from parsec.core.config import CoreConfig, config_factory
 from parsec.core.fs.storage.user_storage import user_storage_non_speculative_init
 from parsec.core.invite import bootstrap_organization, claimer_retrieve_info
 from parsec.core.logged_core import LoggedCore
-from parsec.core.types import BackendAddr, BackendOrganizationBootstrapAddr, LocalDevice
+from parsec.core.types import BackendAddr, BackendInvitationAddr, BackendOrganizationBootstrapAddr, LocalDevice
 from parsec.logging import configure_logging
 
 ADMIN_TOKEN = "s3cr3t"
@@ -175,7 +175,21 @@ async def invite_and_claim_user(
     """Run a user invitation end to end: the greeter (a logged core) and the claimer
     (an invited connection) talk through the server concurrently, as two people would."""
     invitation_addr, email_sent = await greeter.new_user_invitation(email=email, send_email=False)
-    seen: dict[str, Any] = {"email_sent": str(email_sent), "token": invitation_addr.token.hex}
+    device, seen = await greet_and_claim_user(greeter, invitation_addr, email, label, device_label, profile)
+    seen["email_sent"] = str(email_sent)
+    return device, seen
+
+
+async def greet_and_claim_user(
+    greeter: LoggedCore,
+    invitation_addr: BackendInvitationAddr,
+    email: str,
+    label: str,
+    device_label: str,
+    profile: UserProfile = UserProfile.STANDARD,
+) -> tuple[LocalDevice, dict[str, Any]]:
+    """Greet and claim an existing user invitation, concurrently."""
+    seen: dict[str, Any] = {"token": invitation_addr.token.hex}
     claimed: dict[str, LocalDevice] = {}
 
     async def greet() -> None:
@@ -230,7 +244,16 @@ async def invite_and_claim_device(
 ) -> tuple[LocalDevice, dict[str, Any]]:
     """Run a device invitation end to end (new device for the greeter's own user)."""
     invitation_addr, email_sent = await greeter.new_device_invitation(send_email=False)
-    seen: dict[str, Any] = {"email_sent": str(email_sent), "token": invitation_addr.token.hex}
+    device, seen = await greet_and_claim_device(greeter, invitation_addr, device_label)
+    seen["email_sent"] = str(email_sent)
+    return device, seen
+
+
+async def greet_and_claim_device(
+    greeter: LoggedCore, invitation_addr: BackendInvitationAddr, device_label: str
+) -> tuple[LocalDevice, dict[str, Any]]:
+    """Greet and claim an existing device invitation, concurrently."""
+    seen: dict[str, Any] = {"token": invitation_addr.token.hex}
     claimed: dict[str, LocalDevice] = {}
 
     async def greet() -> None:
