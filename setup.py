@@ -20,6 +20,8 @@ setup(
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.3",
+        # parsec.tls hands cryptography key and certificates to pyOpenSSL's Context.
+        "pyOpenSSL>=24.3",
         "autobahn>=23.1",
         "treq>=23.11",
         "txpostgres>=1.7",

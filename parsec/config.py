@@ -129,10 +129,29 @@ class BackendConfig:
 
 @attrs.frozen
 class ListenConfig:
+    """Where the server listens: `--listen` endpoints, or the `--host`/`--port` shorthand.
+
+    `endpoints` holds the `--listen` values, Twisted server endpoint strings (`tcp:`, `tcp6:`,
+    `ssl:`, `unix:`, `systemd:`); when empty, the server listens on `host`:`port`. The TLS
+    key and certificate chain, when given, turn TLS on for the shorthand listener and for every
+    `--listen` endpoint that is not `ssl:` (parsec.listen).
+    """
+
     host: str = "127.0.0.1"
     port: int = 6777
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
+    endpoints: tuple[str, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_keyfile is not None or self.ssl_certfile is not None
+
+    def describe(self) -> str:
+        """Where the server listens, for the start-up line."""
+        if self.endpoints:
+            return ", ".join(self.endpoints)
+        return f"{self.host}:{self.port}"
 
 
 @attrs.frozen
@@ -142,6 +161,9 @@ class LogConfig:
     file: str | None = None  # None or "-" = stderr
     sentry_dsn: str | None = attrs.field(default=None, repr=False)
     sentry_environment: str = "production"
+    # Which of --log-level/--log-format/--log-file were given (command line or environment),
+    # as opposed to defaulted: twistd's own log options may only be combined with defaults.
+    given: frozenset[str] = attrs.field(factory=frozenset, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -6,9 +6,15 @@
 * Under twistd the observer is built by :func:`twistd_observer`, a zero-argument factory that
   ``parsec.tap.Options`` puts in twistd's ``logger`` option (twistd's AppLogger calls it before
   starting the reactor). The settings it uses are stashed by the Options at parse time, the
-  only channel a zero-argument factory leaves.
+  only channel a zero-argument factory leaves. twistd's own ``--logfile`` names the file our
+  observer writes to, in our format and at our level (see :func:`twistd_log_settings`).
 * :func:`start_sentry` initialises sentry-sdk and returns an observer that reports failures and
   error/critical events as Sentry events (info/warning ones become breadcrumbs).
+
+Log files are opened in append mode, never truncated: a restart keeps the previous run's lines,
+and after logrotate's ``copytruncate`` every write lands at the (new) end of the file instead of
+at the old offset, which would leave a hole of NUL bytes. :func:`reopen_log_files` (SIGUSR1 and
+SIGHUP, see ``parsec.daemon``) reopens them by name, for logrotate's ``postrotate``.
 
 Secrets: fields whose name looks like a token, password, secret, key or DSN are replaced by
 ``<redacted>`` before anything is formatted, so a careless ``log.info("{token}", token=...)``
@@ -44,12 +50,15 @@ __all__ = [
     "REDACTED",
     "LineLogObserver",
     "SentryLogObserver",
+    "LogFile",
     "make_observer",
     "open_log_stream",
     "redact_event",
+    "reopen_log_files",
     "set_twistd_settings",
     "setup_logging",
     "start_sentry",
+    "twistd_log_settings",
     "twistd_observer",
 ]
 
@@ -189,7 +198,7 @@ def format_console(event: LogEvent, color: bool = False) -> str:
 class LineLogObserver:
     """Writes each event as one CONSOLE or JSON line to a text stream, secrets redacted."""
 
-    def __init__(self, stream: IO[str], log_format: str = "CONSOLE", color: bool | None = None) -> None:
+    def __init__(self, stream: IO[str] | LogFile, log_format: str = "CONSOLE", color: bool | None = None) -> None:
         self._stream = stream
         self._json = log_format.upper() == "JSON"
         if color is None:
@@ -207,20 +216,69 @@ class LineLogObserver:
         self._stream.flush()
 
 
-def open_log_stream(path: str | None, *, append: bool = False) -> IO[str]:
-    """`None`/`-` -> stderr; else the file, truncated (or appended to)."""
+class LogFile:
+    """A log file opened in append mode, which :func:`reopen_log_files` reopens by name."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = self._open()
+        _log_files.append(self)
+
+    def _open(self) -> IO[str]:
+        # Line buffered: each event line is written through at once. Append mode (O_APPEND):
+        # every write goes to the current end of the file, whoever truncated it.
+        return open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def reopen(self) -> None:
+        """Open the file by its name again (logrotate moved it away); on failure keep the old one."""
+        try:
+            new = self._open()
+        except OSError as exc:
+            # Not through the log: that is this very file.
+            sys.stderr.write(f"Cannot reopen the log file {self.path!r}: {exc.strerror}; still writing to the old one\n")
+            sys.stderr.flush()
+            return
+        old, self._file = self._file, new
+        old.close()
+
+    def close(self) -> None:
+        if self in _log_files:
+            _log_files.remove(self)
+        self._file.close()
+
+
+# Every LogFile of the process, for reopen_log_files (the signal handler's only way to them).
+_log_files: list[LogFile] = []
+
+
+def reopen_log_files() -> None:
+    """Reopen every log file by name (SIGUSR1 / SIGHUP)."""
+    for log_file in list(_log_files):
+        log_file.reopen()
+
+
+def open_log_stream(path: str | None) -> IO[str] | LogFile:
+    """`None`/`-` -> stderr; else the file, appended to."""
     if path is None or path in ("", "-"):
         return sys.stderr
     try:
-        # Line buffered: each event line is written through at once.
-        return open(path, "a" if append else "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        return LogFile(path)
     except OSError as exc:
         raise ConfigError(f"Invalid value for '--log-file': cannot open {path!r}: {exc.strerror}") from None
 
 
-def make_observer(config: LogConfig, stream: IO[str] | None = None, *, append: bool = False) -> ILogObserver:
+def make_observer(config: LogConfig, stream: IO[str] | LogFile | None = None) -> ILogObserver:
     """Level filter + line writer for `config` (`stream` overrides config.file)."""
-    target = stream if stream is not None else open_log_stream(config.file, append=append)
+    target = stream if stream is not None else open_log_stream(config.file)
     level = LEVELS.get(config.level.upper(), LogLevel.warn)
     return FilteringLogObserver(
         LineLogObserver(target, config.format), [LogLevelFilterPredicate(defaultLogLevel=level)]
@@ -248,26 +306,62 @@ def setup_logging(config: LogConfig, *, beginner: LogBeginner | None = None) -> 
 class _TwistdSettings:
     config: LogConfig
     daemon: bool = False
+    to_stdout: bool = False  # twistd's `--logfile -`
 
 
 _twistd_settings: _TwistdSettings | None = None
+
+_OUR_LOG_OPTIONS = ("--log-level", "--log-format", "--log-file")
+
+
+def twistd_log_settings(config: LogConfig, twistd_options: Mapping[str, Any]) -> LogConfig | None:
+    """How our log options combine with twistd's own (`--logfile`, `--syslog`, `--logger`).
+
+    Returns the configuration our observer uses, or None when twistd's own logging stays in
+    charge (`--syslog` or `--logger`, and none of our log options given). Raises ConfigError
+    for a combination where one side would be silently ignored.
+    """
+    ours = [name for name in _OUR_LOG_OPTIONS if name in config.given]
+    for twistd_option, what in (("syslog", "--syslog"), ("logger", "--logger")):
+        if twistd_options.get(twistd_option):
+            if ours:
+                raise ConfigError(
+                    f"twistd's {what} chooses its own log format and level: it cannot be combined "
+                    f"with {'/'.join(ours)} (drop one of them)"
+                )
+            return None
+    logfile = twistd_options.get("logfile")
+    if logfile:
+        if "--log-file" in config.given:
+            raise ConfigError(
+                "twistd's --logfile and '--log-file' both name a log file: give only one of them"
+            )
+        # twistd's --logfile names the file; our format and level apply to it.
+        return attrs.evolve(config, file=logfile)
+    return config
 
 
 def set_twistd_settings(config: LogConfig, *, daemon: bool) -> None:
     """Called by parsec.tap.Options once the command line is parsed."""
     global _twistd_settings
-    _twistd_settings = _TwistdSettings(config=config, daemon=daemon)
+    to_stdout = config.file == "-"
+    if to_stdout:
+        config = attrs.evolve(config, file=None)
+    _twistd_settings = _TwistdSettings(config=config, daemon=daemon, to_stdout=to_stdout)
 
 
 def twistd_observer() -> ILogObserver:
     """Zero-argument observer factory for twistd's `--logger` option.
 
-    Without --log-file, a daemonized twistd writes to `twistd.log` (appended, like twistd's
-    own default) since its standard error is closed; otherwise standard error.
+    Without a log file, a daemonized twistd writes to `twistd.log` (appended, like twistd's
+    own default) since its standard error is closed; otherwise standard error (standard output
+    for twistd's `--logfile -`).
     """
     settings = _twistd_settings or _TwistdSettings(config=LogConfig())
+    if settings.to_stdout:
+        return make_observer(settings.config, stream=sys.stdout)
     if settings.config.file is None and settings.daemon:
-        return make_observer(attrs.evolve(settings.config, file="twistd.log"), append=True)
+        return make_observer(attrs.evolve(settings.config, file="twistd.log"))
     return make_observer(settings.config)
 
 

@@ -255,7 +255,9 @@ class RunningServer:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
-async def start_server(backend: BackendConfig | None = None, listen: ListenConfig | None = None) -> RunningServer:
+async def start_server(
+    backend: BackendConfig | None = None, listen: ListenConfig | None = None, **service_kwargs: Any
+) -> RunningServer:
     from parsec.service import ParsecService
 
     backend = backend or BackendConfig(backend_addr=BackendAddr("127.0.0.1", 6777, use_ssl=False))
@@ -265,14 +267,13 @@ async def start_server(backend: BackendConfig | None = None, listen: ListenConfi
         reactor=reactor,
         # In-process: report, never stop the test run's reactor (start_server raises on a
         # start-up failure; a fatal error is logged as critical, which fails the test).
-        on_startup_failure=lambda message: None,
-        on_fatal_error=lambda message: _log.critical("Fatal server error: {message}", message=message),
+        on_fatal=lambda message: _log.critical("Fatal server error: {message}", message=message),
+        **service_kwargs,
     )
     service.privilegedStartService()
-    service.startService()
-    port = (await service.listening_port()).getHost().port
-    await service.ready
-    return RunningServer(service, port, tls=bool(listen.ssl_certfile))
+    await service.startService()
+    port = service.listeners[0].port.getHost().port
+    return RunningServer(service, port, tls=listen.tls)
 
 
 @pytest_twisted.async_yield_fixture

@@ -44,6 +44,13 @@ class BlockStore(Protocol):
         """Release resources (connection pools). Idempotent."""
         ...
 
+    async def check(self) -> None:
+        """Readiness probe (`GET /ready`): return once the store answers; raise BlockStoreError.
+
+        Cheap (one small request at most) and without side effects; the caller bounds it in time.
+        """
+        ...
+
 
 def object_key(organization_id: str, block_id: uuid.UUID) -> str:
     """Object name used by S3 and Swift: `<organization_id>/<uuid 8-4-4-4-12 lowercase>`."""

@@ -32,3 +32,6 @@ class MemoryBlockStore:
 
     async def stop(self) -> None:
         pass
+
+    async def check(self) -> None:
+        pass

@@ -25,6 +25,8 @@ _CREATE = (
     "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, decode(%s, 'base64'))"
     " ON CONFLICT (organization_id, block_id) DO NOTHING"
 )
+# Start-up and readiness check: the table exists and the database answers (no row read).
+_CHECK = "SELECT 1 FROM block_data LIMIT 0"
 
 
 def _reason(exc: Exception) -> str:
@@ -68,9 +70,15 @@ class PostgreSQLBlockStore:
     async def start(self) -> None:
         """Check that the schema has the block table (the pool is started by its owner)."""
         try:
-            await self._pool.execute("SELECT 1 FROM block_data LIMIT 0")
+            await self._pool.execute(_CHECK)
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             raise BlockStoreError(self.description, f"start-up check failed: {_reason(exc)}") from None
+
+    async def check(self) -> None:
+        try:
+            await self._pool.execute(_CHECK)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            raise BlockStoreError(self.description, _reason(exc)) from None
 
     async def stop(self) -> None:
         """Nothing to release: the pool belongs to the PostgreSQL storage."""

@@ -179,6 +179,16 @@ class _RaidBlockStore:
             await self.stop()
             raise BlockStoreError(self.raid_type, f"start-up check failed ({_details(failures)})")
 
+    def _nodes_that_may_fail(self) -> int:
+        """How many nodes may be down while every block can still be read."""
+        return 0
+
+    async def check(self) -> None:
+        """Ready while every block can be read: at most `_nodes_that_may_fail()` nodes down."""
+        failures = await self._on_all_nodes("check", [node.check() for node in self.nodes])
+        if len(failures) > self._nodes_that_may_fail():
+            raise BlockStoreError(self.raid_type, _details(failures))
+
     async def stop(self) -> None:
         failures = await self._on_all_nodes("stop", [node.stop() for node in self.nodes])
         for node, failure in failures.items():
@@ -227,6 +237,9 @@ class RAID0BlockStore(_RaidBlockStore):
 class RAID1BlockStore(_RaidBlockStore):
     raid_type = "RAID1"
 
+    def _nodes_that_may_fail(self) -> int:
+        return len(self.nodes) - 1
+
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
         concurrent = _Concurrent()
         for node, store in enumerate(self.nodes):
@@ -256,6 +269,9 @@ class RAID5BlockStore(_RaidBlockStore):
         if len(nodes) < 3:
             raise ValueError("RAID5 block store needs at least 3 nodes")
         super().__init__(nodes, partial_create_ok)
+
+    def _nodes_that_may_fail(self) -> int:
+        return 1  # rebuilt from the parity
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
         parity_node = len(self.nodes) - 1

@@ -49,17 +49,20 @@ class S3BlockStore(HTTPBlockStore):
         headers = {name: value for name, value in request.headers.items()}
         return await self._send(method, url, headers, body)
 
-    async def start(self) -> None:
-        async def head_bucket() -> None:
-            reply = await self._signed("HEAD", self._bucket_url)
-            if reply.code == 404:
-                raise HTTPStoreFailure("bucket does not exist (HTTP 404)")
-            if reply.code == 403:
-                raise HTTPStoreFailure("access denied (HTTP 403: check the key, secret and region)")
-            if not reply.ok:
-                raise HTTPStoreFailure(error_reason(reply))
+    async def _head_bucket(self) -> None:
+        reply = await self._signed("HEAD", self._bucket_url)
+        if reply.code == 404:
+            raise HTTPStoreFailure("bucket does not exist (HTTP 404)")
+        if reply.code == 403:
+            raise HTTPStoreFailure("access denied (HTTP 403: check the key, secret and region)")
+        if not reply.ok:
+            raise HTTPStoreFailure(error_reason(reply))
 
-        await self._start_checked(head_bucket, "start-up check (HEAD bucket)")
+    async def start(self) -> None:
+        await self._start_checked(self._head_bucket, "start-up check (HEAD bucket)")
+
+    async def check(self) -> None:
+        await self._bounded(self._head_bucket, "HEAD bucket")
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
         url = self._object_url(organization_id, block_id)

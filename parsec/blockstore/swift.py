@@ -75,15 +75,18 @@ class SwiftBlockStore(HTTPBlockStore):
     def _object_path(self, organization_id: str, block_id: uuid.UUID) -> str:
         return f"{self._container_path}/{quote(object_key(organization_id, block_id), safe='/')}"
 
-    async def start(self) -> None:
-        async def head_container() -> None:
-            reply = await self._call("HEAD", self._container_path)
-            if reply.code == 404:
-                raise HTTPStoreFailure("container does not exist (HTTP 404)")
-            if not reply.ok:
-                raise HTTPStoreFailure(error_reason(reply))
+    async def _head_container(self) -> None:
+        reply = await self._call("HEAD", self._container_path)
+        if reply.code == 404:
+            raise HTTPStoreFailure("container does not exist (HTTP 404)")
+        if not reply.ok:
+            raise HTTPStoreFailure(error_reason(reply))
 
-        await self._start_checked(head_container, "start-up check (HEAD container)")
+    async def start(self) -> None:
+        await self._start_checked(self._head_container, "start-up check (HEAD container)")
+
+    async def check(self) -> None:
+        await self._bounded(self._head_container, "HEAD container")
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
         path = self._object_path(organization_id, block_id)

@@ -15,13 +15,14 @@ from __future__ import annotations
 from parsec.config import ConfigError, MigrateConfig
 from parsec.options.parser import (
     HelpRequested,
+    VersionRequested,
     debug_requested,
     expand_cmd_args,
     parse_migrate_args,
     parse_run_args,
     report_error,
 )
-from parsec.options.render import render_help, startup_line
+from parsec.options.render import render_help, startup_line, version_line
 from parsec.options.table import CMD_ARGS_ENV, MIGRATE_OPTIONS, RUN_OPTIONS, Option, parse_bool
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "RUN_OPTIONS",
     "ConfigError",
     "HelpRequested",
+    "VersionRequested",
     "MigrateConfig",
     "Option",
     "debug_requested",
@@ -40,4 +42,5 @@ __all__ = [
     "render_help",
     "report_error",
     "startup_line",
+    "version_line",
 ]

@@ -48,6 +48,7 @@ from parsec.options.table import (
 
 __all__ = [
     "HelpRequested",
+    "VersionRequested",
     "debug_requested",
     "expand_cmd_args",
     "parse_migrate_args",
@@ -58,6 +59,10 @@ __all__ = [
 
 class HelpRequested(Exception):
     """`--help` was found among the options: the front-end prints the help and exits 0."""
+
+
+class VersionRequested(Exception):
+    """`--version` was found among the options: the front-end prints the version and exits 0."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +116,8 @@ def _tokenize(table: Sequence[Option], tokens: Sequence[str]) -> _CommandLine:
             break
         if token == "--help":
             raise HelpRequested()
+        if token == "--version":
+            raise VersionRequested()
         if not token.startswith("-") or token == "-":
             raise ConfigError(f"Got unexpected extra argument ({token})")
         attached: str | None = None
@@ -147,17 +154,30 @@ def _convert(option: Option, raw: str, source: str | None) -> Any:
         raise ConfigError(f"Invalid value for {option.label()}{origin}: {exc}") from None
 
 
+COMMAND_LINE, ENVIRONMENT = "command line", "environment"
+
+
 def _resolve(
-    table: Sequence[Option], command_line: _CommandLine, environ: Mapping[str, str]
+    table: Sequence[Option],
+    command_line: _CommandLine,
+    environ: Mapping[str, str],
+    given_names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Typed value of every option (cmd line > env > default); required options checked."""
+    """Typed value of every option (cmd line > env > default); required options checked.
+
+    `given_names` collects where each option that was not defaulted came from (option name
+    -> COMMAND_LINE or ENVIRONMENT).
+    """
     values: dict[str, Any] = {}
+    given_names = {} if given_names is None else given_names
     for option in table:
         if option.flag and option.dest in command_line.flags:
             values[option.dest] = True
+            given_names[option.name] = COMMAND_LINE
             continue
         given = command_line.values.get(option.dest)
         if given:
+            given_names[option.name] = COMMAND_LINE
             if option.multiple:
                 values[option.dest] = [_convert(option, raw, None) for raw in given]
             else:
@@ -165,6 +185,7 @@ def _resolve(
             continue
         env_name = next((name for name in option.env if environ.get(name)), None)
         if env_name is not None:
+            given_names[option.name] = ENVIRONMENT
             raw = environ[env_name]
             if option.multiple:
                 values[option.dest] = [_convert(option, part, env_name) for part in raw.split()]
@@ -238,7 +259,9 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
     command_line = _tokenize(RUN_OPTIONS, _all_tokens(argv, environ))
     if "dev" in command_line.flags:
         _apply_dev(command_line)
-    values = _resolve(RUN_OPTIONS, command_line, environ)
+    given: dict[str, str] = {}
+    values = _resolve(RUN_OPTIONS, command_line, environ, given)
+    _settle_listen(values, given)
 
     try:
         blockstore = parse_blockstore_params(values["blockstore"])
@@ -295,11 +318,31 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         port=values["port"],
         ssl_keyfile=values["ssl_keyfile"],
         ssl_certfile=values["ssl_certfile"],
+        endpoints=tuple(values["listen"]),
     )
-    return ServerConfig(backend=backend, listen=listen, log=_log_config(values))
+    return ServerConfig(backend=backend, listen=listen, log=_log_config(values, given))
 
 
-def _log_config(values: Mapping[str, Any]) -> LogConfig:
+def _settle_listen(values: dict[str, Any], given: Mapping[str, str]) -> None:
+    """`--listen` or the `--host`/`--port` shorthand: the command line wins over the
+    environment (e.g. the unit's `--listen systemd:...` over PARSEC_PORT in parsec.env); both
+    at the same level is a mistake."""
+    listen_source = given.get("--listen")
+    shorthand = {name: source for name, source in given.items() if name in ("--host", "--port")}
+    if listen_source is None or not shorthand:
+        return
+    same_level = [name for name, source in shorthand.items() if source == listen_source]
+    if same_level:
+        where = "on the command line" if listen_source == COMMAND_LINE else "in the environment"
+        raise ConfigError(
+            f"Option '--listen' replaces {' and '.join(repr(n) for n in same_level)} (both {where}): "
+            "give the address in the endpoint instead (e.g. --listen tcp:6777:interface=127.0.0.1)"
+        )
+    if listen_source == ENVIRONMENT:
+        values["listen"] = []  # --host/--port on the command line win over PARSEC_LISTEN
+
+
+def _log_config(values: Mapping[str, Any], given: Mapping[str, str]) -> LogConfig:
     log_file = values["log_file"]
     return LogConfig(
         level=values["log_level"],
@@ -307,16 +350,18 @@ def _log_config(values: Mapping[str, Any]) -> LogConfig:
         file=None if log_file in (None, "", "-") else log_file,
         sentry_dsn=values.get("sentry_dsn"),
         sentry_environment=values.get("sentry_environment") or "production",
+        given=frozenset(name for name in given if name.startswith("--log-")),
     )
 
 
 def parse_migrate_args(argv: Sequence[str], environ: Mapping[str, str]) -> MigrateConfig:
     """Options of `parsec backend migrate` -> MigrateConfig. Raises ConfigError / HelpRequested."""
     command_line = _tokenize(MIGRATE_OPTIONS, _all_tokens(argv, environ))
-    values = _resolve(MIGRATE_OPTIONS, command_line, environ)
+    given: dict[str, str] = {}
+    values = _resolve(MIGRATE_OPTIONS, command_line, environ, given)
     return MigrateConfig(
         db_url=values["db"],
         dry_run=values["dry_run"],
-        log=_log_config(values),
+        log=_log_config(values, given),
         debug=values["debug"],
     )

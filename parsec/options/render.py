@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import textwrap
 
+from parsec import __version__
 from parsec.config import ServerConfig
 from parsec.options.table import CMD_ARGS_ENV, MIGRATE_OPTIONS, RUN_OPTIONS, Option
 
-__all__ = ["render_help", "startup_line"]
+__all__ = ["render_help", "startup_line", "version_line"]
 
 _DESCRIPTIONS = {
     "run": "Run the Parsec server.",
@@ -15,11 +16,16 @@ _DESCRIPTIONS = {
 }
 
 
+def version_line() -> str:
+    """What `--version` prints, on every front end."""
+    return f"parsec, version {__version__}\n"
+
+
 def startup_line(config: ServerConfig) -> str:
     backend = config.backend
     addr = backend.backend_addr.to_url() if backend.backend_addr is not None else "none"
     return (
-        f"Starting Parsec Backend on {config.listen.host}:{config.listen.port} "
+        f"Starting Parsec Backend on {config.listen.describe()} "
         f"(db={backend.db_type} "
         f"blockstore={backend.blockstore.type} "
         f"email={'MOCKED' if backend.email.is_mocked else 'SMTP'} "
@@ -87,6 +93,8 @@ def render_help(command: str = "run", prog: str | None = None, width: int = 79) 
             facts.append("repeatable")
         if facts:
             lines.append(f"{body_indent}[{'; '.join(facts)}]")
+    lines.append("  --version")
+    lines.append(f"{body_indent}Show the version and exit.")
     lines.append("  --help")
     lines.append(f"{body_indent}Show this message and exit.")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ import attrs
 
 from parsec import limits
 from parsec.config import BackendAddr, ConfigError
+from parsec.listen import check_endpoint
 
 __all__ = [
     "CMD_ARGS_ENV",
@@ -218,7 +219,8 @@ _LOG_OPTIONS_HELP = {
     "level": "Minimum level of the log messages written: DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "format": "Format of the log lines: CONSOLE (readable key=value lines) or JSON "
     "(one JSON object per line)",
-    "file": "File the logs are written to (truncated at start-up); `-` means standard error",
+    "file": "File the logs are appended to (reopened on SIGUSR1 and SIGHUP, for logrotate); "
+    "`-` means standard error",
 }
 
 
@@ -283,6 +285,23 @@ def _db_limit_options() -> tuple[Option, ...]:
 _DEBUG_HELP = "Debug mode: detailed `server` header, tracebacks for start-up and configuration errors"
 
 RUN_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--listen",
+        "listen",
+        "Where to listen, as a Twisted endpoint (repeat the option for several): "
+        "`tcp:<port>[:interface=<address>]`, `tcp6:...`, "
+        "`ssl:<port>:privateKey=<file>[:certKey=<chain file>][:interface=<address>]`, "
+        "`unix:<path>`, or `systemd:domain=INET:index=0` (socket activation; "
+        "`name=<FileDescriptorName>` instead of `index`). In the environment, several values are "
+        "separated by whitespace. Replaces --host/--port; --ssl-keyfile/--ssl-certfile add TLS to "
+        "each endpoint that is not `ssl:`",
+        check_endpoint,
+        env=("PARSEC_LISTEN",),
+        default=None,
+        default_help="--host:--port",
+        multiple=True,
+        metavar="ENDPOINT",
+    ),
     Option(
         "--host",
         "host",
@@ -515,7 +534,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "--forward-proto-enforce-https",
         "forward_proto_enforce_https",
         "When behind a reverse proxy: `<header-name>:<header-value>` that the proxy sets on "
-        "HTTPS requests (e.g. `X-Forwarded-Proto:https`); other requests are redirected to HTTPS",
+        "HTTPS requests (e.g. `X-Forwarded-Proto:https`); a request whose header has another "
+        "value is redirected to HTTPS, a request without the header is served as it is",
         _forward_proto,
         env=("PARSEC_FORWARD_PROTO_ENFORCE_HTTPS",),
         default=None,
@@ -539,7 +559,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "--ssl-keyfile",
         "ssl_keyfile",
-        "TLS private key (PEM); TLS is enabled when a key or a certificate is given",
+        "TLS private key (PEM, unencrypted); TLS is enabled when a key or a certificate is "
+        "given. Re-read on SIGHUP",
         _existing_file,
         env=("PARSEC_SSL_KEYFILE",),
         default=None,
@@ -549,7 +570,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "--ssl-certfile",
         "ssl_certfile",
-        "TLS certificate chain (PEM)",
+        "TLS certificate chain (PEM): the server's certificate first, then the intermediates, "
+        "all served (e.g. certbot's fullchain.pem). Re-read on SIGHUP",
         _existing_file,
         env=("PARSEC_SSL_CERTFILE",),
         default=None,

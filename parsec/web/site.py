@@ -6,6 +6,12 @@ limit, request deadline, complete error answers); only public Twisted APIs are u
 `RootResource` routes on the percent-decoded path itself (twisted's segment
 tree neither decodes `+` as space nor matches the reference's route table), and
 hands websocket upgrades of exactly `GET /ws` to Autobahn's WebSocketResource.
+
+Health, for load balancers and supervisors (unauthenticated, cheap, answered before any other
+check): `GET /health` is 200 as long as the process answers (no dependency touched);
+`GET /ready` is 200 when the server serves and PostgreSQL and the blockstore answer within a
+short timeout, else 503 with the reason (parsec.readiness). Every other request gets 503 with
+the reason while the server does not serve (starting, shutting down, event feed lost).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from twisted.web.resource import Resource
 
 import parsec
 from parsec.limits import Limits
+from parsec.readiness import Readiness, ReadyCheck
+from parsec.web.drain import RequestTracker
 from parsec.web.listener import Listener
 
 _log = Logger()
@@ -92,6 +100,7 @@ class ParsecChannel(http.HTTPChannel):
 class ParsecSite(server.Site):
     requestFactory = ParsecRequest
     protocol = ParsecChannel
+    noisy = False  # no "Starting factory <ParsecSite ...>" at INFO
 
     def __init__(
         self,
@@ -145,9 +154,22 @@ AsyncHandler = Callable[[ParsecRequest, list[str]], Awaitable[None]]
 class RootResource(Resource):
     isLeaf = True
 
-    def __init__(self, app: Any, ws_factory: Any, admin: Any, anonymous: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        ws_factory: Any,
+        admin: Any,
+        anonymous: Any,
+        *,
+        readiness: Readiness,
+        ready_check: ReadyCheck,
+        requests: RequestTracker,
+    ) -> None:
         super().__init__()
         self._app = app
+        self._readiness = readiness
+        self._ready_check = ready_check
+        self._requests = requests
         self._ws = WebSocketResource(ws_factory)
         self._admin = admin
         self._anonymous = anonymous
@@ -165,6 +187,18 @@ class RootResource(Resource):
             return server.NOT_DONE_YET
 
     def _render(self, request: ParsecRequest) -> Any:
+        upgrade = self._is_websocket_upgrade(request)
+        if not upgrade:
+            self._requests.track(request)  # waited for at shutdown (parsec.web.drain)
+        if request.path in (b"/health", b"/ready"):
+            if request.method not in (b"GET", b"HEAD"):
+                finish(request, 405)
+            elif request.path == b"/health":
+                finish(request, 200, b"ok\n", b"text/plain;charset=utf-8")
+            else:
+                self._spawn(request, self._ready)
+            return server.NOT_DONE_YET
+
         config = self._app.config
         if config.forward_proto_enforce_https is not None:
             name, expected = config.forward_proto_enforce_https
@@ -183,12 +217,12 @@ class RootResource(Resource):
             finish(request, 429)
             return server.NOT_DONE_YET
 
-        if not getattr(self._app, "ready", True):
-            reason = getattr(self._app, "unavailable_reason", None) or "starting"
+        reason = self._readiness.reason
+        if reason is not None:
             finish(request, 503, f"Parsec server unavailable: {reason}".encode())
             return server.NOT_DONE_YET
 
-        if self._is_websocket_upgrade(request):
+        if upgrade:
             if not request.requestHeaders.getRawHeaders(b"sec-websocket-key"):
                 finish(request, 400)
                 return server.NOT_DONE_YET
@@ -263,6 +297,13 @@ class RootResource(Resource):
         defer.ensureDeferred(run())
 
     # ---- simple routes ------------------------------------------------------------------
+
+    async def _ready(self, request: ParsecRequest) -> None:
+        reason = await self._ready_check()
+        if reason is None:
+            finish(request, 200, b"ready\n", b"text/plain;charset=utf-8")
+        else:
+            finish(request, 503, f"not ready: {reason}\n".encode(), b"text/plain;charset=utf-8")
 
     def _get_landing(self, request: ParsecRequest) -> None:
         finish(request, 200, self._landing, HTML)

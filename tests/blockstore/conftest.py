@@ -177,6 +177,7 @@ class FakeStore(MemoryBlockStore):
         self.hang_read = False
         self.hang_create = False
         self.fail_start = False
+        self.fail_check = False
         self.stopped = 0
         self.cancelled = 0
         self.reads = 0
@@ -198,6 +199,10 @@ class FakeStore(MemoryBlockStore):
 
     async def stop(self) -> None:
         self.stopped += 1
+
+    async def check(self) -> None:
+        if self.fail_check:
+            raise BlockStoreError(self.description, "check refused by the test")
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
         self.reads += 1

@@ -2,8 +2,8 @@
 
 The front-end tests check option handling, logging, signals and exit statuses, not the Parsec
 server itself, so `parsec.service.make_service` (and the migration command) are replaced by
-small fakes: a TCP listener on the configured host/port (through strports, like the real
-service, so a busy port fails start-up) and a service that logs a few events once started.
+small fakes: a TCP listener on the configured host/port (bound in privilegedStartService,
+like the real service, so a busy port fails start-up) and a service that logs a few events once started.
 
     python launcher.py parsec backend run --dev ...
     python launcher.py twistd -n --pidfile= parsec --dev ...
@@ -15,21 +15,45 @@ import sys
 import types
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 _log = Logger(namespace="parsec.fake")
 
 
+class _Listener(service.Service):
+    """Binds like the real service does (synchronously, in privilegedStartService: a busy port
+    fails start-up), through the public endpoint API."""
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        from twisted.internet import reactor
+
+        outcome: list[Any] = []
+        serverFromString(reactor, self._description).listen(Factory.forProtocol(Protocol)).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        self.port = outcome[0]
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening() if self.port is not None else None
+
+
 class _Announce(service.Service):
-    def __init__(self, listener: Any) -> None:
+    def __init__(self, listener: _Listener) -> None:
         self._listener = listener
 
     def startService(self) -> None:
         super().startService()
-        # The listener is bound by now (strports binds synchronously).
-        port = self._listener._waitingForPort.result.getHost().port
+        port = self._listener.port.getHost().port
         _log.debug("fake debug event")
         _log.info("fake info event")
         from twisted.internet import reactor
@@ -41,13 +65,15 @@ class _Announce(service.Service):
         )
 
 
-def make_service(config: Any, *, reactor: Any = None) -> service.MultiService:
-    from parsec.options import startup_line
+class _FakeServer(service.MultiService):
+    def reload(self) -> None:
+        _log.warn("fake reload")
 
-    print(startup_line(config), flush=True)  # as the real make_service does
-    top = service.MultiService()
+
+def make_service(config: Any, *, reactor: Any = None, on_fatal: Any = None) -> service.MultiService:
+    top = _FakeServer()
     host = config.listen.host.replace(":", "\\:")
-    listener = strports.service(f"tcp:{config.listen.port}:interface={host}", Factory.forProtocol(Protocol))
+    listener = _Listener(f"tcp:{config.listen.port}:interface={host}")
     listener.setServiceParent(top)
     _Announce(listener).setServiceParent(top)
     return top

@@ -48,6 +48,12 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "main": [PARSEC, "--help"],
         "backend": [PARSEC, "backend", "--help"],
         "version": [PARSEC, "--version"],
+        "backend --version": [PARSEC, "backend", "--version"],
+        "run --version": [PARSEC, "backend", "run", "--version"],
+        "migrate --version": [PARSEC, "backend", "migrate", "--version"],
+        "twistd parsec --version": [TWISTD, "parsec", "--version"],
+        # Even with options that would not start a server: the version is answered first.
+        "twistd parsec --dev --version": [TWISTD, "-n", "parsec", "--dev", "--version"],
     }
     results = run_many([(argv, {}) for argv in commands.values()], cwd=cwd)
     return dict(zip(commands, results, strict=True))
@@ -82,3 +88,18 @@ def test_main_help_and_version(outputs: dict) -> None:
     assert "run" in outputs["backend"].stdout and "migrate" in outputs["backend"].stdout
     assert outputs["version"].returncode == 0
     assert outputs["version"].stdout == f"parsec, version {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "backend --version",
+        "run --version",
+        "migrate --version",
+        "twistd parsec --version",
+        "twistd parsec --dev --version",
+    ],
+)
+def test_version_on_every_front_end(outputs: dict, key: str) -> None:
+    result = outputs[key]
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"parsec, version {__version__}\n", ""), result

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,10 @@ from parsec.config import ConfigError, LogConfig
 from parsec.logging import (
     LineLogObserver,
     make_observer,
+    reopen_log_files,
     set_twistd_settings,
     setup_logging,
+    twistd_log_settings,
     twistd_observer,
 )
 from parsec.tap import Options, StartupGuard, makeService
@@ -148,13 +152,44 @@ def test_unformattable_event_does_not_break_logging() -> None:
     assert len(stream.getvalue().splitlines()) == 2
 
 
-def test_log_file_is_truncated_and_written(tmp_path: Path) -> None:
+def test_log_file_is_appended_to(tmp_path: Path) -> None:
+    """A restart (Restart=on-failure) keeps the previous run's lines."""
     path = tmp_path / "parsec.log"
-    path.write_text("old content\n")
+    path.write_text('{"event":"previous run"}\n')
     observer = make_observer(LogConfig("INFO", "JSON", file=str(path)))
     Logger(namespace="parsec.test", observer=observer).info("hello")
     records = _json_lines(path.read_text())
-    assert [r["event"] for r in records] == ["hello"]
+    assert [r["event"] for r in records] == ["previous run", "hello"]
+
+
+def test_log_file_reopened_after_rename(tmp_path: Path) -> None:
+    """logrotate's default: the file is renamed, then the server reopens it by name."""
+    path = tmp_path / "parsec.log"
+    log = Logger(namespace="parsec.test", observer=make_observer(LogConfig("INFO", "JSON", file=str(path))))
+    log.info("before")
+    path.rename(tmp_path / "parsec.log.1")
+    log.info("still to the renamed file")
+    reopen_log_files()
+    log.info("after")
+    assert [r["event"] for r in _json_lines((tmp_path / "parsec.log.1").read_text())] == [
+        "before",
+        "still to the renamed file",
+    ]
+    assert [r["event"] for r in _json_lines(path.read_text())] == ["after"]
+
+
+def test_log_file_truncated_under_us_leaves_no_hole(tmp_path: Path) -> None:
+    """logrotate's copytruncate: the copy is taken, the file truncated in place while the
+    server keeps it open; the next line must start at offset 0, not after a run of NULs."""
+    path = tmp_path / "parsec.log"
+    log = Logger(namespace="parsec.test", observer=make_observer(LogConfig("INFO", "JSON", file=str(path))))
+    log.info("a rather long line that moves the file offset " + "x" * 200)
+    with open(path, "r+b") as file:
+        file.truncate(0)
+    log.info("after the truncation")
+    data = path.read_bytes()
+    assert b"\0" not in data
+    assert [r["event"] for r in _json_lines(data.decode())] == ["after the truncation"]
 
 
 def test_log_file_that_cannot_be_opened(tmp_path: Path) -> None:
@@ -197,14 +232,14 @@ def test_twistd_observer_daemon_default_file(tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.parametrize(
-    "twistd_args, ours",
+    "twistd_args, log_file",
     [
-        (["--nodaemon"], True),
-        (["--nodaemon", "--logfile", "twistd-own.log"], False),
-        (["--nodaemon", "--logger", "twisted.logger.globalLogPublisher"], False),
+        (["--nodaemon"], None),
+        # twistd's own --logfile names the file; our format and level apply to it.
+        (["--nodaemon", "--logfile", "twistd-own.log"], "twistd-own.log"),
     ],
 )
-def test_twistd_server_options_pick_our_observer(twistd_args: list[str], ours: bool) -> None:
+def test_twistd_server_options_pick_our_observer(twistd_args: list[str], log_file: str | None) -> None:
     """The real twistd ServerOptions of the installed Twisted: the subcommand sets the
     `logger` entry, which twistd's postOptions resolves and its AppLogger calls."""
     options = ServerOptions()
@@ -212,9 +247,46 @@ def test_twistd_server_options_pick_our_observer(twistd_args: list[str], ours: b
     assert options.subCommand == "parsec"
     assert isinstance(options.subOptions, Options)
     assert options.subOptions["config"].log == LogConfig("INFO", "JSON")
-    assert (options["logger"] is twistd_observer) is ours
+    assert options["logger"] is twistd_observer
     settings = parsec.logging._twistd_settings
     assert settings is not None and settings.daemon is False
+    assert settings.config == LogConfig("INFO", "JSON", file=log_file)
+
+
+@pytest.mark.parametrize("twistd_option", [["--syslog"], ["--logger", "twisted.logger.globalLogPublisher"]])
+def test_twistd_own_observer_refuses_our_log_options(
+    twistd_option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = ServerOptions()
+    with pytest.raises(SystemExit) as info:
+        options.parseOptions(["--nodaemon", *twistd_option, "parsec", *REQUIRED_ARGS, "-f", "JSON"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == (
+        f"Error: twistd's {twistd_option[0]} chooses its own log format and level: it cannot be "
+        "combined with --log-format (drop one of them)\n"
+    )
+
+
+def test_twistd_own_observer_without_our_log_options() -> None:
+    options = ServerOptions()
+    options.parseOptions(["--nodaemon", "--logger", "twisted.logger.globalLogPublisher", "parsec", *REQUIRED_ARGS])
+    assert options["logger"] is not twistd_observer
+
+
+def test_twistd_logfile_and_our_log_file_are_exclusive() -> None:
+    config = LogConfig(file="ours.log", given=frozenset({"--log-file"}))
+    with pytest.raises(ConfigError, match="twistd's --logfile and '--log-file' both name a log file"):
+        twistd_log_settings(config, {"logfile": "theirs.log"})
+
+
+def test_twistd_logfile_dash_is_standard_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = ServerOptions()
+    options.parseOptions(["--nodaemon", "--logfile", "-", "parsec", *REQUIRED_ARGS, "-f", "JSON"])
+    Logger(namespace="parsec.test", observer=twistd_observer()).error("to stdout")
+    captured = capsys.readouterr()
+    assert [r["event"] for r in _json_lines(captured.out)] == ["to stdout"] and captured.err == ""
 
 
 def test_twistd_daemon_mode_is_noticed() -> None:
@@ -239,12 +311,29 @@ def test_tap_options_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("Usage: twistd parsec [OPTIONS]")
 
 
-def test_make_service_wraps_in_startup_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+class _Server(MultiService):
+    def reload(self) -> None:
+        pass
+
+
+@pytest.fixture
+def saved_signal_handlers() -> Iterator[None]:
+    """makeService installs the process's signal handlers: give pytest its own back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("saved_signal_handlers")
+def test_make_service_wraps_in_startup_guard(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     built: list[Any] = []
 
-    def make_service(config: Any, *, reactor: Any = None) -> MultiService:
+    def make_service(config: Any, *, reactor: Any = None, on_fatal: Any = None) -> MultiService:
         built.append(config)
-        return MultiService()
+        return _Server()
 
     monkeypatch.setitem(sys.modules, "parsec.service", types.SimpleNamespace(make_service=make_service))
     options = Options()
@@ -252,12 +341,13 @@ def test_make_service_wraps_in_startup_guard(monkeypatch: pytest.MonkeyPatch) ->
     service = makeService(options)
     assert isinstance(service, StartupGuard)
     assert built == [options["config"]]
+    assert capsys.readouterr().out.startswith("Starting Parsec Backend on 127.0.0.1:6999 (")
 
 
 def test_make_service_failure_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def make_service(config: Any, *, reactor: Any = None) -> MultiService:
+    def make_service(config: Any, *, reactor: Any = None, on_fatal: Any = None) -> MultiService:
         raise ValueError("cannot load the certificate")
 
     monkeypatch.setitem(sys.modules, "parsec.service", types.SimpleNamespace(make_service=make_service))
@@ -277,7 +367,9 @@ class _Exploding(Service):
 @pytest.mark.allow_logged_failures
 @pytest.mark.parametrize("debug", [False, True])
 def test_startup_guard(debug: bool) -> None:
-    guard = StartupGuard(debug=debug)
+    from twisted.internet import reactor
+
+    guard = StartupGuard(reactor, debug=debug)
     _Exploding().setServiceParent(guard)
     with capturedLogs() as events, pytest.raises(SystemExit) as info:
         guard.startService()

@@ -133,6 +133,13 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
         lambda c: c.backend.forward_proto_enforce_https,
         ("x-forwarded-proto", "HTTPS"),
     ),
+    (
+        "--listen",
+        "PARSEC_LISTEN",
+        "unix:/run/parsec/parsec.sock",
+        lambda c: c.listen.endpoints,
+        ("unix:/run/parsec/parsec.sock",),
+    ),
     ("--trusted-proxy", "PARSEC_TRUSTED_PROXY", "10.0.0.0/8", lambda c: c.backend.trusted_proxies, ("10.0.0.0/8",)),
     ("--http-request-timeout", "PARSEC_HTTP_REQUEST_TIMEOUT", "12.5", lambda c: c.backend.limits.http_request_timeout, 12.5),
     ("--max-connections", "PARSEC_MAX_CONNECTIONS", "500", lambda c: c.backend.limits.max_connections, 500),
@@ -502,3 +509,76 @@ def test_secrets_stay_out_of_config_reprs() -> None:
 def test_config_error_is_the_config_module_one() -> None:
     with pytest.raises(ConfigError):
         parse_run_args([], {})
+
+
+# ---- --listen ----------------------------------------------------------------------------------
+
+
+def test_listen_values_accumulate_and_env_is_whitespace_separated() -> None:
+    config = parse_run_args(["--listen", "tcp:7000", "--listen", "unix:/run/p.sock"], REQUIRED_ENV)
+    assert config.listen.endpoints == ("tcp:7000", "unix:/run/p.sock")
+    config = parse_run_args([], {**REQUIRED_ENV, "PARSEC_LISTEN": "tcp:7000  unix:/run/p.sock"})
+    assert config.listen.endpoints == ("tcp:7000", "unix:/run/p.sock")
+    assert config.listen.describe() == "tcp:7000, unix:/run/p.sock"
+
+
+def test_listen_on_the_command_line_beats_host_and_port_in_the_environment() -> None:
+    env = {**REQUIRED_ENV, "PARSEC_HOST": "0.0.0.0", "PARSEC_PORT": "7000"}
+    config = parse_run_args(["--listen", "systemd:domain=INET:name=parsec"], env)
+    assert config.listen.endpoints == ("systemd:domain=INET:name=parsec",)
+
+
+def test_port_on_the_command_line_beats_listen_in_the_environment() -> None:
+    config = parse_run_args(["--port", "7001"], {**REQUIRED_ENV, "PARSEC_LISTEN": "tcp:7000"})
+    assert (config.listen.endpoints, config.listen.port) == ((), 7001)
+
+
+def test_listen_and_host_both_in_the_environment() -> None:
+    with pytest.raises(ConfigError, match=r"^Option '--listen' replaces '--host' \(both in the environment\)"):
+        parse_run_args([], {**REQUIRED_ENV, "PARSEC_LISTEN": "tcp:7000", "PARSEC_HOST": "::"})
+
+
+def test_listen_specs() -> None:
+    from parsec.listen import TLSFiles, listen_specs
+
+    shorthand = parse_run_args(["-H", "::1", "-P", "7000"], REQUIRED_ENV).listen
+    (spec,) = listen_specs(shorthand)
+    assert (spec.endpoint, spec.tls, spec.label) == ("tcp:7000:interface=\\:\\:1", None, "::1:7000")
+    tls_env = {**REQUIRED_ENV, "PARSEC_SSL_CERTFILE": THIS_FILE, "PARSEC_SSL_KEYFILE": THIS_FILE}
+    listen = parse_run_args(
+        [
+            "--listen", "unix:/run/p.sock",
+            "--listen", f"ssl:443:interface=10.0.0.1:privateKey={THIS_FILE}:extraCertChain={THIS_FILE}",
+        ],
+        tls_env,
+    ).listen
+    plain, ssl = listen_specs(listen)
+    assert plain.endpoint == "unix:/run/p.sock" and plain.tls == TLSFiles(THIS_FILE, THIS_FILE)
+    assert ssl.endpoint == "tcp:443:interface=10.0.0.1"
+    assert ssl.tls == TLSFiles(
+        key_file=THIS_FILE,
+        cert_file=THIS_FILE,
+        extra_chain_file=THIS_FILE,
+        key_option="--listen ssl:...:privateKey",
+        cert_option="--listen ssl:...:privateKey",
+    )
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("tcp", "a tcp: endpoint needs a port number (e.g. tcp:6777)"),
+        ("tcp:http", "a tcp: endpoint needs a port number (e.g. tcp:6777)"),
+        ("tcp:1:2", "unexpected argument '2' in a tcp: endpoint"),
+        ("tcp:1:port=2", "argument 'port' given twice"),
+        ("unix:", "a unix: endpoint needs a socket path (e.g. unix:/run/parsec/parsec.sock)"),
+        ("systemd:domain=INET", "a systemd: endpoint needs exactly one of index=<n> or name=<FileDescriptorName>"),
+        ("systemd:domain=IPX:index=0", "a systemd: endpoint needs domain=INET, INET6 or UNIX"),
+        ("ssl:443:privateKey=/nonexistent.pem", "privateKey: file '/nonexistent.pem' does not exist"),
+        ("=tcp:1", "unsupported endpoint type '=tcp' (use tcp:, tcp6:, ssl:, unix:, systemd:)"),
+    ],
+)
+def test_listen_syntax_errors(value: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_run_args(["--listen", value], REQUIRED_ENV)
+    assert str(info.value) == f"Invalid value for '--listen': {reason}"

@@ -1,27 +1,28 @@
 """Assembly of the PostgreSQL storage: pool, LISTEN/NOTIFY event bus, domain storages.
 
-    storage, bus, resources = build_postgresql_storage(backend_config, reactor=reactor)
-    await storage.start()   # connect (retry policy), check the schema, start listening
+    storage, bus, resources = build_postgresql_storage(backend_config, reactor=reactor, feed=watcher)
+    await storage.start()   # connect (retry policy), check the schema
+    await bus.start()       # start listening
     ...
-    await storage.stop()    # stop listening, close the pool
+    await bus.stop()        # stop listening
+    await storage.stop()    # close the pool
 
-`resources.pool` is the pool the POSTGRESQL blockstore shares.
+The service tree starts the storage and the event feed as two services, in this order (and
+stops them in reverse). `resources.pool` is the pool the POSTGRESQL blockstore shares.
 
 Event feed (docs/protocol/server-config.md §4, docs/protocol/events.md §6). While serving, losing the LISTEN connection
-means events may have been missed: the bus calls `storage.on_listen_lost(error)` at once (the
-service drops its websocket clients and refuses new ones), then reconnects under the retry
-policy: `storage.on_listen_restored()` once listening again, or, when the attempts are
-exhausted, `storage.on_listen_gave_up(error)` (the service exits with status 1). The service
-sets these three hooks; unset, a loss is only logged.
+means events may have been missed: the bus tells the `feed` given at construction at once
+(`feed.event_feed_lost(error)`: the service drops its websocket clients and refuses new ones),
+then reconnects under the retry policy: `feed.event_feed_restored()` once listening again, or,
+when the attempts are exhausted, `feed.event_feed_gave_up(error)` (the service exits with
+status 1). Without a `feed`, a loss is only logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
-from twisted.logger import Logger
 
 from parsec.backend.storage import Storage
 from parsec.config import BackendConfig
@@ -38,9 +39,7 @@ from parsec.storage.postgresql.realm import PgRealmStorage
 from parsec.storage.postgresql.user import PgUserStorage
 from parsec.storage.postgresql.vlob import PgVlobStorage
 
-__all__ = ["PostgreSQLResources", "PostgreSQLStorage", "build_postgresql_storage"]
-
-_log = Logger(namespace="parsec.storage.postgresql")
+__all__ = ["EventFeedWatcher", "PostgreSQLResources", "PostgreSQLStorage", "build_postgresql_storage"]
 
 
 @attrs.define(eq=False)
@@ -51,46 +50,31 @@ class PostgreSQLResources:
     bus: PostgreSQLEventBus
 
 
+class EventFeedWatcher(Protocol):
+    """Told about the LISTEN connection (the event feed) of the storage's bus."""
+
+    def event_feed_lost(self, error: DatabaseUnavailable) -> None: ...
+
+    def event_feed_restored(self) -> None: ...
+
+    def event_feed_gave_up(self, error: DatabaseUnavailable) -> None: ...
+
+
 @attrs.define(eq=False)
 class PostgreSQLStorage(Storage):
     pool: PostgreSQLPool = attrs.field(kw_only=True)
-    bus: PostgreSQLEventBus = attrs.field(kw_only=True)
-    on_listen_lost: Callable[[DatabaseUnavailable], None] | None = attrs.field(default=None, kw_only=True)
-    on_listen_restored: Callable[[], None] | None = attrs.field(default=None, kw_only=True)
-    on_listen_gave_up: Callable[[DatabaseUnavailable], None] | None = attrs.field(default=None, kw_only=True)
-
-    def __attrs_post_init__(self) -> None:
-        self.bus.on_connection_lost = self._listen_lost
-        self.bus.on_reconnected = self._listen_restored
-        self.bus.on_gave_up = self._listen_gave_up
 
     async def start(self) -> None:
         """Raises DatabaseUnavailable (attempts exhausted) or SchemaError; both one line."""
         await self.pool.start()
         await check_schema_up_to_date(self.pool)
-        await self.bus.start()
 
     async def stop(self) -> None:
-        await self.bus.stop()
         await self.pool.close()
-
-    def _listen_lost(self, error: DatabaseUnavailable) -> None:
-        if self.on_listen_lost is not None:
-            self.on_listen_lost(error)
-
-    def _listen_restored(self) -> None:
-        if self.on_listen_restored is not None:
-            self.on_listen_restored()
-
-    def _listen_gave_up(self, error: DatabaseUnavailable) -> None:
-        if self.on_listen_gave_up is not None:
-            self.on_listen_gave_up(error)
-        else:
-            _log.critical("Event feed lost for good: {error}", error=str(error))
 
 
 def build_postgresql_storage(
-    backend_config: BackendConfig, reactor: Any = None
+    backend_config: BackendConfig, reactor: Any = None, feed: EventFeedWatcher | None = None
 ) -> tuple[PostgreSQLStorage, PostgreSQLEventBus, PostgreSQLResources]:
     """Build (without connecting) the storage of `backend_config.db_url`."""
     limits = backend_config.limits
@@ -106,7 +90,16 @@ def build_postgresql_storage(
         max_waiters=limits.db_max_waiters,
         reactor=reactor,
     )
-    bus = PostgreSQLEventBus(pool, outbox_bytes=limits.event_outbox_bytes)
+    if feed is None:
+        bus = PostgreSQLEventBus(pool, outbox_bytes=limits.event_outbox_bytes)
+    else:
+        bus = PostgreSQLEventBus(
+            pool,
+            on_connection_lost=feed.event_feed_lost,
+            on_reconnected=feed.event_feed_restored,
+            on_gave_up=feed.event_feed_gave_up,
+            outbox_bytes=limits.event_outbox_bytes,
+        )
     storage = PostgreSQLStorage(
         organization=PgOrganizationStorage(pool),
         user=PgUserStorage(pool),
@@ -117,6 +110,5 @@ def build_postgresql_storage(
         message=PgMessageStorage(pool),
         pki=PgPkiStorage(pool),
         pool=pool,
-        bus=bus,
     )
     return storage, bus, PostgreSQLResources(pool=pool, bus=bus)
