@@ -29,6 +29,7 @@ class _Protocol(WebSocketClientProtocol):
         self.waiters: deque[defer.Deferred[Any]] = deque()
         self.opened: defer.Deferred[None] = defer.Deferred()
         self.closed: defer.Deferred[tuple[int | None, bool]] = defer.Deferred()
+        self.close_reason: str | None = None  # of the peer's Close frame
 
     def onOpen(self) -> None:
         self.opened.callback(None)
@@ -47,6 +48,7 @@ class _Protocol(WebSocketClientProtocol):
         if pending is not None:
             pending.cancel()
             self.closeHandshakeTimeoutCall = None
+        self.close_reason = reason
         if not self.opened.called:
             self.opened.errback(ClosedError(code, wasClean))
         while self.waiters:

@@ -17,6 +17,7 @@ Who publishes (docs/protocol/events.md §5):
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -126,8 +127,9 @@ def device_created(organization_id: str, device_id: str) -> BackendEvent:
     return BackendEvent(DEVICE_CREATED, organization_id, {"device_id": device_id})
 
 
-def user_revoked(organization_id: str, user_id: str) -> BackendEvent:
-    return BackendEvent(USER_REVOKED, organization_id, {"user_id": user_id})
+def user_revoked(organization_id: str, user_id: str, revoked_on: datetime) -> BackendEvent:
+    """`revoked_on`: when the revocation takes effect (connections close then)."""
+    return BackendEvent(USER_REVOKED, organization_id, {"user_id": user_id, "revoked_on": revoked_on})
 
 
 def organization_expired(organization_id: str) -> BackendEvent:

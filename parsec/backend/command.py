@@ -30,6 +30,7 @@ from parsec.backend.storage import (
     BadVersionError,
     InMaintenanceError,
     MaintenanceError,
+    MessageBoxFullError,
     NotAllowedError,
     NotInMaintenanceError,
     ParticipantsMismatchError,
@@ -63,6 +64,9 @@ class AuthenticatedContext:
     kind: str = AUTHENTICATED
     # Called by the server to close the connection (revocation, expiration).
     close: Callable[[], None] = lambda: None
+    # The timer that closes the connection when its user's revocation takes effect (an
+    # IDelayedCall, cancelled when the connection goes away).
+    revocation_timer: Any = None
 
 
 @attrs.define(eq=False)
@@ -180,6 +184,7 @@ def uuid_hex(value: UUID) -> str:
 
 PARTICIPANTS_MISMATCH = "Realm participants and message recipients mismatch"
 REENCRYPTION_NOT_OVER = "Reencryption operations are not over"
+MESSAGE_BOX_FULL = "The recipient has too many unread messages"
 
 # Errors whose reply is the bare status, whatever the command.
 _BARE_STATUS: dict[type[StorageError], str] = {
@@ -220,6 +225,10 @@ def error_reply(exc: StorageError, *, realm_id: UUID | None = None, vlob_id: UUI
         return status("maintenance_error", REENCRYPTION_NOT_OVER)
     if isinstance(exc, ParticipantsMismatchError):
         return status("participants_mismatch", PARTICIPANTS_MISMATCH)
+    if isinstance(exc, MessageBoxFullError):
+        # The real client shows `not_allowed` as an error (sharing / re-encryption refused)
+        # instead of retrying (docs/protocol/DECISIONS.md).
+        return status("not_allowed", MESSAGE_BOX_FULL)
     name = _BARE_STATUS.get(type(exc))
     if name is None:
         raise exc

@@ -35,11 +35,14 @@ from parsec.backend.storage import (
     PkiAcceptance,
     PkiEnrollment,
     PkiStorage,
+    TooManyPendingEnrollmentsError,
 )
 from parsec.backend.user import UserComponent
 
 if TYPE_CHECKING:
     from parsec.backend.app import BackendApp
+
+TOO_MANY_PENDING = "Too many pending enrollments in this organization"
 
 
 def _not_found() -> Reply:
@@ -104,7 +107,14 @@ class PkiComponent:
         # Absent (clients < 2.8.3), nil or "": no e-mail check.
         email = req.get("submitter_der_x509_certificate_email") or None
         try:
-            await self._storage.submit(ctx.organization_id, enrollment, req["force"], email, now)
+            await self._storage.submit(
+                ctx.organization_id,
+                enrollment,
+                req["force"],
+                email,
+                now,
+                self._app.config.limits.pending_enrollments,
+            )
         except EnrollmentIdAlreadyUsedError:
             return status("enrollment_id_already_used")
         except AlreadySubmittedError as exc:
@@ -113,6 +123,10 @@ class PkiComponent:
             return status("already_enrolled")
         except EmailAlreadyUsedError:
             return status("email_already_used")
+        except TooManyPendingEnrollmentsError:
+            # Bounded so that pki_enrollment_list always fits in one message; the real client
+            # shows any status but ok as an error (docs/protocol/DECISIONS.md).
+            return status("not_allowed", TOO_MANY_PENDING)
         return ok(submitted_on=now)
 
     @api("pki_enrollment_info", kinds=(ANONYMOUS,))

@@ -22,6 +22,7 @@ from parsec.backend.command import (
     ok,
     status,
 )
+from parsec.backend.message import message_bounds
 from parsec.backend.models import RealmGrant
 from parsec.backend.storage import (
     AlreadyExistsError,
@@ -126,7 +127,10 @@ class RealmComponent:
             return cert
         try:
             await self._storage.update_roles(
-                ctx.organization_id, _grant(cert, req["role_certificate"]), req["recipient_message"]
+                ctx.organization_id,
+                _grant(cert, req["role_certificate"]),
+                req["recipient_message"],
+                message_bounds(self._app.config),
             )
         except UserNotFoundError:
             return status("not_found", f"User `{cert.user_id}` doesn't exist")
@@ -159,6 +163,7 @@ class RealmComponent:
                 req["per_participant_message"],
                 timestamp,
                 now,
+                message_bounds(self._app.config),
             )
         except StorageError as exc:
             return error_reply(exc, realm_id=realm_id)

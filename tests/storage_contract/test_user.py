@@ -91,7 +91,7 @@ async def test_revoke_user_and_event(world: World) -> None:
     revoked_on = world.ts()
     assert await world.published(users.revoke_user(org, "bob", b"revoked bob", "alice@dev2", revoked_on)) == (
         None,
-        [("user.revoked", {"user_id": "bob"})],
+        [("user.revoked", {"user_id": "bob", "revoked_on": revoked_on})],
     )
     bob = await users.get_user(org, "bob")
     assert (bob.revoked_on, bob.revoked_user_certificate, bob.revoked_user_certifier) == (

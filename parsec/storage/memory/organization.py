@@ -35,6 +35,7 @@ from parsec.backend.storage import (
     Unset,
     human_handle_taken_reason,
 )
+from parsec.confidential import same_secret
 
 # As the PostgreSQL storage's BIGINT column: the admin API (and the CLI default) accept any
 # int >= 0, but `organization_config` must be able to send it back in msgpack. Any larger
@@ -188,7 +189,7 @@ class MemoryOrganizationStorage:
         org = data.organization
         if org.is_bootstrapped:
             raise AlreadyBootstrappedError()
-        if org.bootstrap_token != bootstrap_token:
+        if not same_secret(org.bootstrap_token, bootstrap_token):
             raise NotFoundError()
         if org.active_users_limit is not None and data.active_users_count() >= org.active_users_limit:
             raise ActiveUsersLimitReachedError()
@@ -260,7 +261,7 @@ class MemoryUserStorage:
             revoked_user_certificate=revoked_user_certificate,
             revoked_user_certifier=revoked_user_certifier,
         )
-        self._store.publish(events.user_revoked(organization_id, user_id))
+        self._store.publish(events.user_revoked(organization_id, user_id, revoked_on))
 
     async def get_user(self, organization_id: str, user_id: str) -> User:
         data = self._store.get(organization_id)

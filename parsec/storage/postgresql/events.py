@@ -20,7 +20,9 @@ NOTIFY would lose it: a revocation that never closes the revoked user's connecti
 `bus.publish(event)` is for the few events that are tied to no write (ping, claimer joined or
 left, organization expired at handshake): fire and forget, NOTIFYed on the LISTEN session
 itself (no pool connection involved), in publication order; lost if that session is down (the
-server then drops its clients anyway).
+server then drops its clients anyway). What waits to be sent is bounded by `outbox_bytes` (the
+`event_outbox_bytes` limit): while the database is slow or stalled, further events are dropped
+(one warning per episode).
 
 Loss of the LISTEN connection: notifications may have been missed, so `on_connection_lost`
 is called at once (the server drops its clients), then reconnection follows the database retry
@@ -44,6 +46,7 @@ from twisted.logger import Logger
 
 from parsec.api import codec
 from parsec.backend.bus import BackendEvent, Listener, ListenerSet
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.postgresql.connection import DatabaseUnavailable, PgConnection, Transaction, error_summary
 from parsec.storage.postgresql.pool import PostgreSQLPool, connect_with_retry, run_detached
 
@@ -253,6 +256,7 @@ class PostgreSQLEventBus:
         on_gave_up: Callable[[DatabaseUnavailable], None] | None = None,
         max_connection_attempts: int | None = None,
         pause_before_retry: float | None = None,
+        outbox_bytes: int = DEFAULT_LIMITS.event_outbox_bytes,
     ) -> None:
         self._pool = pool
         self._listeners = ListenerSet()
@@ -266,7 +270,11 @@ class PostgreSQLEventBus:
         self._conn: PgConnection | None = None
         self._reconnecting: defer.Deferred[None] | None = None
         self._stopping = False
+        # `publish`'s events waiting for the LISTEN session, bounded by `outbox_bytes`.
         self._unsent: list[str] = []
+        self._unsent_size = 0  # bytes of the payloads in _unsent
+        self.outbox_bytes = outbox_bytes
+        self._dropped = 0  # events dropped since the queue was last below its bound
         self._sending: defer.Deferred[None] | None = None
 
     # --- EventBus protocol --------------------------------------------------------------------
@@ -290,7 +298,16 @@ class PostgreSQLEventBus:
             # multi-megabyte string): the event cannot travel through NOTIFY, drop it.
             _log.warn("Event {name} dropped: {error}", name=event.name, error=str(exc))
             return
+        if self._unsent_size + len(payload) > self.outbox_bytes:
+            if self._dropped == 0:
+                _log.warn(
+                    "Event outbox full ({size} bytes wait for the database): events dropped",
+                    size=self._unsent_size,
+                )
+            self._dropped += 1
+            return
         self._unsent.append(payload)
+        self._unsent_size += len(payload)
         if self._sending is None:
             self._sending = run_detached(self._send_unsent)
 
@@ -306,6 +323,10 @@ class PostgreSQLEventBus:
                 conn = self._conn
                 batch = self._unsent[:_PUBLISH_BATCH]
                 del self._unsent[:_PUBLISH_BATCH]
+                self._unsent_size -= sum(len(payload) for payload in batch)
+                if self._dropped and self._unsent_size <= self.outbox_bytes // 2:
+                    _log.warn("Event outbox: {count} event(s) were dropped", count=self._dropped)
+                    self._dropped = 0
                 try:
                     await conn.execute(_NOTIFY_MANY, (CHANNEL, batch))
                 except Exception as exc:
@@ -313,6 +334,7 @@ class PostgreSQLEventBus:
             if self._unsent:
                 _log.warn("{count} event(s) lost: not listening", count=len(self._unsent))
                 self._unsent.clear()
+                self._unsent_size = 0
         finally:
             self._sending = None
 

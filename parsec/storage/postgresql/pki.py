@@ -24,7 +24,9 @@ from parsec.backend.storage import (
     NotFoundError,
     PkiAcceptance,
     PkiEnrollment,
+    TooManyPendingEnrollmentsError,
 )
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.postgresql.events import Notify
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import (
@@ -76,14 +78,19 @@ WITH org AS (
         (%(email)s::text IS NOT NULL AND EXISTS (
             SELECT 1 FROM user_ u
             WHERE u.organization_id = %(org)s AND u.human_email = %(email)s::text
-              AND (u.revoked_on IS NULL OR u.revoked_on > %(now)s))) AS email_used
+              AND (u.revoked_on IS NULL OR u.revoked_on > %(now)s))) AS email_used,
+        (SELECT count(*) FROM pki_enrollment
+         WHERE organization_id = %(org)s AND state = 'SUBMITTED') AS pending
     FROM org LEFT JOIN previous p ON true
 ), verdict AS (
     SELECT
         NOT id_used
         AND NOT (coalesce(previous_state = 'SUBMITTED', false) AND NOT %(force)s)
         AND NOT coalesce(previous_user_active, false)
-        AND NOT email_used AS ok,
+        AND NOT email_used
+        -- The forced resubmission cancels the previous SUBMITTED one (counted in `pending`).
+        AND pending - CASE WHEN coalesce(previous_state = 'SUBMITTED', false) THEN 1 ELSE 0 END
+            < %(max_pending)s AS ok,
         previous_id,
         previous_state
     FROM facts
@@ -189,7 +196,13 @@ class PgPkiStorage:
         self._pool = pool
 
     async def submit(
-        self, organization_id: str, enrollment: PkiEnrollment, force: bool, email: str | None, now: datetime
+        self,
+        organization_id: str,
+        enrollment: PkiEnrollment,
+        force: bool,
+        email: str | None,
+        now: datetime,
+        max_pending: int = DEFAULT_LIMITS.pending_enrollments,
     ) -> UUID | None:
         row = await self._pool.fetchrow(
             _SUBMIT,
@@ -204,6 +217,7 @@ class PgPkiStorage:
                 "email": comparable(email) or None,
                 "force": force,
                 "now": now,
+                "max_pending": max_pending,
                 **_CANCELLED.params(events.pki_enrollment_updated(organization_id)),
                 **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
             },
@@ -220,7 +234,8 @@ class PgPkiStorage:
             raise AlreadyEnrolledError()
         if email_used:
             raise EmailAlreadyUsedError()
-        assert submitted, row
+        if not submitted:
+            raise TooManyPendingEnrollmentsError()
         cancelled_id: UUID | None = cancelled
         return cancelled_id
 

@@ -481,7 +481,7 @@ class PgUserStorage:
                 "revoked_on": revoked_on,
                 "certificate": revoked_user_certificate,
                 "certifier": revoked_user_certifier,
-                **_USER_REVOKED.params(events.user_revoked(organization_id, user_id)),
+                **_USER_REVOKED.params(events.user_revoked(organization_id, user_id, revoked_on)),
             },
         )
         assert row is not None
