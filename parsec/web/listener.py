@@ -38,7 +38,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import interfaces
+from twisted.internet import abstract, interfaces
 from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -224,6 +224,18 @@ class HttpGuard(ProtocolWrapper):
             and data.count(b"\r\n") == 2
             and data[9:12].isdigit()
         )
+
+
+def half_close(transport: Any) -> bool:
+    """FIN once the buffered bytes are sent, reading goes on: on a socket, directly or under
+    the guard. Not under TLS (Twisted's TLS transport cannot half-close, and shutting the
+    socket beneath it would cut the TLS stream): False, nothing done."""
+    if isinstance(transport, HttpGuard):
+        transport = transport.transport
+    if isinstance(transport, abstract.FileDescriptor):
+        transport.loseWriteConnection()
+        return True
+    return False
 
 
 @implementer(ILogObserver)

@@ -25,6 +25,21 @@ Bounds (parsec.limits), whatever the peer does:
   above `outgoing_buffer_bytes`) no further request is processed and nothing is read;
 * a reply larger than `ws_message_bytes` is never handed to Autobahn (it would refuse
   it): the client gets `bad_message` "Reply too large" instead (docs/protocol/DECISIONS.md).
+
+Closing cleanly (no TCP reset in any normal case; a reverse proxy logs a reset as an error):
+
+* a Close the server starts (shutdown 1001, revocation or expiration 1000, protocol error,
+  handshake timeout) is followed at once by a TCP half-close (FIN) where the transport can
+  (plain TCP; our own TLS cannot): Parsec 2.x clients leave their pooled connections unread
+  for hours and never answer a Close there, while a proxy in between (nginx) takes the FIN as
+  the end of the upgraded connection and closes both sides at once. A peer that reads answers
+  our Close as usual;
+* once the peer has answered, the socket is closed in order (Autobahn, as a server, aborts
+  it, which sends a reset); a peer that does not answer within `closeHandshakeTimeout` (at
+  shutdown: `SHUTDOWN_CLOSE_WAIT`) gets an orderly close too, without Autobahn's warning: for
+  those clients it is the normal case;
+* Autobahn still aborts a connection it fails itself (a protocol violation, a frame over the
+  limit) or whose keep-alive pong never came: those are not normal cases.
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import ClientContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
+from parsec.web.listener import half_close
 
 _log = Logger()
 
@@ -50,6 +66,10 @@ INVALID_MSG_FORMAT = packb({"status": "invalid_msg_format", "reason": "Invalid m
 UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
 REPLY_TOO_LARGE = {"status": "bad_message", "reason": "Reply too large"}
 CLOSE_POLICY_VIOLATION = 1008
+# Shutdown: how long the peers get to answer our Close(1001) before their sockets are closed
+# anyway (in order, after our FIN). A peer that reads its connection answers within a round
+# trip; a pooled connection its client does not read never answers (see the module docstring).
+SHUTDOWN_CLOSE_WAIT = 1.0
 
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
 
@@ -96,6 +116,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._output_blocked = False
         self._reading_paused = False
         self._deadline: Any = None
+        self.gone = False  # the TCP connection is gone
+        self._gone_waiters: list[defer.Deferred[None]] = []
 
     @property
     def limits(self) -> Limits:
@@ -120,6 +142,18 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
         super().connectionLost(reason)
+        self.gone = True
+        waiters, self._gone_waiters = self._gone_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_gone(self) -> defer.Deferred[None]:
+        """Fires once the TCP connection is gone (cancelling it changes nothing else)."""
+        if self.gone:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._gone_waiters.append(waiter)
+        return waiter
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -162,6 +196,39 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def queued_requests(self) -> tuple[int, int]:
         """(requests, bytes) read ahead and waiting (tests, benchmarks)."""
         return len(self._incoming), self._incoming_bytes
+
+    # ---- closing cleanly (see the module docstring) -------------------------------------
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+        starting = not isReply and self.state == self.STATE_OPEN
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+        if starting:
+            # Nothing follows our Close: half-close (FIN once it is sent), keep reading the answer.
+            half_close(self.transport)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if abort and self.wasClean:
+            # Autobahn aborts (TCP reset) a server connection whose peer has just answered the
+            # Close we sent: the closing handshake is complete, close in order.
+            abort = False
+        super().dropConnection(abort=abort)
+
+    def onCloseHandshakeTimeout(self) -> None:
+        """The peer did not answer our Close in time: close in order, quietly (Autobahn would
+        abort the connection and log a warning; for a pooled connection of a Parsec 2.x client
+        it is the normal case)."""
+        self.closeHandshakeTimeoutCall = None
+        self.close_unanswered()
+
+    def close_unanswered(self) -> None:
+        if self.state == self.STATE_CLOSED:
+            return
+        # Clean for Autobahn's log line only: onClose (when the socket is gone) sees the truth.
+        self.wasClean = True
+        super().dropConnection(abort=False)
+        self.wasClean = False
+        self.wasNotCleanReason = "the peer did not answer the Close frame"
+        self.wasCloseHandshakeTimeout = True
 
     # ---- autobahn callbacks --------------------------------------------------------------
 
@@ -395,9 +462,9 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             utf8validateIncoming=False,
         )
 
-    async def close_all(self, grace: float = 5.0, timeout: float = 5.0) -> None:
+    async def close_all(self, grace: float = 5.0, timeout: float = SHUTDOWN_CLOSE_WAIT) -> None:
         """Shutdown: drain every connection (requests get `grace` seconds), then wait for the
-        close handshakes (`timeout` seconds) before dropping whatever is left."""
+        close handshakes (`timeout` seconds) before closing whatever is left (in order)."""
         # The global reactor, as the connections use it; not imported at the top, where
         # importing it would install the default reactor.
         from twisted.internet import reactor
@@ -408,10 +475,27 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         await defer.DeferredList(
             [defer.ensureDeferred(p.shutdown(grace, reactor)) for p in protocols], consumeErrors=True
         )
-        done = defer.DeferredList([p.is_closed for p in protocols], consumeErrors=True)
-        done.addTimeout(timeout, reactor)  # type: ignore[arg-type]
-        try:
-            await done
-        except defer.TimeoutError:
-            for proto in list(self.connections):
-                proto.dropConnection(abort=True)
+        left = await self._wait_gone(protocols, timeout, reactor)
+        for proto in left:
+            proto.close_unanswered()
+        # A peer that reads nothing at all (its window full, our FIN stuck behind the data):
+        # only an abort frees the socket.
+        for proto in await self._wait_gone(left, timeout, reactor):
+            transport: Any = proto.transport  # TCP, TLS or the listener's guard: all can abort
+            if transport is not None:
+                transport.abortConnection()
+
+    @staticmethod
+    async def _wait_gone(
+        protocols: list[ParsecServerProtocol], timeout: float, reactor: Any
+    ) -> list[ParsecServerProtocol]:
+        """Wait (at most `timeout` seconds) until the connections are gone; those left."""
+        waiting = [proto for proto in protocols if not proto.gone]
+        if waiting:
+            done = defer.DeferredList([proto.when_gone() for proto in waiting], consumeErrors=True)
+            done.addTimeout(timeout, reactor)
+            try:
+                await done
+            except defer.TimeoutError:
+                pass
+        return [proto for proto in waiting if not proto.gone]
