@@ -1,0 +1,85 @@
+"""Behind Debian's nginx, configured with etc/nginx/parsec.conf (tests/ops/nginx.py).
+
+* websockets close cleanly through nginx: a client that disconnects, a connection drained at
+  SIGTERM while its client waits for an event, and a pooled one its client does not read
+  (what Parsec 2.x clients do) leave nothing in nginx's error log (a TCP reset from the server
+  would be `recv() failed (104: Connection reset by peer) while proxying upgraded
+  connection`), and the SIGTERM does not wait for the unread ones.
+
+The end-to-end test with the real client, two instances and PostgreSQL is in
+tests/ops/test_nginx_client.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest_twisted
+from twisted.internet import ssl
+
+from tests.ops.conftest import MOCKED_ARGS, free_port
+from tests.ops.nginx import Nginx, TlsFiles, make_tls_files, shipped_map, shipped_server_options, site_config
+from tests.orgs import Org, bootstrap_organization
+from tests.wsclient import WsClient
+
+ok = pytest_twisted.ensureDeferred
+
+
+def nginx_in_front(directory: Path, tls: TlsFiles, instances: list[int]) -> tuple[Nginx, int]:
+    """nginx on a free port, the shipped site in front of the `instances` (ports)."""
+    port = free_port()
+    options = shipped_server_options()
+    servers = "".join(f"    server 127.0.0.1:{instance} {options};\n" for instance in instances)
+    http = f"{shipped_map()}\nupstream parsec {{\n{servers}}}\n{site_config(port, tls, 'parsec')}\n"
+    nginx = Nginx(directory, http, [port])
+    nginx.start()
+    return nginx, port
+
+
+def client_options(tls: TlsFiles) -> ssl.IOpenSSLClientConnectionCreator:
+    return ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(tls.ca.read_bytes()))
+
+
+async def connect_through(port: int, tls: TlsFiles, org: Org, device: str) -> WsClient:
+    client = await WsClient.connect(port, host="localhost", tls_options=client_options(tls))
+    local = org.devices[device]
+    result = await client.handshake_authenticated(
+        org.organization_id, local.device_id, local.signing_key, org.root_verify_key
+    )
+    assert result == {"handshake": "result", "result": "ok"}, result
+    return client
+
+
+@ok
+async def test_websockets_close_cleanly_behind_nginx(daemons, tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    port = free_port()
+    server = daemons.twistd(
+        *MOCKED_ARGS, "--port", str(port), "--trusted-proxy", "127.0.0.1", "--log-level", "INFO"
+    )
+    await server.wait_ready(f"http://127.0.0.1:{port}")
+    nginx, nginx_port = nginx_in_front(tmp_path / "nginx", tls, [port])
+    try:
+        org = await bootstrap_organization(SimpleNamespace(port=port))
+
+        leaving = await connect_through(nginx_port, tls, org, "alice@dev1")
+        assert await leaving.cmd("ping", ping="bye") == {"status": "ok", "pong": "bye"}
+        await leaving.close()  # a client that just disconnects
+
+        listening = await connect_through(nginx_port, tls, org, "alice@dev1")
+        assert await listening.cmd("events_subscribe") == {"status": "ok"}
+        listening.send({"cmd": "events_listen", "wait": True})
+        pooled = await connect_through(nginx_port, tls, org, "alice@dev1")
+        assert await pooled.cmd("ping", ping="x") == {"status": "ok", "pong": "x"}
+        pooled.proto.transport.pauseProducing()  # kept in a pool, never read
+
+        assert await server.stop() == 0  # SIGTERM: drained
+        assert (await listening.wait_closed())[0] == 1001
+        pooled.proto.transport.resumeProducing()
+        assert (await pooled.wait_closed())[0] == 1001
+    finally:
+        nginx.stop()
+    assert nginx.error_lines() == []
+    output = server.output()
+    assert "[warning" not in output and "dropping connection" not in output, output
