@@ -46,6 +46,7 @@ from twisted.web.http import datetimeToString
 from zope.interface import directlyProvides, implementer, providedBy  # type: ignore[import-untyped]
 
 from parsec.limits import Limits
+from parsec.web.access import Access
 
 _log = Logger()
 
@@ -115,7 +116,9 @@ class HttpGuard(ProtocolWrapper):
     def __init__(self, listener: Listener, channel: Any, address: str, counted: bool) -> None:
         # The listener plays the WrappingFactory part (registerProtocol/unregisterProtocol).
         super().__init__(listener, channel)  # type: ignore[arg-type]
+        self.peer = address  # the peer's address
         self.address = address  # the peer, or the forwarded client once known
+        self.access = Access(address)  # the access log line (parsec.web.access)
         self.counted = counted  # counted in the per-address table under `address`
         self._channel = channel
         self._head = bytearray()
@@ -153,10 +156,12 @@ class HttpGuard(ProtocolWrapper):
         self.gone = True
         self._cancel_deadline()
         super().connectionLost(reason)
+        self.access.emit()
 
-    def request_received(self) -> None:
+    def request_received(self, method: bytes, uri: bytes, forwarded_for: list[bytes] | None) -> None:
         """The channel has the whole request: the request deadline no longer applies."""
         self._cancel_deadline()
+        self.access.request(method, uri, self.factory.client_address(self.peer, forwarded_for))
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -173,13 +178,17 @@ class HttpGuard(ProtocolWrapper):
             return
         self._answered = True
         self._head = bytearray()
+        answer = error_answer(status, self.factory.server_header)
+        self.access.status = status
+        self.access.bytes_out += len(answer)
         transport: Any = self.transport
-        transport.write(error_answer(status, self.factory.server_header))
+        transport.write(answer)
         self.loseConnection()
 
     # ---- data ----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.access.bytes_in += len(data)
         if self._answered:
             return
         wrapped: Any = self.wrappedProtocol
@@ -211,10 +220,20 @@ class HttpGuard(ProtocolWrapper):
             # twisted.web refused the request with a status line and nothing else.
             status = int(data[9:12])
             self._answered = True
+            answer = error_answer(status, self.factory.server_header, data[13:-4])
+            self.access.status = status
+            self.access.bytes_out += len(answer)
             transport: Any = self.transport
-            transport.write(error_answer(status, self.factory.server_header, data[13:-4]))
+            transport.write(answer)
             return
+        self.access.bytes_out += len(data)
         super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        if self._answered:
+            return
+        self.access.bytes_out += sum(len(chunk) for chunk in data)
+        super().writeSequence(data)
 
     @staticmethod
     def _is_bare_error(data: bytes) -> bool:
@@ -311,6 +330,12 @@ class Listener:
         except ValueError:
             return False
         return any(address in network for network in self._trusted)
+
+    def client_address(self, peer: str, forwarded_for: list[bytes] | None) -> str:
+        """The client of a request: the peer, or the one a trusted proxy's X-Forwarded-For names."""
+        if not self.is_trusted_proxy(peer):
+            return peer
+        return self._client_of(forwarded_for) or peer
 
     def connections_from(self, address: str) -> int:
         return self._per_address[address]

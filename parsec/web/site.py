@@ -60,7 +60,7 @@ class ParsecRequest(server.Request):
         # Head and body are in: the listener's request deadline stops here.
         request_received = getattr(self.transport, "request_received", None)
         if request_received is not None:
-            request_received()
+            request_received(command, path, self.requestHeaders.getRawHeaders(b"x-forwarded-for"))
         super().requestReceived(command, path, version)
 
     def gotLength(self, length: int | None) -> None:
@@ -83,6 +83,9 @@ class ParsecRequest(server.Request):
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             self.setHeader(b"server", self.site.server_header)  # type: ignore[attr-defined]
+            access = getattr(self.transport, "access", None)
+            if access is not None:
+                access.status = self.code  # for the access log (parsec.web.access)
         super().write(data)
 
 
@@ -126,12 +129,7 @@ class ParsecSite(server.Site):
         return self.listener.build(super().buildProtocol(addr), addr)
 
     def log(self, request: Any) -> None:
-        _log.debug(
-            "Request {method} {path} -> {code}",
-            method=request.method.decode("latin1"),
-            path=request.path.decode("latin1"),
-            code=request.code,
-        )
+        """Nothing: the access log line is written when the connection closes (parsec.web.access)."""
 
 
 def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: bytes | None = None) -> None:

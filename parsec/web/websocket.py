@@ -55,10 +55,11 @@ from zope.interface import implementer
 
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
-from parsec.backend.command import ClientContext
+from parsec.backend.command import AuthenticatedContext, ClientContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
-from parsec.web.listener import half_close
+from parsec.web.access import Access
+from parsec.web.listener import HttpGuard, half_close
 
 _log = Logger()
 
@@ -117,6 +118,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._reading_paused = False
         self._deadline: Any = None
         self.gone = False  # the TCP connection is gone
+        self._access: Access | None = None  # the connection's access log line, when served by our site
         self._gone_waiters: list[defer.Deferred[None]] = []
 
     @property
@@ -131,6 +133,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.handshake_bytes
         transport = self.transport
         assert transport is not None
+        if isinstance(transport, HttpGuard):
+            self._access = transport.access
+            self._access.websocket = True
         # The HTTP channel that answered the upgrade was the transport's producer: we are now.
         transport.unregisterProducer()
         transport.registerProducer(_OutputWatch(self), True)
@@ -233,6 +238,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # ---- autobahn callbacks --------------------------------------------------------------
 
     def onOpen(self) -> None:
+        if self._access is not None:
+            self._access.status = 101
         try:
             self.factory.connections.add(self)
             self._hs = ServerHandshake()
@@ -262,6 +269,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._update_reading()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._access is not None:
+            self._note_close(self._access)
         self._state = _CLOSED
         self._cancel_deadline()
         self.factory.connections.discard(self)
@@ -272,6 +281,15 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             self.factory.app.unregister(ctx)
+
+    def _note_close(self, access: Access) -> None:
+        """Who closed, with which code (the first Close frame), for the access log."""
+        if self.closedByMe and self.localCloseCode is not None:
+            access.closed_by, access.close_code = "server", self.localCloseCode
+        elif self.remoteCloseCode is not None:
+            access.closed_by, access.close_code = "client", self.remoteCloseCode
+        else:  # the TCP connection ended without a Close frame
+            access.closed_by = "server" if self.droppedByMe else "client"
 
     # ---- handshake -----------------------------------------------------------------------
 
@@ -296,6 +314,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             ctx = await app.handshake(self._hs, payload)
         except HandshakeFailed as exc:
+            if self._access is not None:
+                self._access.handshake = exc.result
             help = exc.help[: self.limits.handshake_help_chars]
             _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=help)
             if self._state != _CLOSED:
@@ -307,6 +327,13 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._state == _CLOSED or self.state != self.STATE_OPEN:
             return
         self._cancel_deadline()
+        if self._access is not None:
+            access = self._access
+            access.handshake = "ok"
+            access.kind = ctx.kind
+            access.organization_id = ctx.organization_id
+            if isinstance(ctx, AuthenticatedContext):
+                access.device_id = ctx.device_id
         ctx.close = self._server_close
         app.register(ctx)
         self._ctx = ctx

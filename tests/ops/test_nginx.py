@@ -4,7 +4,8 @@
   SIGTERM while its client waits for an event, and a pooled one its client does not read
   (what Parsec 2.x clients do) leave nothing in nginx's error log (a TCP reset from the server
   would be `recv() failed (104: Connection reset by peer) while proxying upgraded
-  connection`), and the SIGTERM does not wait for the unread ones.
+  connection`), and the SIGTERM does not wait for the unread ones. The access log names the
+  client behind nginx and says who closed each websocket, with which code.
 
 The end-to-end test with the real client, two instances and PostgreSQL is in
 tests/ops/test_nginx_client.py.
@@ -12,8 +13,10 @@ tests/ops/test_nginx_client.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import ssl
@@ -21,6 +24,7 @@ from twisted.internet import ssl
 from tests.ops.conftest import MOCKED_ARGS, free_port
 from tests.ops.nginx import Nginx, TlsFiles, make_tls_files, shipped_map, shipped_server_options, site_config
 from tests.orgs import Org, bootstrap_organization
+from tests.tools import curl
 from tests.wsclient import WsClient
 
 ok = pytest_twisted.ensureDeferred
@@ -56,12 +60,17 @@ async def test_websockets_close_cleanly_behind_nginx(daemons, tmp_path: Path) ->
     tls = make_tls_files(tmp_path / "tls")
     port = free_port()
     server = daemons.twistd(
-        *MOCKED_ARGS, "--port", str(port), "--trusted-proxy", "127.0.0.1", "--log-level", "INFO"
+        *MOCKED_ARGS, "--port", str(port), "--trusted-proxy", "127.0.0.1", "--log-level", "INFO", "--log-format", "JSON"
     )
     await server.wait_ready(f"http://127.0.0.1:{port}")
     nginx, nginx_port = nginx_in_front(tmp_path / "nginx", tls, [port])
     try:
         org = await bootstrap_organization(SimpleNamespace(port=port))
+        # nginx appends the address it sees (127.0.0.1, a trusted proxy here) to the header.
+        health = await curl(
+            f"https://localhost:{nginx_port}/health", "--cacert", str(tls.ca), "-H", "X-Forwarded-For: 192.0.2.7"
+        )
+        assert health.status == 200
 
         leaving = await connect_through(nginx_port, tls, org, "alice@dev1")
         assert await leaving.cmd("ping", ping="bye") == {"status": "ok", "pong": "bye"}
@@ -81,5 +90,16 @@ async def test_websockets_close_cleanly_behind_nginx(daemons, tmp_path: Path) ->
     finally:
         nginx.stop()
     assert nginx.error_lines() == []
-    output = server.output()
-    assert "[warning" not in output and "dropping connection" not in output, output
+    logged = json_lines(server.output())
+    assert [line for line in logged if line["level"] not in ("debug", "info")] == []
+    access = [line for line in logged if line["namespace"] == "parsec.access"]
+    (health_line,) = [line for line in access if line["path"] == "/health" and line["client"] == "192.0.2.7"]
+    assert health_line["status"] == 200
+    websockets = [
+        (line["device_id"], line["close_code"], line["closed_by"]) for line in access if line["path"] == "/ws"
+    ]
+    assert sorted(websockets) == [("alice@dev1", 1000, "client"), ("alice@dev1", 1001, "server"), ("alice@dev1", 1001, "server")]
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
