@@ -21,6 +21,12 @@ server CPU it cost, and the outcome (replies, close codes, refusals):
               (per-address cap: 429), then an honest handshake must still succeed
   bigreply    17 pki_enrollment_submit carrying 1 MiB certificates, then the admin's
               pki_enrollment_list (never a close 1011 / CRITICAL)
+  pkiflood    100 anonymous pki_enrollment_submit whose certificate and signature are at the
+              64 KiB limit: the organization's pending enrollments stop at their bound and the
+              admin's pki_enrollment_list still fits in one message
+  inbox       a realm owner sends a victim one role change with a 1 MiB message, then 200 with
+              64 KiB messages: the victim's unread messages stop at their bound and its
+              message_get still fits in one message
   pipeline    while invite_1_greeter_wait_peer waits: 24 requests of 8 MiB (the server stops
               reading once its pipeline is full)
   noread      200 pipelined block_read of a 1 MiB block from a client that never reads
@@ -61,11 +67,13 @@ import server_bench as sb  # noqa: E402
 from nacl.signing import SigningKey  # noqa: E402
 
 from parsec.api.codec import packb, unpackb  # noqa: E402
+from tests.api.certgen import LocalDevice, new_user_certificates  # noqa: E402
 
 SOURCES = [f"127.0.0.{i}" for i in range(1, 6)]  # the idle attack: 5 x the per-address cap
 SOAK_SOURCES = [f"127.0.1.{i}" for i in range(1, 11)]  # the soak: 100 clients per address
 HONEST = "127.0.2.1"
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 
 # ---- measurements -------------------------------------------------------------------------
@@ -188,15 +196,21 @@ async def ws_connect(port: int, source: str = "127.0.0.1") -> sb.WsClientProtoco
 
 
 async def authenticated(port: int, org: sb.Organization, source: str = "127.0.0.1") -> sb.WsClientProtocol:
+    return await authenticated_as(port, org, org.device, source)
+
+
+async def authenticated_as(
+    port: int, org: sb.Organization, device: LocalDevice, source: str = "127.0.0.1"
+) -> sb.WsClientProtocol:
     conn = await ws_connect(port, source)
     challenge = await asyncio.wait_for(conn.recv(), sb.CONNECT_TIMEOUT)
-    signed = org.device.signing_key.sign(packb({"type": "signed_answer", "answer": challenge["challenge"]}))
+    signed = device.signing_key.sign(packb({"type": "signed_answer", "answer": challenge["challenge"]}))
     answer = {
         "handshake": "answer",
         "type": "AUTHENTICATED",
         "client_api_version": [2, 7],
         "organization_id": org.organization_id,
-        "device_id": org.device.device_id,
+        "device_id": device.device_id,
         "rvk": bytes(org.root_key.verify_key),
         "answer": bytes(signed),
     }
@@ -342,6 +356,62 @@ async def attack_bigreply(ctx: Context) -> str:
     return f"submits: {statuses}; pki_enrollment_list: {rep['status']} ({listed}); then ping: {after['status']}"
 
 
+async def attack_pkiflood(ctx: Context) -> str:
+    statuses: dict[str, int] = {}
+    payload = zlib.compress(packb({"type": "pki_enrollment_submit_payload", "verify_key": bytes(32), "public_key": bytes(32), "requested_device_label": "x"}))
+    for _ in range(100):
+        request = {
+            "cmd": "pki_enrollment_submit",
+            "enrollment_id": uuid.uuid4(),
+            "force": False,
+            "submitter_der_x509_certificate": os.urandom(64 * KiB),
+            "submit_payload_signature": os.urandom(64 * KiB),
+            "submit_payload": payload,
+        }
+        status, raw = await http(ctx.port, "POST", f"/anonymous/{ctx.org.organization_id}", packb(request))
+        key = unpackb(raw).get("status", "?") if status == 200 else f"HTTP {status}"
+        statuses[key] = statuses.get(key, 0) + 1
+    admin = await authenticated(ctx.port, ctx.org)
+    raw_reply = await asyncio.wait_for(admin.send_raw(packb({"cmd": "pki_enrollment_list"})), 60)
+    rep = unpackb(raw_reply)
+    admin.close()
+    listed = len(rep.get("enrollments", [])) if rep["status"] == "ok" else rep.get("reason", "")
+    return (
+        f"submits: {statuses}; pki_enrollment_list: {rep['status']} ({listed} enrollments, "
+        f"{len(raw_reply) / MiB:.1f} MiB)"
+    )
+
+
+async def attack_inbox(ctx: Context) -> str:
+    org = ctx.org
+    victim = LocalDevice.generate(f"victim{uuid.uuid4().hex[:8]}@dev1", profile="STANDARD")
+    admin = await authenticated(ctx.port, org)
+    blobs = new_user_certificates(org.device.signing_key, org.device.device_id, victim, timestamp=sb.now())
+    rep = await admin.request(packb({"cmd": "user_create", **blobs.as_request()}))
+    assert rep == {"status": "ok"}, rep
+    realm_id = await new_realm(admin, org)
+    statuses: dict[str, int] = {}
+    role: str | None = None
+    for index in range(201):
+        new_role = "CONTRIBUTOR" if role == "READER" else "READER"
+        cert = org.device.realm_role_certificate(
+            realm_id=realm_id, user_id=victim.user_id, role=new_role, timestamp=sb.now()
+        )
+        message = os.urandom(MiB if index == 0 else 64 * KiB)
+        rep = await admin.request(packb({"cmd": "realm_update_roles", "role_certificate": cert, "recipient_message": message}))
+        if rep["status"] == "ok":
+            role = new_role  # a refusal writes nothing: the same change is asked again
+        key = f"{'1 MiB' if index == 0 else '64 KiB'}: {rep['status']}"
+        statuses[key] = statuses.get(key, 0) + 1
+    admin.close()
+    conn = await authenticated_as(ctx.port, org, victim)
+    raw_reply = await asyncio.wait_for(conn.send_raw(packb({"cmd": "message_get", "offset": 0})), 60)
+    rep = unpackb(raw_reply)
+    conn.close()
+    got = len(rep.get("messages", [])) if rep["status"] == "ok" else rep.get("reason", "")
+    return f"role changes: {statuses}; victim's message_get: {rep['status']} ({got} messages, {len(raw_reply) / MiB:.1f} MiB)"
+
+
 async def attack_pipeline(ctx: Context) -> str:
     admin = await authenticated(ctx.port, ctx.org)
     rep = await admin.request(packb({"cmd": "invite_new", "type": "DEVICE", "send_email": False}))
@@ -387,6 +457,8 @@ ATTACKS: dict[str, Callable[[Context], Awaitable[str]]] = {
     "bomb": attack_bomb,
     "idle": attack_idle,
     "bigreply": attack_bigreply,
+    "pkiflood": attack_pkiflood,
+    "inbox": attack_inbox,
     "pipeline": attack_pipeline,
     "noread": attack_noread,
 }

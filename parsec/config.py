@@ -109,7 +109,8 @@ class BackendConfig:
     backend_addr: BackendAddr | None = None
     email: EmailConfig = attrs.field(factory=EmailConfig)
     spontaneous_organization_bootstrap: bool = False
-    organization_bootstrap_webhook: str | None = None
+    # Often carries a token: kept out of reprs (and so of logs).
+    organization_bootstrap_webhook: str | None = attrs.field(default=None, repr=False)
     organization_initial_active_users_limit: int | None = None
     organization_initial_user_profile_outsider_allowed: bool = True
     # (header name lower-cased, exact expected value)

@@ -97,25 +97,42 @@ TABLE: tuple[Limit, ...] = (
     Limit("decompressed_bytes", 64 * KiB, "bytes",
           "inflated size of a certificate or PKI payload (zlib), checked while inflating"),
     Limit("ping_chars", 1024, "characters", "`ping` text (it is echoed and sent to subscribers)"),
-    # ---- stored by peers (enforced by the storage side) ---------------------------------
+    # ---- stored by peers (checked by parsec.backend before the storage writes) ------------
     Limit("message_bytes", 64 * KiB, "bytes",
-          "body of a message to a user (realm role change `recipient_message`)"),
-    Limit("messages_per_reply", 128, "count",
-          "messages in one `message_get` reply; the client asks again from the next offset"),
+          "body of one message to a user (`recipient_message` of `realm_update_roles`, each "
+          "value of `per_participant_message`); larger: `bad_message`"),
+    Limit("pending_messages", 1000, "count",
+          "unread messages of one user (those after the highest offset its devices gave "
+          "`message_get`); a role change or re-encryption start that would add one more gets "
+          "`not_allowed`. A `message_get` reply holds at most this many (the next call gets "
+          "the rest)"),
+    Limit("pending_message_bytes", 8 * MiB, "bytes",
+          "bodies of the unread messages of one user, and of one `message_get` reply (same "
+          "rules; a reply always holds at least one message)"),
     Limit("enrollment_payload_bytes", 64 * KiB, "bytes",
-          "each of a PKI enrollment's submitted blobs (payload, X.509 certificate, signature)"),
+          "each of a PKI enrollment's submitted blobs (payload, X.509 certificate, signature); "
+          "larger: `bad_message`"),
     Limit("pending_enrollments", 64, "count",
-          "pending PKI enrollments of one organization (so that `pki_enrollment_list` fits in "
-          "one message)"),
+          "pending (SUBMITTED) PKI enrollments of one organization, so that "
+          "`pki_enrollment_list` fits in one message; beyond it `pki_enrollment_submit` gets "
+          "`not_allowed` until an ADMIN accepts or rejects some"),
+    Limit("event_queue_events", 100, "count",
+          "events waiting for one `events_listen` subscriber; beyond it new events are dropped"),
     Limit("event_queue_bytes", 1 * MiB, "bytes",
-          "events waiting for one `events_listen` subscriber; beyond it the oldest are dropped"),
-    Limit("event_outbox_rows", 100_000, "count",
-          "PostgreSQL event outbox rows not yet delivered"),
-    # ---- PostgreSQL ----------------------------------------------------------------------
+          "size of the events waiting for one `events_listen` subscriber (same rule)"),
+    Limit("event_outbox_bytes", 4 * MiB, "bytes",
+          "PostgreSQL: notifications not tied to a write (`ping`, invitation status) waiting "
+          "to be sent; beyond it they are dropped"),
+    Limit("block_create_claim", 300.0, "seconds",
+          "a `block_create` in progress holds its block id against other devices (a claim "
+          "left by a crashed server expires after this)"),
+    # ---- PostgreSQL (0: no timeout) -------------------------------------------------------
     _tunable("db_statement_timeout", 10.0, "seconds",
-             "PostgreSQL statement_timeout of every pool connection", "--db-statement-timeout"),
+             "PostgreSQL statement_timeout of every pool connection; a request whose statement "
+             "runs longer is answered with an error (websocket close 1011, HTTP 503)",
+             "--db-statement-timeout"),
     _tunable("db_lock_timeout", 10.0, "seconds",
-             "PostgreSQL lock_timeout of every pool connection", "--db-lock-timeout"),
+             "PostgreSQL lock_timeout of every pool connection (same answer)", "--db-lock-timeout"),
     _tunable("db_acquire_timeout", 10.0, "seconds",
              "wait for a free pool connection; then the request is answered with an error",
              "--db-acquire-timeout"),
@@ -159,11 +176,14 @@ class Limits:
     decompressed_bytes: int = _default("decompressed_bytes")
     ping_chars: int = _default("ping_chars")
     message_bytes: int = _default("message_bytes")
-    messages_per_reply: int = _default("messages_per_reply")
+    pending_messages: int = _default("pending_messages")
+    pending_message_bytes: int = _default("pending_message_bytes")
     enrollment_payload_bytes: int = _default("enrollment_payload_bytes")
     pending_enrollments: int = _default("pending_enrollments")
+    event_queue_events: int = _default("event_queue_events")
     event_queue_bytes: int = _default("event_queue_bytes")
-    event_outbox_rows: int = _default("event_outbox_rows")
+    event_outbox_bytes: int = _default("event_outbox_bytes")
+    block_create_claim: float = _default("block_create_claim")
     db_statement_timeout: float = _default("db_statement_timeout")
     db_lock_timeout: float = _default("db_lock_timeout")
     db_acquire_timeout: float = _default("db_acquire_timeout")

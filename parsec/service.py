@@ -424,6 +424,7 @@ class ParsecService(AsyncMultiService):
             self.blockstore,
             send_email=self.senders.send_email,
             webhook=self.senders.webhook if backend.organization_bootstrap_webhook else None,
+            reactor=self.reactor,
         )
         limits = backend.limits
         self.ws_factory = ParsecWebSocketFactory(self.app, limits, self.reactor)

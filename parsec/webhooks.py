@@ -1,4 +1,7 @@
-"""Organization bootstrap webhook (docs/protocol/admin-api.md §3): JSON POST, 30 s timeout, never blocking forever."""
+"""Organization bootstrap webhook (docs/protocol/admin-api.md §3): JSON POST, 30 s timeout, never blocking forever.
+
+The URL is a secret (its path or query often holds a token): log lines show its scheme and
+host only (`parsec.backend.confidential.redact_url`)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+
+from parsec.backend.confidential import redact_url, scrub_url
 
 _log = Logger()
 
@@ -38,13 +43,17 @@ async def send_bootstrap_webhook(
         body.addTimeout(timeout, reactor)
         await body
         if not 200 <= response.code < 300:
-            _log.warn(
-                "Bootstrap webhook {url} answered {code}", url=url, code=response.code
-            )
+            _log.warn("Bootstrap webhook {url} answered {code}", url=redact_url(url), code=response.code)
             return False
         return True
     except (Exception, defer.CancelledError) as exc:
-        _log.warn("Bootstrap webhook {url} failed: {error}", url=url, error=str(exc) or type(exc).__name__)
+        # The URL often carries a token: only its scheme and host are logged, and it is
+        # scrubbed from the error text too.
+        _log.warn(
+            "Bootstrap webhook {url} failed: {error}",
+            url=redact_url(url),
+            error=scrub_url(str(exc), url) or type(exc).__name__,
+        )
         return False
     finally:
         await pool.closeCachedConnections()

@@ -29,6 +29,7 @@ class _Protocol(WebSocketClientProtocol):
         self.waiters: deque[defer.Deferred[Any]] = deque()
         self.opened: defer.Deferred[None] = defer.Deferred()
         self.closed: defer.Deferred[tuple[int | None, bool]] = defer.Deferred()
+        self.close_reason: str | None = None  # of the peer's Close frame
         # How the TCP connection ended: ConnectionDone (FIN) or ConnectionLost (a reset).
         self.lost_reason: Any = None
 
@@ -47,6 +48,7 @@ class _Protocol(WebSocketClientProtocol):
             self.inbox.append(item)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_reason = reason
         if not self.opened.called:
             self.opened.errback(ClosedError(code, wasClean))
         while self.waiters:

@@ -538,7 +538,8 @@ _AUTHENTICATED = (
     ),
     _spec(
         "realm_update_roles",
-        _req(role_certificate=Bytes(), recipient_message=Bytes(allow_none=True)),
+        # Stored, then sent back by message_get: bounded (parsec.limits).
+        _req(role_certificate=Bytes(), recipient_message=Bytes(allow_none=True, max_length=_LIMITS.message_bytes)),
         EMPTY,
         {
             # `Outsider user cannot share realm` with a reason, role check without
@@ -560,7 +561,7 @@ _AUTHENTICATED = (
             **_REALM_ID,
             encryption_revision=Int(),
             timestamp=DateTime(),
-            per_participant_message=Map(_user_id(), Bytes()),
+            per_participant_message=Map(_user_id(), Bytes(max_length=_LIMITS.message_bytes)),
         ),
         EMPTY,
         {
@@ -568,7 +569,8 @@ _AUTHENTICATED = (
             "not_found": WITH_REASON,
             "in_maintenance": EMPTY,
             "bad_encryption_revision": EMPTY,
-            "not_allowed": EMPTY,
+            # with a reason when a recipient has too many unread messages (DECISIONS.md)
+            "not_allowed": OPTIONAL_REASON,
             "participants_mismatch": WITH_REASON,
         },
     ),
@@ -702,11 +704,12 @@ _ANONYMOUS = (
         _req(
             enrollment_id=Uuid(),
             force=Bool(),
-            submitter_der_x509_certificate=Bytes(),
+            # Stored while pending, all sent back by pki_enrollment_list: bounded (parsec.limits).
+            submitter_der_x509_certificate=Bytes(max_length=_LIMITS.enrollment_payload_bytes),
             # absent for clients < 2.8.3
             submitter_der_x509_certificate_email=Str(required=False, allow_none=True),
-            submit_payload_signature=Bytes(),
-            submit_payload=Bytes(),
+            submit_payload_signature=Bytes(max_length=_LIMITS.enrollment_payload_bytes),
+            submit_payload=Bytes(max_length=_LIMITS.enrollment_payload_bytes),
         ),
         _rep(submitted_on=DateTime()),
         {
@@ -715,6 +718,8 @@ _ANONYMOUS = (
             "already_submitted": _rep(submitted_on=DateTime()),
             "already_enrolled": EMPTY,
             "email_already_used": EMPTY,
+            # too many pending enrollments in the organization (docs/protocol/DECISIONS.md)
+            "not_allowed": WITH_REASON,
         },
     ),
     _spec(

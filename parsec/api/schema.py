@@ -79,15 +79,18 @@ class Str(Field):
 
 
 class Bytes(Field):
-    def __init__(self, *, size: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, size: int | None = None, max_length: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.size = size
+        self.max_length = max_length
 
     def convert(self, value: Any) -> Any:
         if not isinstance(value, bytes):
             raise FieldError("Not bytes")
         if self.size is not None and len(value) != self.size:
             raise FieldError("Invalid value.")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise FieldError(f"Longer than maximum length {self.max_length}.")
         return value
 
 

@@ -4,6 +4,16 @@ Transport code (websocket, HTTP) only talks to `BackendApp`: it performs the
 handshake lookups, dispatches decoded requests and registers connections so
 that server-side events (revocation, expiration, invitation deletion) can close
 them.
+
+Revocation is final (docs/protocol/DECISIONS.md):
+* a handshake is refused for any recorded revocation, whatever its date;
+* a connection of a user whose revocation is recorded (`user.revoked`) is closed at the
+  revocation's instant: at once when it is past, by a timer when it lies ahead (a
+  certificate may be dated up to the ballpark ahead), the timer being cancelled when the
+  connection goes away;
+* a connection re-reads its user's revocation once registered, so that a revocation recorded
+  between the handshake's lookup and the registration (its event then reached no one) is
+  applied all the same.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from parsec.api import protocol
@@ -93,7 +104,14 @@ class BackendApp:
         now: Callable[[], datetime] = utcnow,
         send_email: Callable[..., Any] | None = None,
         webhook: Callable[..., Any] | None = None,
+        reactor: Any = None,
     ) -> None:
+        if reactor is None:
+            # The global reactor only when none is given: importing it installs the default one.
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor  # IReactorTime of the server-side timers (revocations)
         self.config = config
         self.storage = storage
         self.bus = bus
@@ -169,6 +187,48 @@ class BackendApp:
         ctx.conn_id = next(self._conn_ids)
         self._connections.setdefault(ctx.organization_id, set()).add(ctx)
 
+    def _registered(self, ctx: ClientContext) -> bool:
+        return ctx in self._connections.get(ctx.organization_id, ())
+
+    async def _recheck_revocation(self, ctx: AuthenticatedContext) -> None:
+        """Registered from now on, the connection hears of every new revocation; this catches
+        one recorded since the handshake's lookup."""
+        user = await self.storage.user.get_user(ctx.organization_id, ctx.user_id)
+        if user.revoked_on is not None and self._registered(ctx):
+            self.close_at_revocation(ctx, user.revoked_on)
+
+    def _recheck_failed(self, failure: Any, ctx: AuthenticatedContext) -> None:
+        # Cannot tell whether the user is revoked (e.g. the database is unreachable): close.
+        if failure.check(ConnectionError, NotFoundError):
+            _log.warn("Connection closed: revocation check failed ({error})", error=failure.getErrorMessage())
+        else:
+            _log.failure("Revocation check failed", failure=failure)
+        ctx.close()
+
+    def close_at_revocation(self, ctx: AuthenticatedContext, revoked_on: datetime | None) -> None:
+        """Close `ctx` when its user's revocation takes effect (None: at once)."""
+        delay = 0.0 if revoked_on is None else (revoked_on - self.now()).total_seconds()
+        if delay <= 0:
+            self._cancel_revocation_timer(ctx)
+            ctx.close()
+            return
+        timer = ctx.revocation_timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= self.reactor.seconds() + delay:
+                return  # an earlier closing is already planned
+            timer.cancel()
+        ctx.revocation_timer = self.reactor.callLater(delay, self._revocation_due, ctx)
+
+    def _revocation_due(self, ctx: AuthenticatedContext) -> None:
+        ctx.revocation_timer = None
+        ctx.close()
+
+    @staticmethod
+    def _cancel_revocation_timer(ctx: AuthenticatedContext) -> None:
+        timer, ctx.revocation_timer = ctx.revocation_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def unregister(self, ctx: ClientContext) -> None:
         conns = self._connections.get(ctx.organization_id)
         if conns is not None:
@@ -176,6 +236,7 @@ class BackendApp:
             if not conns:
                 del self._connections[ctx.organization_id]
         if isinstance(ctx, AuthenticatedContext):
+            self._cancel_revocation_timer(ctx)
             self.events.unsubscribe(ctx)
         elif isinstance(ctx, InvitedContext):
             self.bus.publish(
@@ -199,9 +260,10 @@ class BackendApp:
                 if isinstance(ctx, AuthenticatedContext):
                     ctx.close()
         elif event.name == "user.revoked":
+            revoked_on = event.data.get("revoked_on")
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, AuthenticatedContext) and ctx.user_id == event["user_id"]:
-                    ctx.close()
+                    self.close_at_revocation(ctx, revoked_on if isinstance(revoked_on, datetime) else None)
         elif event.name == "invite.status_changed" and event["status"] == "DELETED":
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, InvitedContext) and ctx.token == event["token"]:
@@ -237,7 +299,9 @@ class BackendApp:
             raise HandshakeFailed("rvk_mismatch", HELP_RVK_MISMATCH)
         if org.is_expired:
             raise self._expired(org.organization_id)
-        if user.is_revoked(self.now()):
+        if user.revoked_on is not None:
+            # Whatever its date: a revocation dated ahead must not let its user in until then
+            # (docs/protocol/DECISIONS.md).
             raise HandshakeFailed("revoked_device", HELP_REVOKED_DEVICE)
         hs.check_signature(answer, device.verify_key)
         assert hs.backend_api_version is not None
@@ -294,6 +358,9 @@ class BackendApp:
 
     def on_handshake_done(self, ctx: ClientContext) -> None:
         """Called once the `ok` result is sent and the context registered."""
+        if isinstance(ctx, AuthenticatedContext):
+            d = defer.ensureDeferred(self._recheck_revocation(ctx))
+            d.addErrback(self._recheck_failed, ctx)
         if isinstance(ctx, InvitedContext):
             self.bus.publish(
                 BackendEvent(

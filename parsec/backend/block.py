@@ -1,23 +1,38 @@
 """Block commands (docs/protocol/commands.md §11): encrypted file chunks, bytes in the blockstore.
 
 block_create runs in three steps so that nothing is held while the blockstore works (a
-database connection held across the write is what deadlocks the reference): check the
-metadata rules, write the bytes, then record the metadata. Two concurrent creations of the
-same id may both write (blockstore writes are idempotent by contract); only one records the
-metadata, the other gets `already_exists`.
+database connection held across the write is what deadlocks the reference):
+
+1. claim the block id, checking the metadata rules (`BlockStorage.claim_create`): of two
+   racing creations of one id only one gets the claim, the other is refused before writing
+   anything (`timeout` while the claim stands, as for an unavailable store: the client tries
+   again later; `already_exists` once the block is recorded), so every `ok` is given on the
+   bytes its own writer sent;
+2. write the bytes;
+3. record the metadata, re-checking role and maintenance in the recording statement: a
+   writer who lost its role or met a maintenance start meanwhile gets `not_allowed` /
+   `in_maintenance` and nothing is recorded.
+
+Steps 2-3 run to the end even when the connection goes away meanwhile (its cancellation is
+not passed on): a write cut short could land after the claim ended and overwrite the bytes of
+the next claimant. A failed write keeps its claim until it expires (the `block_create_claim`
+limit): its bytes might still land; the same device may claim the id again at once.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
 from parsec.backend.realm import error_reply
 from parsec.backend.storage import (
     AlreadyExistsError,
+    BlockClaimedError,
     BlockNotFoundError,
     RealmNotFoundError,
     StorageError,
@@ -28,6 +43,34 @@ _log = Logger()
 
 # Legacy name of the status for any blockstore failure (docs/protocol/storage.md §2).
 BLOCKSTORE_FAILURE = "timeout"
+
+
+def _not_cancelled_by(outer_waiter: defer.Deferred[Reply]) -> defer.Deferred[Reply]:
+    """A Deferred with the result of `outer_waiter` whose cancellation leaves `outer_waiter`
+    running (its late result, or failure, is then dropped: the failure is logged)."""
+    abandoned = False
+
+    def cancel(_: defer.Deferred[Reply]) -> None:
+        nonlocal abandoned
+        abandoned = True
+
+    outer: defer.Deferred[Reply] = defer.Deferred(cancel)
+
+    def forward(result: Reply | Failure) -> None:
+        if abandoned:
+            if isinstance(result, Failure):
+                if isinstance(result.value, ConnectionError):
+                    _log.warn("Block creation failed after its client left: {error}", error=result.getErrorMessage())
+                else:
+                    _log.failure("Block creation failed after its client left", failure=result)
+            return
+        if isinstance(result, Failure):
+            outer.errback(result)
+        else:
+            outer.callback(result)
+
+    outer_waiter.addBoth(forward)
+    return outer
 
 
 class BlockComponent:
@@ -60,29 +103,45 @@ class BlockComponent:
     @api("block_create")
     async def api_block_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         organization_id = ctx.organization_id
-        block_id, realm_id, block = req["block_id"], req["realm_id"], req["block"]
+        block_id, realm_id = req["block_id"], req["realm_id"]
         try:
-            await self._storage.check_create(organization_id, ctx.device_id, realm_id, block_id)
-        except RealmNotFoundError:
-            return status("not_found")
-        except AlreadyExistsError:
-            return status("already_exists")
-        except StorageError as exc:
-            return error_reply(exc)
-        try:
-            await self._app.blockstore.create(organization_id, block_id, block)
-        except defer.CancelledError:
-            raise  # the connection went away: nothing to reply, nothing to log
-        except Exception as exc:
-            return self._blockstore_failure("create", ctx, block_id, exc)
-        try:
-            await self._storage.record_create(
-                organization_id, ctx.device_id, realm_id, block_id, len(block), self._app.now()
+            claim = await self._storage.claim_create(
+                organization_id,
+                ctx.device_id,
+                realm_id,
+                block_id,
+                self._app.now(),
+                self._app.config.limits.block_create_claim,
             )
         except RealmNotFoundError:
             return status("not_found")
         except AlreadyExistsError:
             return status("already_exists")
+        except BlockClaimedError:
+            return status(BLOCKSTORE_FAILURE)
+        except StorageError as exc:
+            return error_reply(exc)
+        return await _not_cancelled_by(defer.ensureDeferred(self._write_and_record(ctx, req, claim)))
+
+    async def _write_and_record(self, ctx: AuthenticatedContext, req: dict[str, Any], claim: UUID) -> Reply:
+        organization_id = ctx.organization_id
+        block_id, realm_id, block = req["block_id"], req["realm_id"], req["block"]
+        try:
+            await self._app.blockstore.create(organization_id, block_id, block)
+        except Exception as exc:
+            return self._blockstore_failure("create", ctx, block_id, exc)
+        try:
+            await self._storage.record_create(
+                organization_id, ctx.device_id, realm_id, block_id, len(block), self._app.now(), claim
+            )
+        except RealmNotFoundError:
+            return status("not_found")
+        except AlreadyExistsError:
+            return status("already_exists")
+        except BlockClaimedError:
+            return status(BLOCKSTORE_FAILURE)
+        except StorageError as exc:
+            return error_reply(exc)
         return ok()
 
     @api("block_read")

@@ -44,6 +44,9 @@ class AuthenticatedContext:
     events: Any = None
     # Called by the server to close the connection (revocation, expiration).
     close: Callable[[], None] = lambda: None
+    # The timer that closes the connection when its user's revocation takes effect (an
+    # IDelayedCall, cancelled when the connection goes away).
+    revocation_timer: Any = None
 
 
 @attrs.define(eq=False)

@@ -2,13 +2,16 @@
 
 One bus listener for the whole process routes each backend event to the
 subscribed connections of its organization, converting it to the API event
-the client sees. Each subscription has a bounded FIFO queue (100 events,
-overflow dropped) and at most one pending `events_listen(wait=true)`.
+the client sees. Each subscription has a FIFO queue bounded in count and in bytes
+(`event_queue_events`, `event_queue_bytes`: a client that does not listen cannot make the
+server hold more; beyond, new events are dropped, with one warning per overflow) and at most
+one pending `events_listen(wait=true)`.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -20,29 +23,73 @@ from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
 
 _log = Logger()
 
-QUEUE_SIZE = 100
+
+def _size(reply: Reply) -> int:
+    """What a queued event costs, roughly its encoded size (its texts and bytes dominate)."""
+    size = 32
+    for key, value in reply.items():
+        size += len(key) + (len(value) if isinstance(value, (str, bytes)) else 16)
+    return size
 
 
 class Subscription:
-    def __init__(self, ctx: AuthenticatedContext) -> None:
+    def __init__(self, ctx: AuthenticatedContext, max_events: int, max_bytes: int) -> None:
         self.ctx = ctx
-        self.queue: deque[Reply] = deque()
+        self.queue: deque[tuple[Reply, int]] = deque()  # (event, its size)
+        self.queued_bytes = 0
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.dropped = 0  # events dropped since the queue was last emptied
         self.realms: set[UUID] = set()
         self.waiter: defer.Deferred[Reply] | None = None
+        # While the user's realms load: the role changes heard meanwhile (realm -> role, None
+        # when removed), applied over the loaded set, which may predate them.
+        self.changes_while_loading: dict[UUID, str | None] | None = None
+
+    def role_changed(self, realm_id: UUID, role: str | None) -> None:
+        if self.changes_while_loading is not None:
+            self.changes_while_loading[realm_id] = role
+        if role is None:
+            self.realms.discard(realm_id)
+        else:
+            self.realms.add(realm_id)
+
+    def loaded(self, realms: Iterable[UUID]) -> None:
+        changes, self.changes_while_loading = self.changes_while_loading or {}, None
+        self.realms.update(realms)
+        for realm_id, role in changes.items():
+            self.role_changed(realm_id, role)
 
     def push(self, reply: Reply) -> None:
         if self.waiter is not None:
             waiter, self.waiter = self.waiter, None
             waiter.callback(reply)
             return
-        if len(self.queue) >= QUEUE_SIZE:
-            _log.warn(
-                "Event queue full for {device_id}, dropping {event}",
-                device_id=self.ctx.device_id,
-                event=reply["event"],
-            )
+        size = _size(reply)
+        if len(self.queue) >= self.max_events or self.queued_bytes + size > self.max_bytes:
+            if self.dropped == 0:
+                _log.warn(
+                    "Event queue full for {device_id} ({count} events, {size} bytes): events dropped",
+                    device_id=self.ctx.device_id,
+                    count=len(self.queue),
+                    size=self.queued_bytes,
+                )
+            self.dropped += 1
             return
-        self.queue.append(reply)
+        self.queue.append((reply, size))
+        self.queued_bytes += size
+
+    def pop(self) -> Reply:
+        reply, size = self.queue.popleft()
+        self.queued_bytes -= size
+        if self.dropped and not self.queue:
+            _log.info(
+                "Event queue of {device_id} emptied; {count} event(s) had been dropped",
+                device_id=self.ctx.device_id,
+                count=self.dropped,
+            )
+            self.dropped = 0
+        return reply
 
 
 class EventsComponent:
@@ -67,20 +114,24 @@ class EventsComponent:
         subs = self._by_org.setdefault(ctx.organization_id, {})
         if ctx.conn_id in subs:
             return ok()
-        sub = Subscription(ctx)
+        limits = self._app.config.limits
+        sub = Subscription(ctx, limits.event_queue_events, limits.event_queue_bytes)
         subs[ctx.conn_id] = sub
         ctx.events = sub
         # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
-        # current ones (events arriving meanwhile only add to the set).
+        # current ones. A change heard while they load may be newer than what the load saw
+        # (on PostgreSQL the load is a round trip): it is applied again over the loaded set,
+        # so a role removed meanwhile is not brought back.
+        sub.changes_while_loading = {}
         realms = await self._app.storage.realm.get_realms_for_user(ctx.organization_id, ctx.user_id)
-        sub.realms.update(realms)
+        sub.loaded(realms)
         return ok()
 
     @api("events_listen", cancellable=True)
     async def api_events_listen(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         sub: Subscription | None = self._by_org.get(ctx.organization_id, {}).get(ctx.conn_id)
         if sub is not None and sub.queue:
-            return sub.queue.popleft()
+            return sub.pop()
         if not req["wait"]:
             return status("no_events")
         waiter: defer.Deferred[Reply] = defer.Deferred()
@@ -119,10 +170,7 @@ class EventsComponent:
                     )
             elif name == "realm.roles_updated":
                 if data["user"] == ctx.user_id:
-                    if data["role"] is None:
-                        sub.realms.discard(data["realm_id"])
-                    else:
-                        sub.realms.add(data["realm_id"])
+                    sub.role_changed(data["realm_id"], data["role"])
                     sub.push(ok(event="realm.roles_updated", realm_id=data["realm_id"], role=data["role"]))
             elif name == "realm.vlobs_updated":
                 if data["author"] != ctx.device_id and data["realm_id"] in sub.realms:

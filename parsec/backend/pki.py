@@ -36,10 +36,12 @@ from parsec.backend.storage import (
     PkiAcceptance,
     PkiEnrollment,
     PkiStorage,
+    TooManyPendingEnrollmentsError,
 )
 from parsec.backend.user import UserComponent
 
 PKI_ENROLLMENT_UPDATED = "pki_enrollment.updated"
+TOO_MANY_PENDING = "Too many pending enrollments in this organization"
 
 
 def _not_found() -> Reply:
@@ -107,7 +109,14 @@ class PkiComponent:
         # Absent (clients < 2.8.3), nil or "": no e-mail check.
         email = req.get("submitter_der_x509_certificate_email") or None
         try:
-            cancelled = await self._storage.submit(ctx.organization_id, enrollment, req["force"], email, now)
+            cancelled = await self._storage.submit(
+                ctx.organization_id,
+                enrollment,
+                req["force"],
+                email,
+                now,
+                self._app.config.limits.pending_enrollments,
+            )
         except EnrollmentIdAlreadyUsedError:
             return status("enrollment_id_already_used")
         except AlreadySubmittedError as exc:
@@ -116,6 +125,10 @@ class PkiComponent:
             return status("already_enrolled")
         except EmailAlreadyUsedError:
             return status("email_already_used")
+        except TooManyPendingEnrollmentsError:
+            # Bounded so that pki_enrollment_list always fits in one message; the real client
+            # shows any status but ok as an error (docs/protocol/DECISIONS.md).
+            return status("not_allowed", TOO_MANY_PENDING)
         if cancelled is not None:
             self._updated(ctx.organization_id)
         self._updated(ctx.organization_id)

@@ -25,6 +25,7 @@ from parsec.backend.command import (
     timestamp_in_ballpark,
     uuid_hex,
 )
+from parsec.backend.message import MESSAGE_BOX_FULL, message_bounds
 from parsec.backend.models import RealmGrant
 from parsec.backend.storage import (
     AlreadyExistsError,
@@ -34,6 +35,7 @@ from parsec.backend.storage import (
     IncompatibleProfileError,
     InMaintenanceError,
     MaintenanceError,
+    MessageBoxFullError,
     NotAllowedError,
     NotInMaintenanceError,
     ParticipantsMismatchError,
@@ -89,6 +91,10 @@ def error_reply(exc: StorageError, *, realm_id: UUID | None = None, vlob_id: UUI
         return status("maintenance_error", REENCRYPTION_NOT_OVER)
     if isinstance(exc, ParticipantsMismatchError):
         return status("participants_mismatch", PARTICIPANTS_MISMATCH)
+    if isinstance(exc, MessageBoxFullError):
+        # The real client shows `not_allowed` as an error (sharing / re-encryption refused)
+        # instead of retrying (docs/protocol/DECISIONS.md).
+        return status("not_allowed", MESSAGE_BOX_FULL)
     name = _BARE_STATUS.get(type(exc))
     if name is None:
         raise exc
@@ -199,7 +205,10 @@ class RealmComponent:
             return cert
         try:
             index = await self._storage.update_roles(
-                ctx.organization_id, _grant(cert, req["role_certificate"]), req["recipient_message"]
+                ctx.organization_id,
+                _grant(cert, req["role_certificate"]),
+                req["recipient_message"],
+                message_bounds(self._app.config),
             )
         except UserNotFoundError:
             return status("not_found", f"User `{cert.user_id}` doesn't exist")
@@ -235,6 +244,7 @@ class RealmComponent:
                 req["per_participant_message"],
                 timestamp,
                 now,
+                message_bounds(self._app.config),
             )
         except StorageError as exc:
             return error_reply(exc, realm_id=realm_id)

@@ -32,6 +32,7 @@ from parsec.backend.models import (
     VlobVersion,
     VlobWrite,
 )
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 
 
 class StorageError(Exception):
@@ -91,6 +92,14 @@ class RealmNotFoundError(NotFoundError):
 
 class VlobNotFoundError(NotFoundError):
     pass
+
+
+class MessageBoxFullError(StorageError):
+    """A recipient has as many unread messages (or bytes of them) as `MessageBounds` allow."""
+
+
+class BlockClaimedError(StorageError):
+    """Another device is creating this block id (its claim has not expired)."""
 
 
 class BlockNotFoundError(NotFoundError):
@@ -172,6 +181,10 @@ class AlreadyEnrolledError(StorageError):
 
 
 class EmailAlreadyUsedError(StorageError):
+    pass
+
+
+class TooManyPendingEnrollmentsError(StorageError):
     pass
 
 
@@ -290,6 +303,19 @@ class InviteStorage(Protocol):
 # not the storage's business: the component publishes them from the returned values.
 
 
+@attrs.frozen
+class MessageBounds:
+    """Unread messages a user may have, and what one `message_get` reply may hold
+    (parsec.limits: pending_messages, pending_message_bytes). A message is unread while it
+    comes after the highest offset the user's devices gave `MessageStorage.get`."""
+
+    count: int = DEFAULT_LIMITS.pending_messages
+    size: int = DEFAULT_LIMITS.pending_message_bytes
+
+
+DEFAULT_MESSAGE_BOUNDS = MessageBounds()
+
+
 class RealmStorage(Protocol):
     async def create(self, organization_id: str, grant: RealmGrant) -> None:
         """New realm (encryption revision 1, no maintenance, checkpoint 0) whose first role is
@@ -306,14 +332,19 @@ class RealmStorage(Protocol):
         Raises RealmNotFoundError, NotAllowedError (no current role)."""
 
     async def update_roles(
-        self, organization_id: str, grant: RealmGrant, recipient_message: bytes | None
+        self,
+        organization_id: str,
+        grant: RealmGrant,
+        recipient_message: bytes | None,
+        bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS,
     ) -> int | None:
         """`realm_rules.check_update_roles` then: store the grant, bump the author user's last
         role change, and append `recipient_message` (when non-empty) to the target's messages
         (sender = grant author, timestamp = grant timestamp). Returns the message index, or
         None when no message was stored. Raises UserNotFoundError, IncompatibleProfileError,
         UserRevokedError, RealmNotFoundError, InMaintenanceError, NotAllowedError,
-        AlreadyGrantedError, RequireGreaterTimestampError."""
+        AlreadyGrantedError, RequireGreaterTimestampError, then MessageBoxFullError (the
+        message would exceed the target's unread `bounds`: nothing is written)."""
 
     async def start_reencryption_maintenance(
         self,
@@ -324,13 +355,16 @@ class RealmStorage(Protocol):
         per_participant_message: dict[str, bytes],
         timestamp: datetime,
         now: datetime,
+        bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS,
     ) -> list[tuple[str, int]]:
         """`realm_rules.check_start_reencryption` then: bump the revision, enter REENCRYPTION
         maintenance (started by `author` on `timestamp`) and append one message per
         participant (sender = author, timestamp = `timestamp`). "Participants" are the users
         with a current role who are not revoked at `now`. Returns [(recipient, message index)]
         in `per_participant_message` order. Raises RealmNotFoundError, InMaintenanceError,
-        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError."""
+        BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError, then
+        MessageBoxFullError (a message would exceed its recipient's unread `bounds`: nothing
+        is written)."""
 
     async def finish_reencryption_maintenance(
         self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
@@ -419,12 +453,28 @@ class VlobStorage(Protocol):
 
 
 class BlockStorage(Protocol):
-    """Block metadata. The bytes live in the blockstore, written between `check_create` and
-    `record_create` (never inside a storage transaction)."""
+    """Block metadata. The bytes live in the blockstore, written between `claim_create` and
+    `record_create` (never inside a storage transaction).
 
-    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
-        """Raises RealmNotFoundError, InMaintenanceError, NotAllowedError, AlreadyExistsError
-        (block id used in the organization)."""
+    A block id is claimed before its bytes are written, so that two creations of one id never
+    both write: of two racing uploads, one writes and records, the other is refused (every
+    `ok` is given on the bytes its writer sent). A claim ends when its creation is recorded or
+    refused; a claim left by a failed write (or a crashed server) holds until it expires, but
+    the device that made it may claim the id again at once (a retry)."""
+
+    async def claim_create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        block_id: UUID,
+        now: datetime,
+        claim_seconds: float,
+    ) -> UUID:
+        """Check the rules and claim `block_id` for `author` (a device): returns the claim.
+        Raises RealmNotFoundError, InMaintenanceError, NotAllowedError, AlreadyExistsError
+        (block id used in the organization), BlockClaimedError (another device claimed it
+        less than `claim_seconds` ago)."""
 
     async def record_create(
         self,
@@ -434,17 +484,24 @@ class BlockStorage(Protocol):
         block_id: UUID,
         size: int,
         created_on: datetime,
+        claim: UUID,
     ) -> None:
-        """Record the metadata once the bytes are written. Raises AlreadyExistsError when a
-        concurrent creation of the same id won the race, RealmNotFoundError."""
+        """Record the metadata once the bytes are written, if the author is still allowed
+        (realm not in maintenance, write role: re-checked in the recording statement), and end
+        the claim either way. Raises RealmNotFoundError, InMaintenanceError, NotAllowedError,
+        AlreadyExistsError, BlockClaimedError (the claim expired and another device took it)."""
 
     async def check_read(self, organization_id: str, user_id: str, block_id: UUID) -> None:
         """Raises BlockNotFoundError, InMaintenanceError, NotAllowedError."""
 
 
 class MessageStorage(Protocol):
-    async def get(self, organization_id: str, user_id: str, offset: int) -> list[Message]:
-        """The user's messages after position `offset`, in arrival order."""
+    async def get(
+        self, organization_id: str, user_id: str, offset: int, bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS
+    ) -> list[Message]:
+        """The user's messages after position `offset`, in arrival order: the first ones, at
+        most `bounds.count` of them and `bounds.size` bytes of bodies (at least one). Marks
+        the messages up to `offset` read (the user's read mark only moves forward)."""
 
 
 @attrs.frozen
@@ -485,7 +542,13 @@ class PkiStorage(Protocol):
     the organization's user/device write lock in PostgreSQL)."""
 
     async def submit(
-        self, organization_id: str, enrollment: PkiEnrollment, force: bool, email: str | None, now: datetime
+        self,
+        organization_id: str,
+        enrollment: PkiEnrollment,
+        force: bool,
+        email: str | None,
+        now: datetime,
+        max_pending: int = DEFAULT_LIMITS.pending_enrollments,
     ) -> UUID | None:
         """Store `enrollment` (SUBMITTED). In order: EnrollmentIdAlreadyUsedError (id known in
         the organization); then the latest enrollment with the same certificate (compared by
@@ -493,7 +556,9 @@ class PkiStorage(Protocol):
         `force`, in which case it becomes CANCELLED (cancelled_on = `enrollment.submitted_on`);
         ACCEPTED and its user not revoked at `now` -> AlreadyEnrolledError; then, when `email`
         is given, EmailAlreadyUsedError if a user not revoked at `now` has exactly this
-        e-mail. Returns the id of the enrollment cancelled by `force`, or None."""
+        e-mail; then TooManyPendingEnrollmentsError if the organization would have more than
+        `max_pending` SUBMITTED enrollments. Returns the id of the enrollment cancelled by
+        `force`, or None."""
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         """Raises NotFoundError."""

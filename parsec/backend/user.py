@@ -194,7 +194,11 @@ class UserComponent:
         except AlreadyRevokedError:
             return status("already_revoked", f"User `{revoked.user_id}` already revoked")
         self._app.bus.publish(
-            BackendEvent("user.revoked", ctx.organization_id, {"user_id": revoked.user_id})
+            BackendEvent(
+                "user.revoked",
+                ctx.organization_id,
+                {"user_id": revoked.user_id, "revoked_on": revoked.timestamp},
+            )
         )
         return ok()
 

@@ -259,6 +259,29 @@ def _log_options() -> tuple[Option, ...]:
     )
 
 
+def _db_limit_options() -> tuple[Option, ...]:
+    """One option per tunable PostgreSQL row of the table of limits (`parsec.limits`); its
+    dest is the limit's name (the other rows are wired with the transport)."""
+    options = []
+    for limit in limits.tunable():
+        if not limit.name.startswith("db_"):
+            continue
+        assert limit.option is not None and limit.env is not None
+        is_int = isinstance(limit.default, int)
+        options.append(
+            Option(
+                limit.option,
+                limit.name,
+                limit.meaning[:1].upper() + limit.meaning[1:],
+                _int_parser(minimum=0) if is_int else _float_parser(minimum=0),
+                env=(limit.env,),
+                default=limit.default,
+                metavar={"seconds": "SECONDS", "bytes": "BYTES"}.get(limit.unit, "N"),
+            )
+        )
+    return tuple(options)
+
+
 _DEBUG_HELP = "Debug mode: detailed `server` header, tracebacks for start-up and configuration errors"
 
 RUN_OPTIONS: tuple[Option, ...] = (
@@ -347,6 +370,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=1.0,
         metavar="SECONDS",
     ),
+    *_db_limit_options(),
     Option(
         "--blockstore",
         "blockstore",
@@ -390,6 +414,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=None,
         default_help="none",
         metavar="URL",
+        secret=True,  # often carries a token
     ),
     Option(
         "--organization-initial-active-users-limit",

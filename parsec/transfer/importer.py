@@ -11,7 +11,9 @@ parsec/storage/postgresql/migrations/0001_initial.sql):
 * user_: the human handle comes from upstream's `human` row (one per e-mail, shared by the
   successive users of that e-mail: its label is what the upstream server shows for all of
   them); the folded forms and the public key are computed here, in Python, as the server does
-  when it creates a user; message_count = the user's number of messages.
+  when it creates a user; message_count = the user's number of messages; message_read =
+  message_count (imported messages count as read: the bound on unread messages applies to new
+  ones, as migration 0002 decided for the messages it found).
 * device.verify_key: read from the device certificate, as the server does at creation.
 * message.message_index: the message's position in its recipient's inbox by insertion order
   (upstream `message_get` serves them ordered by `_id`, and its `index` column is not
@@ -35,6 +37,7 @@ parsec/storage/postgresql/migrations/0001_initial.sql):
 * realm_vlob_update: upstream points at the vlob atom; ours names (vlob_id, version).
 * pki_enrollment: upstream's composite "info" columns are spread over our columns; the
   submitter e-mail is not kept upstream (NULL).
+* block_claim: block creations in progress (migration 0002); upstream has none.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def _user_row(row: Row) -> Row:
         revoked_certificate,
         revoked_certifier,
         message_count,
+        message_count,  # message_read
     )
 
 
@@ -114,7 +118,7 @@ IMPORT_PLANS: tuple[TablePlan, ...] = (
         ("organization_id", "user_id", "profile", "human_email", "human_label", "human_email_folded",
          "human_label_folded", "human_label_lower", "public_key", "user_certificate", "redacted_user_certificate",
          "user_certifier", "created_on", "revoked_on", "revoked_user_certificate", "revoked_user_certifier",
-         "message_count"),
+         "message_count", "message_read"),
         """
         SELECT o.organization_id, u.user_id, u.profile::text, h.email, h.label, u.user_certificate,
                u.redacted_user_certificate, cd.device_id, u.created_on, u.revoked_on,
@@ -280,6 +284,12 @@ IMPORT_PLANS: tuple[TablePlan, ...] = (
         ("organization_id", "block_id", "data"),
         "SELECT organization_id, block_id, data FROM block_data",
         "SELECT count(*) FROM block_data",
+    ),
+    TablePlan(
+        "block_claim",
+        ("organization_id", "block_id", "claim", "author", "claimed_on"),
+        "SELECT NULL::text, NULL::uuid, NULL::uuid, NULL::text, NULL::timestamptz WHERE false",
+        "SELECT 0",
     ),
     TablePlan(
         "message",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from parsec.api import ids
+from parsec.backend.confidential import same_secret
 from parsec.backend.organization import OrganizationComponent
 from parsec.backend.storage import AlreadyExistsError, NotFoundError
 from parsec.web.site import ParsecRequest, finish
@@ -92,7 +92,7 @@ class AdminResource:
         async def guarded(request: ParsecRequest) -> None:
             expected = f"Bearer {self._app.config.administration_token}".encode()
             given = request.getHeader(b"authorization") or b""
-            if not hmac.compare_digest(given, expected):
+            if not same_secret(expected, given):
                 _reply(request, 403, {"error": "not_allowed"})
                 return
             try:

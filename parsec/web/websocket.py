@@ -65,6 +65,9 @@ _log = Logger()
 
 INVALID_MSG_FORMAT = packb({"status": "invalid_msg_format", "reason": "Invalid message format"})
 UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
+# Reasons of a close 1011 (fixed texts: never an error message, which may name internals).
+UNAVAILABLE_REASON = b"Service temporarily unavailable"
+INTERNAL_ERROR_REASON = b"Internal server error"
 REPLY_TOO_LARGE = {"status": "bad_message", "reason": "Reply too large"}
 CLOSE_POLICY_VIOLATION = 1008
 # Shutdown: how long the peers get to answer our Close(1001) before their sockets are closed
@@ -299,14 +302,17 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
     def _internal_error(self, failure: Any) -> None:
         if failure.check(ConnectionError):
-            # A backing service is unreachable (e.g. the database restarts): one line, the
-            # client reconnects later.
+            # A backing service is unreachable or too slow (the database restarts, or a
+            # statement, lock or pool wait ran past its limit): one line, the client
+            # reconnects later.
             _log.warn("Websocket connection closed: {error}", error=failure.getErrorMessage())
+            reason = UNAVAILABLE_REASON
         else:
             _log.failure("Unexpected error on a websocket connection", failure=failure)
+            reason = INTERNAL_ERROR_REASON
         if self._state != _CLOSED:
             self._state = _CLOSED
-            self.sendCloseFrame(code=1011, isReply=False)
+            self.sendCloseFrame(code=1011, reasonUtf8=reason, isReply=False)
 
     async def _handshake(self, payload: bytes) -> None:
         assert self._hs is not None

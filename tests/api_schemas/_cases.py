@@ -645,7 +645,7 @@ ERROR_FORMS: dict[str, dict[str, dict[str, str]]] = {
             "not_found": "reason",
             "in_maintenance": "bare",
             "bad_encryption_revision": "bare",
-            "not_allowed": "bare",
+            "not_allowed": "reason?",  # a reason when a recipient is full (docs/protocol/DECISIONS.md)
             "participants_mismatch": "reason",
         },
         "realm_finish_reencryption_maintenance": {
@@ -693,6 +693,7 @@ ERROR_FORMS: dict[str, dict[str, dict[str, str]]] = {
             "already_submitted": "submitted_on",
             "already_enrolled": "bare",
             "email_already_used": "bare",
+            "not_allowed": "reason",  # too many pending enrollments (docs/protocol/DECISIONS.md)
         },
         "pki_enrollment_info": {"not_found": "reason"},
     },

@@ -108,6 +108,7 @@ STATUS_INDEX: dict[str, list[str]] = {
         *_VLOB_ALL,
         "block_create",
         "block_read",
+        "pki_enrollment_submit",  # docs/protocol/DECISIONS.md
         "pki_enrollment_list",
         "pki_enrollment_reject",
         "pki_enrollment_accept",

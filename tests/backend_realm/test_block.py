@@ -7,7 +7,7 @@ from uuid import uuid4
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
 from parsec.blockstore.base import BlockStoreError
@@ -284,9 +284,20 @@ async def test_blockstore_unexpected_error_is_a_timeout(world, fake_blockstore, 
     assert len(logged_failures) == 1
 
 
+async def wait_readable(client, block_id) -> dict:
+    """The block as soon as its creation is recorded (bounded poll, no timing asserted)."""
+    deadline = reactor.seconds() + 10
+    while True:
+        rep = await client.cmd("block_read", block_id=block_id)
+        if rep["status"] != "not_found" or reactor.seconds() > deadline:
+            return rep
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
 @ok
 async def test_connection_closed_during_blockstore_write(world, fake_blockstore, logged_failures):
-    """The pending write is cancelled: no reply, nothing logged as a failure, no metadata."""
+    """The write is not cut short (its bytes could land after the claim ended): it completes
+    and is recorded; the client's retry then gets `already_exists`, as after a lost reply."""
     alice = await world.connect("alice@dev1")
     realm_id = await world.create_realm(alice)
     block_id = uuid4()
@@ -294,29 +305,79 @@ async def test_connection_closed_during_blockstore_write(world, fake_blockstore,
     alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"data")
     await fake_blockstore.create_called
     await alice.close()
-    fake_blockstore.create_cancelled.addTimeout(10, reactor)
-    await fake_blockstore.create_cancelled
+    assert not fake_blockstore.create_cancelled.called
+    fake_blockstore.waiter.callback(None)
     other = await world.connect("alice@dev2")
-    assert await other.cmd("block_read", block_id=block_id) == {"status": "not_found"}
-    assert await create(other, realm_id, block_id) == {"status": "ok"}
+    assert await wait_readable(other, block_id) == {"status": "ok", "block": b"data"}
+    retry = await world.connect("alice@dev1")
+    assert await create(retry, realm_id, block_id) == {"status": "already_exists"}
     assert logged_failures == []
 
 
 @ok
 async def test_concurrent_creations_of_one_id(world, fake_blockstore):
-    """Both pass the metadata check; the first to record wins, the other gets already_exists."""
+    """Another device's creation of an id being created is refused before it writes
+    (`timeout`: try again later), so the `ok` is given on the first writer's bytes."""
     alice = await world.connect("alice@dev1")
-    alice2 = await world.connect("alice@dev2")
+    mallory = await world.connect("alice@dev2")
     realm_id = await world.create_realm(alice)
     block_id = uuid4()
     fake_blockstore.hang = True
-    alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"same")
+    alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"mine")
     await fake_blockstore.create_called
     # Nothing is held while the first write waits: other requests go through.
-    assert await create(alice2, realm_id, block_id, b"same") == {"status": "ok"}
-    assert await create(alice2, realm_id, uuid4()) == {"status": "ok"}
+    assert await create(mallory, realm_id, block_id, b"evil") == {"status": "timeout"}
+    assert await create(mallory, realm_id, uuid4()) == {"status": "ok"}
     fake_blockstore.waiter.callback(None)
-    assert await alice.recv() == {"status": "already_exists"}
-    assert fake_blockstore.creates.count(block_id) == 2
-    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"same"}
+    assert await alice.recv() == {"status": "ok"}
+    assert fake_blockstore.creates.count(block_id) == 1
+    assert await mallory.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"mine"}
+    assert await create(mallory, realm_id, block_id, b"evil") == {"status": "already_exists"}
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"mine"}
     assert (await alice.cmd("realm_stats", realm_id=realm_id))["blocks_size"] == 8
+
+
+@ok
+async def test_same_device_may_retry_at_once(world, fake_blockstore):
+    """A failed write keeps its claim against other devices, not against its own device."""
+    alice = await world.connect("alice@dev1")
+    other = await world.connect("alice@dev2")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    fake_blockstore.fail_create = True
+    assert await create(alice, realm_id, block_id) == {"status": "timeout"}
+    fake_blockstore.fail_create = False
+    assert await create(other, realm_id, block_id, b"other") == {"status": "timeout"}
+    assert await create(alice, realm_id, block_id) == {"status": "ok"}
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+
+
+@pytest.mark.parametrize("change", ["role_removed", "maintenance_started"])
+@ok
+async def test_writer_no_longer_allowed_when_recording(world, fake_blockstore, change):
+    """Role and maintenance are checked again when the block is recorded."""
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    await world.grant(alice, realm_id, "bob", "CONTRIBUTOR")
+    block_id = uuid4()
+    fake_blockstore.hang = True
+    bob.send("block_create", block_id=block_id, realm_id=realm_id, block=b"late")
+    await fake_blockstore.create_called
+    if change == "role_removed":
+        await world.grant(alice, realm_id, "bob", "READER")
+        expected = {"status": "not_allowed"}
+    else:
+        rep = await alice.cmd(
+            "realm_start_reencryption_maintenance",
+            realm_id=realm_id,
+            encryption_revision=2,
+            timestamp=world.ts(),
+            per_participant_message={"alice": b"m", "bob": b"m"},
+        )
+        assert rep == {"status": "ok"}, rep
+        expected = {"status": "in_maintenance"}
+    fake_blockstore.waiter.callback(None)
+    assert await bob.recv() == expected
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "not_found"}
+    assert (await alice.cmd("realm_stats", realm_id=realm_id))["blocks_size"] == 0

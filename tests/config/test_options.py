@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from parsec import limits
 from parsec.blockstore.config import MockedBlockStoreConfig, PostgreSQLBlockStoreConfig, RaidBlockStoreConfig
 from parsec.config import BackendAddr, ConfigError, MigrateConfig, ServerConfig
 from parsec.options import (
@@ -182,6 +183,16 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
     ),
     ("--debug", "PARSEC_DEBUG", "1", lambda c: c.backend.debug, True),
 ]
+
+
+def _limit_case(limit: limits.Limit) -> tuple[str, str, str, Getter, Any]:
+    value: int | float = 7 if isinstance(limit.default, int) else 0.25
+    assert limit.option is not None and limit.env is not None and value != limit.default
+    return (limit.option, limit.env, str(value), lambda c: getattr(c.backend.limits, limit.name), value)
+
+
+# The PostgreSQL rows of the table of limits (parsec.limits) have their options.
+OPTION_CASES += [_limit_case(limit) for limit in limits.tunable() if limit.name.startswith("db_")]
 _FLAGS = {option.name for option in RUN_OPTIONS if option.flag}
 # Values needed alongside some cases (a non-MOCKED e-mail host needs a sender).
 _COMPANIONS = {"--email-host": {"PARSEC_EMAIL_SENDER": "p@mail.test"}}

@@ -356,3 +356,36 @@ async def test_stop_during_reconnection(own_cluster: PgCluster) -> None:
     await bus.stop()  # cancels the reconnection loop: no hook fires afterwards
     await pool.close()
     assert hooks.calls == ["lost"]
+
+
+# --- bounded outbox ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_fire_and_forget_outbox_is_bounded(pg_dsn: str, unique_org: str, captured_logs: list[Any]) -> None:
+    """While no pool connection is free (a stalled database), what `publish` queues is bounded
+    in bytes; beyond, events are dropped (one warning); the kept ones go out afterwards."""
+    pool = PostgreSQLPool(pg_dsn, min_connections=1, max_connections=1)
+    await pool.start()
+    bus = PostgreSQLEventBus(pool, outbox_bytes=4096)
+    recorder = Recorder(unique_org)
+    try:
+        await bus.start()
+        bus.connect(recorder)
+        held = await pool.acquire()  # the flush waits for it
+        bus.publish(_event(unique_org, ping="first"))  # taken by the flush, waiting
+        texts = [f"{index}:" + "x" * 500 for index in range(20)]
+        for text in texts:
+            bus.publish(_event(unique_org, author="alice@dev1", ping=text))
+        assert 0 < bus._outbox_size <= 4096
+        kept = len(bus._outbox)
+        assert 0 < kept < len(texts)
+        warnings = [e for e in captured_logs if "Event outbox full" in e.get("log_format", "")]
+        assert len(warnings) == 1
+        pool.release(held)
+        events = await recorder.wait_for(1 + kept)
+        assert [event["ping"] for event in events] == ["first", *texts[:kept]]
+        assert bus._outbox_size == 0
+    finally:
+        await bus.stop()
+        await pool.close()

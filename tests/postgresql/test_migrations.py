@@ -27,7 +27,7 @@ from parsec.storage.postgresql.pool import PostgreSQLPool
 TABLES = {
     "migration", "organization", "user_", "device", "invitation", "pki_enrollment", "message",
     "realm", "vlob_encryption_revision", "realm_role", "realm_user", "vlob", "vlob_atom",
-    "realm_vlob_update", "block", "block_data",
+    "realm_vlob_update", "block", "block_data", "block_claim",
 }
 
 

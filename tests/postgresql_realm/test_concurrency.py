@@ -25,7 +25,7 @@ from twisted.internet import defer, reactor, task
 
 from parsec.backend import storage as st
 from parsec.backend.models import ReencryptionBatchEntry, VlobWrite
-from parsec.storage.postgresql.connection import PgConnection
+from parsec.storage.postgresql.connection import DatabaseTimeout, PgConnection
 from parsec.storage.postgresql.realm import PgRealmStorage
 from parsec.storage.postgresql.vlob import PgVlobStorage
 from tests.postgresql_realm.conftest import PgBackend, World
@@ -248,11 +248,13 @@ async def test_vlob_write_locks_the_realm_first(pg_world: World, pg_backend: PgB
         ):
             pending = defer.ensureDeferred(write)
             await wait_blocked_by(pg_backend, held.conn)
-            with pytest.raises(psycopg2.errors.LockNotAvailable):
+            # A lock not obtained (here at once, NOWAIT) is a DatabaseTimeout.
+            with pytest.raises(DatabaseTimeout) as refused:
                 await pg_backend.pool.execute(
                     "SELECT 1 FROM realm WHERE organization_id = %s AND realm_id = %s FOR NO KEY UPDATE NOWAIT",
                     (w.org, realm_id),
                 )
+            assert isinstance(refused.value.__cause__, psycopg2.errors.LockNotAvailable)
             held_pid = held.conn.backend_pid
             await held.commit()
             assert isinstance(await pending, VlobWrite)

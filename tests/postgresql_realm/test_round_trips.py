@@ -116,14 +116,19 @@ async def test_one_round_trip_per_call(one_connection_backend):
     await measure("vlob_list_versions", lambda: world.vlob.list_versions(world.org, "bob", vlob_id),
                   expected_statements=1)
 
-    block_ids = iter([uuid4(), uuid4()])
-    await measure("block check_create", lambda: world.block.check_create(world.org, "alice@dev1", realm_id, uuid4()),
-                  expected_statements=1)
-    await measure(
-        "block record_create",
-        lambda: world.block.record_create(world.org, "alice@dev1", realm_id, next(block_ids), 3, world.ts()),
-        expected_statements=1,
-    )
+    claims: list[tuple[Any, Any]] = []
+
+    async def claim() -> None:
+        block_id = uuid4()
+        claims.append((block_id, await world.block.claim_create(world.org, "alice@dev1", realm_id, block_id, world.ts(), 300.0)))
+
+    async def record() -> None:
+        block_id, held = claims.pop(0)
+        await world.block.record_create(world.org, "alice@dev1", realm_id, block_id, 3, world.ts(), held)
+
+    # Claim: the claiming statement, then the check that no block was recorded meanwhile.
+    await measure("block claim_create", claim, expected_statements=2)
+    await measure("block record_create", record, expected_statements=1)
     await measure("block check_read", lambda: world.block.check_read(world.org, "bob", uuid4()),
                   expected_statements=1, error=st.BlockNotFoundError)
     await measure("message_get", lambda: world.message.get(world.org, "bob", 0), expected_statements=1)

@@ -335,30 +335,43 @@ async def test_finish_requires_every_version(world):
 # ---- blocks ------------------------------------------------------------------------------------
 
 
+CLAIM = 300.0  # seconds a claim holds (the block_create_claim limit)
+
+
+async def create_block(world, author, realm_id, block_id, size):
+    claim = await world.block.claim_create(world.org, author, realm_id, block_id, world.ts(), CLAIM)
+    await world.block.record_create(world.org, author, realm_id, block_id, size, world.ts(), claim)
+
+
 @ok
 async def test_blocks(world, backend):
     realm_id = await world.create_realm("alice@dev1")
     await world.share(realm_id, "alice@dev1", "bob", "READER")
     block_id = uuid4()
 
+    async def claim(author, realm, block):
+        return await world.block.claim_create(world.org, author, realm, block, world.ts(), CLAIM)
+
     with pytest.raises(st.RealmNotFoundError):
-        await world.block.check_create(world.org, "alice@dev1", uuid4(), block_id)
+        await claim("alice@dev1", uuid4(), block_id)
     with pytest.raises(st.NotAllowedError):
-        await world.block.check_create(world.org, "bob@dev1", realm_id, block_id)
+        await claim("bob@dev1", realm_id, block_id)
     with pytest.raises(st.NotAllowedError):
-        await world.block.check_create(world.org, "carol@dev1", realm_id, block_id)
-    await world.block.check_create(world.org, "alice@dev2", realm_id, block_id)
+        await claim("carol@dev1", realm_id, block_id)
+    held = await claim("alice@dev2", realm_id, block_id)
     with pytest.raises(st.RealmNotFoundError):
-        await world.block.record_create(world.org, "alice@dev2", uuid4(), block_id, 4, world.ts())
-    await world.block.record_create(world.org, "alice@dev2", realm_id, block_id, 4, world.ts())
+        await world.block.record_create(world.org, "alice@dev2", uuid4(), block_id, 4, world.ts(), held)
+    # That refusal ended the claim: claim again.
+    held = await claim("alice@dev2", realm_id, block_id)
+    await world.block.record_create(world.org, "alice@dev2", realm_id, block_id, 4, world.ts(), held)
     with pytest.raises(st.AlreadyExistsError):
-        await world.block.record_create(world.org, "alice@dev2", realm_id, block_id, 4, world.ts())
+        await world.block.record_create(world.org, "alice@dev2", realm_id, block_id, 4, world.ts(), held)
     with pytest.raises(st.AlreadyExistsError):
-        await world.block.check_create(world.org, "alice@dev1", realm_id, block_id)
+        await claim("alice@dev1", realm_id, block_id)
     other_realm = await world.create_realm("carol@dev1")
     with pytest.raises(st.AlreadyExistsError):  # unique in the organization
-        await world.block.check_create(world.org, "carol@dev1", other_realm, block_id)
-    await world.block.record_create(world.org, "carol@dev1", other_realm, uuid4(), 7, world.ts())
+        await claim("carol@dev1", other_realm, block_id)
+    await create_block(world, "carol@dev1", other_realm, uuid4(), 7)
     assert await world.realm.get_stats(world.org, "bob", realm_id) == RealmStats(blocks_size=4, vlobs_size=0)
 
     await world.block.check_read(world.org, "bob", block_id)
@@ -371,12 +384,66 @@ async def test_blocks(world, backend):
     with pytest.raises(st.BlockNotFoundError):
         await other.block.check_read(other.org, "alice", block_id)
     other_realm_elsewhere = await other.create_realm("alice@dev1")
-    await other.block.check_create(other.org, "alice@dev1", other_realm_elsewhere, block_id)
-    await other.block.record_create(other.org, "alice@dev1", other_realm_elsewhere, block_id, 1, other.ts())
+    await create_block(other, "alice@dev1", other_realm_elsewhere, block_id, 1)
 
     await start_reencryption(world, realm_id)
     await world.block.check_read(world.org, "bob", block_id)  # allowed during re-encryption
     with pytest.raises(st.InMaintenanceError):
-        await world.block.check_create(world.org, "bob@dev1", realm_id, uuid4())  # state before role
+        await claim("bob@dev1", realm_id, uuid4())  # state before role
     with pytest.raises(st.InMaintenanceError):
-        await world.block.check_create(world.org, "alice@dev1", realm_id, block_id)
+        await claim("alice@dev1", realm_id, block_id)
+
+
+@ok
+async def test_block_claims(world):
+    """Racing creations of one id: one claim at a time; the same device may claim again (a
+    retry), another device only once the claim expired; a superseded claim records nothing."""
+    realm_id = await world.create_realm("alice@dev1")
+    await world.share(realm_id, "alice@dev1", "bob", "CONTRIBUTOR")
+    block_id = uuid4()
+    start = world.ts()
+
+    async def claim(author, at):
+        return await world.block.claim_create(world.org, author, realm_id, block_id, at, CLAIM)
+
+    first = await claim("bob@dev1", start)
+    for author in ("alice@dev1", "bob@dev2"):  # another device, even of the same user
+        with pytest.raises(st.BlockClaimedError):
+            await claim(author, start + timedelta(seconds=CLAIM - 1))
+    retry = await claim("bob@dev1", start + timedelta(seconds=1))
+    assert retry != first
+    # Expired: another device takes it over.
+    taken = await claim("alice@dev1", start + timedelta(seconds=CLAIM + 2))
+    for superseded in (first, retry):
+        with pytest.raises(st.BlockClaimedError):
+            await world.block.record_create(world.org, "bob@dev1", realm_id, block_id, 5, world.ts(), superseded)
+    await world.block.record_create(world.org, "alice@dev1", realm_id, block_id, 3, world.ts(), taken)
+    with pytest.raises(st.AlreadyExistsError):
+        await claim("bob@dev1", world.ts())
+    assert await world.realm.get_stats(world.org, "bob", realm_id) == RealmStats(blocks_size=3, vlobs_size=0)
+
+
+@ok
+async def test_block_record_rechecks_role_and_maintenance(world):
+    realm_id = await world.create_realm("alice@dev1")
+    await world.share(realm_id, "alice@dev1", "bob", "CONTRIBUTOR")
+    lost_role, in_maintenance = uuid4(), uuid4()
+
+    async def claim(author, block_id):
+        return await world.block.claim_create(world.org, author, realm_id, block_id, world.ts(), CLAIM)
+
+    # The writer's role goes away between the claim and the record.
+    held = await claim("bob@dev1", lost_role)
+    await world.share(realm_id, "alice@dev1", "bob", "READER")
+    with pytest.raises(st.NotAllowedError):
+        await world.block.record_create(world.org, "bob@dev1", realm_id, lost_role, 5, world.ts(), held)
+    # A maintenance starts between the claim and the record.
+    held = await claim("alice@dev1", in_maintenance)
+    await start_reencryption(world, realm_id)
+    with pytest.raises(st.InMaintenanceError):
+        await world.block.record_create(world.org, "alice@dev1", realm_id, in_maintenance, 5, world.ts(), held)
+    assert await world.realm.get_stats(world.org, "alice", realm_id) == RealmStats(blocks_size=0, vlobs_size=0)
+    # Nothing was recorded and the refusals ended the claims: not even a trace.
+    for block_id in (lost_role, in_maintenance):
+        with pytest.raises(st.BlockNotFoundError):
+            await world.block.check_read(world.org, "alice", block_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from parsec.backend.confidential import same_secret
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
@@ -175,7 +176,7 @@ class MemoryOrganizationStorage:
         org = data.organization
         if org.is_bootstrapped:
             raise AlreadyBootstrappedError()
-        if org.bootstrap_token != bootstrap_token:
+        if not same_secret(org.bootstrap_token, bootstrap_token):
             raise NotFoundError()
         if org.active_users_limit is not None and data.active_users_count() >= org.active_users_limit:
             raise ActiveUsersLimitReachedError()

@@ -24,7 +24,9 @@ from parsec.backend.storage import (
     NotFoundError,
     PkiAcceptance,
     PkiEnrollment,
+    TooManyPendingEnrollmentsError,
 )
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.memory.organization import (
     MemoryDatastore,
     OrgData,
@@ -55,7 +57,13 @@ class MemoryPkiStorage:
         return self._store.domain(organization_id, "pki", _PkiState)
 
     async def submit(
-        self, organization_id: str, enrollment: PkiEnrollment, force: bool, email: str | None, now: datetime
+        self,
+        organization_id: str,
+        enrollment: PkiEnrollment,
+        force: bool,
+        email: str | None,
+        now: datetime,
+        max_pending: int = DEFAULT_LIMITS.pending_enrollments,
     ) -> UUID | None:
         data = self._store.get(organization_id)
         state = self._state(organization_id)
@@ -74,6 +82,9 @@ class MemoryPkiStorage:
                 raise AlreadyEnrolledError()
         if email and email_used_by_active_user(data, email, now):
             raise EmailAlreadyUsedError()
+        pending = sum(1 for e in state.enrollments.values() if e.status == "SUBMITTED")
+        if pending - (to_cancel is not None) >= max_pending:
+            raise TooManyPendingEnrollmentsError()
         # Every check passed: write.
         if to_cancel is not None:
             state.enrollments[to_cancel] = attrs.evolve(

@@ -8,8 +8,8 @@ awaiting anything in between: in a single-threaded reactor that makes every meth
 
 from __future__ import annotations
 
-from datetime import datetime
-from uuid import UUID
+from datetime import datetime, timedelta
+from uuid import UUID, uuid4
 
 import attrs
 
@@ -26,7 +26,13 @@ from parsec.backend.models import (
     VlobWrite,
 )
 from parsec.backend.realm_rules import RealmState, RoleUpdateFacts
-from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError
+from parsec.backend.storage import (
+    DEFAULT_MESSAGE_BOUNDS,
+    AlreadyExistsError,
+    BlockClaimedError,
+    MessageBounds,
+    MessageBoxFullError,
+)
 from parsec.storage.memory.organization import MemoryDatastore, OrgData
 
 REALM_DOMAIN = "realm"
@@ -58,6 +64,13 @@ class _Block:
     author: str
     size: int
     created_on: datetime
+
+
+@attrs.frozen
+class _BlockClaim:
+    claim: UUID
+    author: str  # device id
+    claimed_on: datetime
 
 
 @attrs.define
@@ -118,6 +131,7 @@ class MemoryRealmState:
         self.realms: dict[UUID, _Realm] = {}
         self.vlobs: dict[UUID, _Vlob] = {}  # vlob ids are unique per organization
         self.blocks: dict[UUID, _Block] = {}
+        self.block_claims: dict[UUID, _BlockClaim] = {}  # block creations in progress
         self.metadata_size = 0  # every stored vlob atom, re-encrypted copies included
 
     def stats(self) -> tuple[int, int, int]:
@@ -126,16 +140,38 @@ class MemoryRealmState:
 
 
 class MemoryMessageState:
-    """The `message` domain of one organization: each user's append-only list."""
+    """The `message` domain of one organization: each user's append-only list, and how far
+    the user read it (`MessageBounds`)."""
 
     def __init__(self) -> None:
         self.by_user: dict[str, list[Message]] = {}
+        self.read: dict[str, int] = {}  # user -> highest offset given to message_get
 
     def append(self, recipient: str, sender: str, timestamp: datetime, body: bytes) -> int:
         messages = self.by_user.setdefault(recipient, [])
         index = len(messages) + 1
         messages.append(Message(index=index, sender=sender, timestamp=timestamp, body=body))
         return index
+
+    def can_take(self, recipient: str, bodies: list[bytes], bounds: MessageBounds) -> bool:
+        """Whether `bodies` may be appended for `recipient` within its unread `bounds`."""
+        unread = self.by_user.get(recipient, [])[self.read.get(recipient, 0) :]
+        return (
+            len(unread) + len(bodies) <= bounds.count
+            and sum(len(m.body) for m in unread) + sum(len(b) for b in bodies) <= bounds.size
+        )
+
+    def get(self, user_id: str, offset: int, bounds: MessageBounds) -> list[Message]:
+        messages = self.by_user.get(user_id, [])
+        self.read[user_id] = max(self.read.get(user_id, 0), min(offset, len(messages)))
+        page: list[Message] = []
+        size = 0
+        for message in messages[offset:]:
+            size += len(message.body)
+            if page and (len(page) >= bounds.count or size > bounds.size):
+                break
+            page.append(message)
+        return page
 
 
 class _Base:
@@ -203,7 +239,11 @@ class MemoryRealmStorage(_Base):
         return [g.certificate for g in sorted(realm.grants, key=lambda g: g.granted_on)]
 
     async def update_roles(
-        self, organization_id: str, grant: RealmGrant, recipient_message: bytes | None
+        self,
+        organization_id: str,
+        grant: RealmGrant,
+        recipient_message: bytes | None,
+        bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS,
     ) -> int | None:
         org: OrgData = self._store.get(organization_id)
         data = self._realms(organization_id)
@@ -222,13 +262,14 @@ class MemoryRealmStorage(_Base):
         )
         rules.check_update_roles(facts, grant.role, grant.granted_on)
         assert realm is not None
+        messages = self._messages(organization_id)
+        # Production stores no message for nil nor for an empty one.
+        if recipient_message and not messages.can_take(grant.user_id, [recipient_message], bounds):
+            raise MessageBoxFullError()
         realm.add_grant(grant)
         if not recipient_message:
-            # Production stores no message for nil nor for an empty one.
             return None
-        return self._messages(organization_id).append(
-            grant.user_id, grant.granted_by, grant.granted_on, recipient_message
-        )
+        return messages.append(grant.user_id, grant.granted_by, grant.granted_on, recipient_message)
 
     async def start_reencryption_maintenance(
         self,
@@ -239,6 +280,7 @@ class MemoryRealmStorage(_Base):
         per_participant_message: dict[str, bytes],
         timestamp: datetime,
         now: datetime,
+        bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS,
     ) -> list[tuple[str, int]]:
         org: OrgData = self._store.get(organization_id)
         realm = self._realms(organization_id).realms.get(realm_id)
@@ -252,11 +294,14 @@ class MemoryRealmStorage(_Base):
             _state(realm), _role(realm, user_of(author)), encryption_revision, participants, per_participant_message
         )
         assert realm is not None
+        messages = self._messages(organization_id)
+        for recipient, body in per_participant_message.items():
+            if not messages.can_take(recipient, [body], bounds):
+                raise MessageBoxFullError()
         realm.encryption_revision = encryption_revision
         realm.maintenance_type = rules.REENCRYPTION
         realm.maintenance_started_by = author
         realm.maintenance_started_on = timestamp
-        messages = self._messages(organization_id)
         return [
             (recipient, messages.append(recipient, author, timestamp, body))
             for recipient, body in per_participant_message.items()
@@ -466,10 +511,24 @@ class MemoryVlobStorage(_Base):
 
 
 class MemoryBlockStorage(_Base):
-    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
+    async def claim_create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        block_id: UUID,
+        now: datetime,
+        claim_seconds: float,
+    ) -> UUID:
         data = self._realms(organization_id)
         realm = data.realms.get(realm_id)
         rules.check_block_create(_state(realm), _role(realm, user_of(author)), block_id in data.blocks)
+        held = data.block_claims.get(block_id)
+        if held is not None and held.author != author and held.claimed_on + timedelta(seconds=claim_seconds) > now:
+            raise BlockClaimedError()
+        claim = uuid4()
+        data.block_claims[block_id] = _BlockClaim(claim, author, now)
+        return claim
 
     async def record_create(
         self,
@@ -479,13 +538,18 @@ class MemoryBlockStorage(_Base):
         block_id: UUID,
         size: int,
         created_on: datetime,
+        claim: UUID,
     ) -> None:
         data = self._realms(organization_id)
+        held = data.block_claims.get(block_id)
+        if held is None or held.claim != claim:
+            if block_id in data.blocks:
+                raise AlreadyExistsError()
+            raise BlockClaimedError()
+        del data.block_claims[block_id]
         realm = data.realms.get(realm_id)
-        if realm is None:
-            raise RealmNotFoundError()
-        if block_id in data.blocks:
-            raise AlreadyExistsError()
+        rules.check_block_create(_state(realm), _role(realm, user_of(author)), block_id in data.blocks)
+        assert realm is not None
         data.blocks[block_id] = _Block(realm_id, author, size, created_on)
         realm.blocks_size += size
 
@@ -500,8 +564,9 @@ class MemoryBlockStorage(_Base):
 
 
 class MemoryMessageStorage(_Base):
-    async def get(self, organization_id: str, user_id: str, offset: int) -> list[Message]:
-        state = self._store.get(organization_id).domains.get(MESSAGE_DOMAIN)
-        if state is None:
+    async def get(
+        self, organization_id: str, user_id: str, offset: int, bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS
+    ) -> list[Message]:
+        if MESSAGE_DOMAIN not in self._store.get(organization_id).domains:
             return []
-        return list(state.by_user.get(user_id, [])[offset:])
+        return self._messages(organization_id).get(user_id, offset, bounds)

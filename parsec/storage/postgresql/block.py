@@ -1,43 +1,122 @@
 """PostgreSQL block metadata (the blocks themselves are in the blockstore).
 
 How every statement applies `parsec.backend.realm_rules`: `parsec.storage.postgresql.realm_common`.
-Block metadata takes no realm lock: a block id's primary key guards its creation.
+
+A creation claims its block id (`block_claim`, migration 0002) before the bytes are written,
+and records the block with the statement that ends the claim (see `BlockStorage`):
+
+* the claim is one round trip of two prepared statements (one implicit transaction). The
+  first checks the rules and inserts the claim, or takes over one of the same device or an
+  expired one. Its snapshot may predate the commit of a creation that just recorded this id
+  (and ended its claim): the second statement, whose snapshot follows the first's insert,
+  sees that block and withdraws the claim (AlreadyExistsError). Two claims of one id never
+  coexist: the primary key serializes them;
+* the record locks the realm row and the author's realm_user row (`FOR SHARE`: it waits for
+  a role change or a maintenance start in progress and reads their result, without
+  serializing the realm's other block creations), re-checks maintenance and role, ends the
+  claim and inserts the block only if the claim was still this creation's and the rules
+  hold.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from uuid import UUID
+from datetime import datetime, timedelta
+from uuid import UUID, uuid4
 
 from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
-from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError
+from parsec.backend.storage import AlreadyExistsError, BlockClaimedError
 from parsec.storage.postgresql.connection import PreparedStatement
-from parsec.storage.postgresql.realm_common import PgRealmScopedStorage, realm_state
+from parsec.storage.postgresql.realm_common import (
+    RULE_PARAMS,
+    PgRealmScopedStorage,
+    RuleMismatchError,
+    realm_state,
+)
 
 __all__ = ["PgBlockStorage"]
 
-_BLOCK_CHECK_CREATE = PreparedStatement("""
+_BLOCK_FACTS = """
 SELECT r.encryption_revision, r.maintenance_type, ru.role,
        EXISTS (SELECT 1 FROM block WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
+           AS used
 FROM (VALUES (1)) AS one
 LEFT JOIN realm AS r ON r.organization_id = %(org)s::text AND r.realm_id = %(realm)s::uuid
 LEFT JOIN realm_user AS ru
     ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
+"""
+
+# Sent together, one round trip (`fetchrow_batch`).
+_BLOCK_CLAIM = PreparedStatement(f"""
+WITH facts AS ({_BLOCK_FACTS}
+), allowed AS MATERIALIZED (
+    -- realm_rules.check_block_create.
+    SELECT 1 FROM facts
+    WHERE encryption_revision IS NOT NULL
+      AND maintenance_type IS NULL
+      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
+      AND NOT used
+)
+INSERT INTO block_claim (organization_id, block_id, claim, author, claimed_on)
+SELECT %(org)s::text, %(block)s::uuid, %(claim)s::uuid, %(author)s::text, %(now)s::timestamptz
+FROM allowed
+ON CONFLICT (organization_id, block_id) DO UPDATE
+    SET claim = excluded.claim, author = excluded.author, claimed_on = excluded.claimed_on
+    WHERE block_claim.author = excluded.author OR block_claim.claimed_on <= %(expired)s::timestamptz
+""")
+_BLOCK_CLAIM_CHECK = PreparedStatement(f"""
+WITH facts AS ({_BLOCK_FACTS}
+), withdrawn AS (
+    DELETE FROM block_claim
+    WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid AND claim = %(claim)s::uuid
+      AND (SELECT used FROM facts)
+    RETURNING 1
+)
+SELECT facts.*,
+       EXISTS (SELECT 1 FROM block_claim
+               WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid
+                 AND claim = %(claim)s::uuid)
+       AND NOT EXISTS (SELECT 1 FROM withdrawn)
+FROM facts
 """)
 
 _BLOCK_RECORD_CREATE = PreparedStatement("""
-WITH target AS (
-    SELECT realm_id FROM realm WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
+WITH realm_row AS (
+    SELECT encryption_revision, maintenance_type FROM realm
+    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
+    FOR SHARE
+), author_row AS (
+    SELECT role FROM realm_user
+    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
+    FOR SHARE
+), facts AS (
+    SELECT r.encryption_revision, r.maintenance_type, a.role
+    FROM (VALUES (1)) AS one
+    LEFT JOIN realm_row AS r ON true
+    LEFT JOIN author_row AS a ON true
+), ended AS (
+    -- The claim ends whatever the outcome.
+    DELETE FROM block_claim
+    WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid AND claim = %(claim)s::uuid
+    RETURNING 1
+), allowed AS MATERIALIZED (
+    -- realm_rules.check_block_create, again, on the current role and realm state.
+    SELECT 1 FROM facts
+    WHERE encryption_revision IS NOT NULL
+      AND maintenance_type IS NULL
+      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
+      AND EXISTS (SELECT 1 FROM ended)
 ), new_block AS (
     INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
-    SELECT %(org)s::text, %(block)s::uuid, realm_id, %(author)s::text, %(size)s::integer,
+    SELECT %(org)s::text, %(block)s::uuid, %(realm)s::uuid, %(author)s::text, %(size)s::integer,
            %(created_on)s::timestamptz
-    FROM target
+    FROM allowed
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
-SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM new_block)
+SELECT facts.*, EXISTS (SELECT 1 FROM ended), EXISTS (SELECT 1 FROM new_block),
+       EXISTS (SELECT 1 FROM block WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
+FROM facts
 """)
 
 _BLOCK_CHECK_READ = PreparedStatement("""
@@ -51,12 +130,36 @@ LEFT JOIN realm_user AS ru
 
 
 class PgBlockStorage(PgRealmScopedStorage):
-    async def check_create(self, organization_id: str, author: str, realm_id: UUID, block_id: UUID) -> None:
-        revision, maintenance_type, role, used = await self._row(
-            _BLOCK_CHECK_CREATE,
-            {"org": organization_id, "realm": realm_id, "user": user_of(author), "block": block_id},
-        )
+    async def claim_create(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: UUID,
+        block_id: UUID,
+        now: datetime,
+        claim_seconds: float,
+    ) -> UUID:
+        claim = uuid4()
+        params = {
+            **RULE_PARAMS,
+            "org": organization_id,
+            "realm": realm_id,
+            "user": user_of(author),
+            "block": block_id,
+            "claim": claim,
+            "author": author,
+            "now": now,
+            "expired": now - timedelta(seconds=claim_seconds),
+        }
+        row = await self._pool.fetchrow_batch([_BLOCK_CLAIM, _BLOCK_CLAIM_CHECK], params)
+        assert row is not None, "the check statement returns its facts row"
+        revision, maintenance_type, role, used, claimed = row
+        if claimed:
+            return claim
         rules.check_block_create(realm_state(revision, maintenance_type), role, bool(used))
+        # The rules hold on the second statement's facts: the claim of another device stood
+        # (or the rules changed between the two statements: refused all the same).
+        raise BlockClaimedError()
 
     async def record_create(
         self,
@@ -66,26 +169,32 @@ class PgBlockStorage(PgRealmScopedStorage):
         block_id: UUID,
         size: int,
         created_on: datetime,
+        claim: UUID,
     ) -> None:
-        realm_found, created = await self._row(
+        revision, maintenance_type, role, ended, created, exists = await self._row(
             _BLOCK_RECORD_CREATE,
             {
                 "org": organization_id,
                 "realm": realm_id,
+                "user": user_of(author),
                 "block": block_id,
                 "author": author,
                 "size": size,
                 "created_on": created_on,
+                "claim": claim,
             },
         )
-        if not realm_found:
-            raise RealmNotFoundError()
-        if not created:
-            raise AlreadyExistsError()
+        if created:
+            return
+        if not ended:
+            if exists:
+                raise AlreadyExistsError()
+            raise BlockClaimedError()
+        rules.check_block_create(realm_state(revision, maintenance_type), role, bool(exists))
+        raise RuleMismatchError("block record_create")
 
     async def check_read(self, organization_id: str, user_id: str, block_id: UUID) -> None:
         revision, maintenance_type, role = await self._row(
             _BLOCK_CHECK_READ, {"org": organization_id, "user": user_id, "block": block_id}
         )
         rules.check_block_read(realm_state(revision, maintenance_type), role)
-

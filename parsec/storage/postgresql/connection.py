@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
 __all__ = [
+    "DatabaseTimeout",
     "DatabaseUnavailable",
     "Isolation",
     "Params",
@@ -53,6 +55,21 @@ _ISOLATIONS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 class DatabaseUnavailable(ConnectionError):
     """The database cannot be reached: connection refused or timed out, connection lost (e.g.
     the database restarted), pool closed. The message is one line and holds no secret."""
+
+
+class DatabaseTimeout(DatabaseUnavailable):
+    """The database did not answer in time (README.rst, Limits): a statement ran past
+    `statement_timeout` or waited past `lock_timeout` (PostgreSQL cancelled it, the session is
+    fine), no pool connection was free within the acquire timeout, or too many requests were
+    already waiting for one. Handled as DatabaseUnavailable: the request gets an error answer."""
+
+
+# PostgreSQL gave up on the statement: statement_timeout or a cancel request (txpostgres turns
+# QueryCanceled into CancelledError: see `_send`), lock_timeout.
+_TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg2.errors.QueryCanceled,
+    psycopg2.errors.LockNotAvailable,
+)
 
 
 def error_summary(exc: BaseException) -> str:
@@ -252,6 +269,10 @@ class PgConnection:
             cursor = self._raw.cursor()  # raises InterfaceError if libpq knows it is closed
             await shield(cursor.execute(sql, params), self.close)
         except defer.CancelledError:
+            if not self._closing:
+                # Not ours: txpostgres reports PostgreSQL's QueryCanceled (statement_timeout)
+                # as a CancelledError. The session is fine.
+                raise DatabaseTimeout("database did not answer in time: statement timeout") from None
             self.broken = True
             raise
         except Exception as exc:
@@ -259,6 +280,9 @@ class PgConnection:
                 self.broken = True
                 self._lost(Failure(exc))
                 raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
+            if isinstance(exc, _TIMEOUT_ERRORS):
+                # The session survives (a transaction is left aborted: rolled back by its owner).
+                raise DatabaseTimeout(f"database did not answer in time: {error_summary(exc)}") from exc
             raise
         return cursor
 
@@ -279,6 +303,19 @@ class PgConnection:
         """Run a statement; return the number of rows it affected (-1 if not applicable)."""
         cursor = await self._execute(sql, params)
         return int(cursor.rowcount)
+
+    async def fetchrow_batch(
+        self, statements: Sequence[PreparedStatement], params: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """Several prepared statements in one round trip (one implicit transaction: an error
+        stops the batch and rolls it back); the first row of the last one. Each statement
+        reads the writes of those before it."""
+        for statement in statements:
+            await self._ensure_prepared(statement)
+        sql = "; ".join(statement.execute_sql for statement in statements)
+        cursor = await self._send(sql, [value for statement in statements for value in statement.bind(params)])
+        row = cursor.fetchone()
+        return tuple(row) if row is not None else None
 
 
 class Transaction:

@@ -10,7 +10,9 @@ Payload: standard Base64 of `parsec.api.codec.packb({"__id__": <uuid4 hex>, "__s
 
 Three ways to publish:
 * `bus.publish(event)`: fire and forget, for events that are not tied to a write (ping, claimer
-  joined/left, organization expired at handshake). Sent in order through a pool connection.
+  joined/left, organization expired at handshake). Sent in order through a pool connection;
+  what waits to be sent is bounded by `outbox_bytes` (the `event_outbox_bytes` limit): while
+  the database is slow or stalled, further events are dropped (one warning per episode).
 * `bus.publish_in(tx, event)`: queued in a `Transaction`, sent with its COMMIT (no extra round
   trip) and only if it commits.
 * `notify_sql(event, computed={...})`: a `pg_notify(...)` SQL expression to embed in the write
@@ -38,6 +40,7 @@ from twisted.logger import Logger
 
 from parsec.api import codec
 from parsec.backend.bus import BackendEvent, Listener, ListenerSet
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.postgresql.connection import DatabaseUnavailable, PgConnection, Transaction, error_summary
 from parsec.storage.postgresql.pool import PostgreSQLPool, connect_with_retry, run_detached
 
@@ -163,6 +166,7 @@ class PostgreSQLEventBus:
         on_gave_up: Callable[[DatabaseUnavailable], None] | None = None,
         max_connection_attempts: int | None = None,
         pause_before_retry: float | None = None,
+        outbox_bytes: int = DEFAULT_LIMITS.event_outbox_bytes,
     ) -> None:
         self._pool = pool
         self._listeners = ListenerSet()
@@ -177,6 +181,9 @@ class PostgreSQLEventBus:
         self._reconnecting: defer.Deferred[None] | None = None
         self._stopping = False
         self._outbox: list[str] = []
+        self._outbox_size = 0  # bytes of the payloads in _outbox
+        self.outbox_bytes = outbox_bytes
+        self._dropped = 0  # events dropped since the outbox was last below its bound
         self._flushing: defer.Deferred[None] | None = None
 
     # --- EventBus protocol --------------------------------------------------------------------
@@ -199,7 +206,16 @@ class PostgreSQLEventBus:
             # multi-megabyte string): the event cannot travel through NOTIFY, drop it.
             _log.warn("Event {name} dropped: {error}", name=event.name, error=str(exc))
             return
+        if self._outbox_size + len(payload) > self.outbox_bytes:
+            if self._dropped == 0:
+                _log.warn(
+                    "Event outbox full ({size} bytes wait for the database): events dropped",
+                    size=self._outbox_size,
+                )
+            self._dropped += 1
+            return
         self._outbox.append(payload)
+        self._outbox_size += len(payload)
         if self._flushing is None:
             self._flushing = run_detached(self._flush)
 
@@ -212,6 +228,10 @@ class PostgreSQLEventBus:
             while self._outbox:
                 batch = self._outbox[:_PUBLISH_BATCH]
                 del self._outbox[:_PUBLISH_BATCH]
+                self._outbox_size -= sum(len(payload) for payload in batch)
+                if self._dropped and self._outbox_size <= self.outbox_bytes // 2:
+                    _log.warn("Event outbox: {count} event(s) were dropped", count=self._dropped)
+                    self._dropped = 0
                 sql = "; ".join(["SELECT pg_notify(%s, %s)"] * len(batch))
                 params = [value for payload in batch for value in (CHANNEL, payload)]
                 try:

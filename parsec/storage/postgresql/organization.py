@@ -2,11 +2,14 @@
 
 One statement (one round trip) per method. Concurrency:
 * (re)creation is an upsert whose update applies only to a non-bootstrapped row;
-* the bootstrap is an `UPDATE ... WHERE root_verify_key IS NULL AND bootstrap_token = ...`
-  that also inserts the first user and device: concurrent bootstraps serialize on the row
-  lock and PostgreSQL re-checks the condition on the row the winner committed, so exactly one
-  succeeds. When the statement's snapshot cannot explain a refusal (it predates the winner's
-  commit), the statement is run again to read the winner's row.
+* the bootstrap first reads the organization's token and compares it with the client's in
+  constant time (`hmac.compare_digest`: the client's token never meets the stored one in
+  SQL, whose `=` stops at the first differing byte); then an `UPDATE ... WHERE
+  root_verify_key IS NULL AND bootstrap_token = <the token just read>` that also inserts the
+  first user and device: concurrent bootstraps serialize on the row lock and PostgreSQL
+  re-checks the condition on the row the winner committed, so exactly one succeeds. When the
+  statement's snapshot cannot explain a refusal (it predates the winner's commit, or the
+  organization was re-created with a new token meanwhile), both steps run again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from parsec.backend.confidential import same_secret
 from parsec.backend.models import Device, Organization, OrganizationStats, User
 from parsec.backend.storage import (
     UNSET,
@@ -28,7 +32,6 @@ from parsec.storage.postgresql.user import (
     ORGANIZATION_COLUMNS,
     clamp_limit,
     columns,
-    comparable,
     insert_user_and_device,
     new_user_params,
     organization_from_row,
@@ -78,6 +81,11 @@ WHERE o.organization_id = %(org)s AND NOT EXISTS (SELECT 1 FROM inserted)
 # Every websocket handshake but the authenticated one reads this: prepared.
 _GET = PreparedStatement(
     f"SELECT {', '.join(ORGANIZATION_COLUMNS)} FROM organization WHERE organization_id = %(org)s"
+)
+
+# Not PREPAREd: a bootstrap happens once per organization.
+_BOOTSTRAP_STATE = (
+    "SELECT root_verify_key IS NOT NULL, bootstrap_token FROM organization WHERE organization_id = %(org)s"
 )
 
 _BOOTSTRAP = (
@@ -215,13 +223,21 @@ class PgOrganizationStorage:
     ) -> None:
         params = {
             "org": organization_id,
-            "token": comparable(bootstrap_token),  # NULL: matches no token
             "root_verify_key": root_verify_key,
             "bootstrapped_on": bootstrapped_on,
             **new_user_params(user, device),
         }
         for _ in range(_RACE_RETRIES):
-            row = await self._pool.fetchrow(_BOOTSTRAP, params)
+            state = await self._pool.fetchrow(_BOOTSTRAP_STATE, {"org": organization_id})
+            if state is None:
+                raise NotFoundError()
+            bootstrapped, stored_token = state
+            if bootstrapped:
+                raise AlreadyBootstrappedError()
+            if not same_secret(stored_token, bootstrap_token):
+                raise NotFoundError()
+            # The stored token, not the client's: the update applies only if it is unchanged.
+            row = await self._pool.fetchrow(_BOOTSTRAP, {**params, "token": stored_token})
             if row is None:
                 raise NotFoundError()
             already_bootstrapped, token_matches, limit_reached, written = row
@@ -230,7 +246,7 @@ class PgOrganizationStorage:
             if already_bootstrapped:
                 raise AlreadyBootstrappedError()
             if not token_matches:
-                raise NotFoundError()
+                continue  # re-created with a new token meanwhile: compare again
             if limit_reached:
                 raise ActiveUsersLimitReachedError()
             # Refused on a row committed after this statement's snapshot: read it again.

@@ -23,7 +23,9 @@ from parsec.backend.storage import (
     NotFoundError,
     PkiAcceptance,
     PkiEnrollment,
+    TooManyPendingEnrollmentsError,
 )
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import (
     LOCK_ORGANIZATION,
@@ -68,14 +70,19 @@ WITH org AS (
         (%(email)s::text IS NOT NULL AND EXISTS (
             SELECT 1 FROM user_ u
             WHERE u.organization_id = %(org)s AND u.human_email = %(email)s::text
-              AND (u.revoked_on IS NULL OR u.revoked_on > %(now)s))) AS email_used
+              AND (u.revoked_on IS NULL OR u.revoked_on > %(now)s))) AS email_used,
+        (SELECT count(*) FROM pki_enrollment
+         WHERE organization_id = %(org)s AND state = 'SUBMITTED') AS pending
     FROM org LEFT JOIN previous p ON true
 ), verdict AS (
     SELECT
         NOT id_used
         AND NOT (coalesce(previous_state = 'SUBMITTED', false) AND NOT %(force)s)
         AND NOT coalesce(previous_user_active, false)
-        AND NOT email_used AS ok,
+        AND NOT email_used
+        -- The forced resubmission cancels the previous SUBMITTED one (counted in `pending`).
+        AND pending - CASE WHEN coalesce(previous_state = 'SUBMITTED', false) THEN 1 ELSE 0 END
+            < %(max_pending)s AS ok,
         previous_id,
         previous_state
     FROM facts
@@ -179,7 +186,13 @@ class PgPkiStorage:
         self._pool = pool
 
     async def submit(
-        self, organization_id: str, enrollment: PkiEnrollment, force: bool, email: str | None, now: datetime
+        self,
+        organization_id: str,
+        enrollment: PkiEnrollment,
+        force: bool,
+        email: str | None,
+        now: datetime,
+        max_pending: int = DEFAULT_LIMITS.pending_enrollments,
     ) -> UUID | None:
         row = await self._pool.fetchrow(
             _SUBMIT,
@@ -194,6 +207,7 @@ class PgPkiStorage:
                 "email": comparable(email) or None,
                 "force": force,
                 "now": now,
+                "max_pending": max_pending,
             },
         )
         if row is None:
@@ -208,7 +222,8 @@ class PgPkiStorage:
             raise AlreadyEnrolledError()
         if email_used:
             raise EmailAlreadyUsedError()
-        assert submitted, row
+        if not submitted:
+            raise TooManyPendingEnrollmentsError()
         return cancelled
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:

@@ -9,7 +9,12 @@ txpostgres' own ConnectionPool is fixed-size; this one:
   before it: a lost connection usually means the database restarted) and reopens on demand,
   so the pool recovers by itself once the database is back;
 * turns every connection-level failure into `DatabaseUnavailable` (one line, no secrets), so
-  a request fails cleanly; SQL errors (e.g. `psycopg2.errors.UniqueViolation`) pass through.
+  a request fails cleanly; SQL errors (e.g. `psycopg2.errors.UniqueViolation`) pass through;
+* bounds a stalled database (README.rst, Limits): every session runs with PostgreSQL's
+  `statement_timeout` and `lock_timeout`, a request waits at most `acquire_timeout` for a
+  free connection and at most `max_waiters` requests wait at all. Each bound reached raises
+  `DatabaseTimeout` (a `DatabaseUnavailable`): the request is answered with an error instead
+  of hanging, and once the database answers again the pool serves again by itself.
 
 Round trips. `fetch`/`fetchrow`/`fetchval`/`execute` on the pool run one statement in
 autocommit mode: exactly one round trip. A `Transaction` sends its `BEGIN` together with its
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -47,10 +52,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from parsec.storage.postgresql.connection import (
+    DatabaseTimeout,
     DatabaseUnavailable,
     Isolation,
     Params,
     PgConnection,
+    PreparedStatement,
     Query,
     Transaction,
     TxConnection,
@@ -108,15 +115,30 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
 
 
-def _connect_kwargs(dsn: str, application_name: str) -> dict[str, str]:
+def _milliseconds(seconds: float) -> int:
+    """A PostgreSQL timeout setting (ms, 0 = none) for `seconds` (0 = none)."""
+    if seconds <= 0:
+        return 0
+    return max(1, round(seconds * 1000))
+
+
+def _connect_kwargs(
+    dsn: str, application_name: str, statement_timeout: float = 0.0, lock_timeout: float = 0.0
+) -> dict[str, str]:
     try:
         params: dict[str, str] = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.Error:
         # The message of libpq may quote the DSN (and so a password): do not chain it.
         raise ValueError("invalid PostgreSQL URL") from None
     params.setdefault("application_name", application_name)
-    # Sessions in UTC: timestamptz values come back with a +00:00 offset.
-    params["options"] = (params.get("options", "") + " -c TimeZone=UTC").strip()
+    # Sessions in UTC: timestamptz values come back with a +00:00 offset. The timeouts are
+    # session settings sent with the connection request: no extra round trip.
+    settings = " -c TimeZone=UTC"
+    if statement_timeout > 0:
+        settings += f" -c statement_timeout={_milliseconds(statement_timeout)}"
+    if lock_timeout > 0:
+        settings += f" -c lock_timeout={_milliseconds(lock_timeout)}"
+    params["options"] = (params.get("options", "") + settings).strip()
     return params
 
 
@@ -186,8 +208,13 @@ class PostgreSQLPool:
         pause_before_retry: float = 1.0,
         connect_timeout: float = 10.0,
         application_name: str = "parsec",
+        statement_timeout: float = 0.0,
+        lock_timeout: float = 0.0,
+        acquire_timeout: float = 0.0,
+        max_waiters: int | None = None,
         reactor: Any = None,
     ) -> None:
+        """Timeouts in seconds, 0 for none; `max_waiters` None for no bound."""
         if not 0 <= min_connections <= max_connections or max_connections < 1:
             raise ValueError("need 0 <= min_connections <= max_connections and max_connections >= 1")
         if reactor is None:
@@ -196,13 +223,17 @@ class PostgreSQLPool:
 
             reactor = default_reactor
         self._dsn = dsn
-        self._kwargs = _connect_kwargs(dsn, application_name)
+        self._kwargs = _connect_kwargs(dsn, application_name, statement_timeout, lock_timeout)
         self.description = describe_dsn(dsn)
         self.min_connections = min_connections
         self.max_connections = max_connections
         self.max_connection_attempts = max_connection_attempts
         self.pause_before_retry = pause_before_retry
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self.acquire_timeout = acquire_timeout
+        self.max_waiters = max_waiters
         self.reactor = reactor
         self._idle: deque[PgConnection] = deque()
         self._in_use: set[PgConnection] = set()
@@ -422,9 +453,31 @@ class PostgreSQLPool:
             conn.close()
         if self.size < self.max_connections:
             return await self._open_for_use()
+        return await self._wait_for_connection()
+
+    async def _wait_for_connection(self) -> PgConnection:
+        if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+            raise DatabaseTimeout(
+                f"database busy: {len(self._waiters)} requests already wait for a connection"
+            )
         waiter: defer.Deferred[PgConnection] = defer.Deferred(self._cancel_waiter)
         self._waiters.append(waiter)
-        return await waiter
+        if self.acquire_timeout <= 0:
+            return await waiter
+
+        def expire() -> None:
+            if not waiter.called:
+                self._cancel_waiter(waiter)
+                waiter.errback(
+                    DatabaseTimeout(f"database busy: no connection free within {self.acquire_timeout:g} s")
+                )
+
+        timer = self.reactor.callLater(self.acquire_timeout, expire)
+        try:
+            return await waiter
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def _cancel_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
         try:
@@ -592,3 +645,10 @@ class PostgreSQLPool:
     async def execute(self, sql: Query, params: Params = None) -> int:
         async with self.connection() as conn:
             return await conn.execute(sql, params)
+
+    async def fetchrow_batch(
+        self, statements: Sequence[PreparedStatement], params: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """`PgConnection.fetchrow_batch`: prepared statements in one round trip."""
+        async with self.connection() as conn:
+            return await conn.fetchrow_batch(statements, params)

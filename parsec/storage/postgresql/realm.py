@@ -14,7 +14,12 @@ from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
 from parsec.backend.models import RealmGrant, RealmStats, RealmStatus
 from parsec.backend.realm_rules import RoleUpdateFacts
-from parsec.backend.storage import AlreadyExistsError
+from parsec.backend.storage import (
+    DEFAULT_MESSAGE_BOUNDS,
+    AlreadyExistsError,
+    MessageBounds,
+    MessageBoxFullError,
+)
 from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.realm_common import (
     LOCK_REALM,
@@ -77,7 +82,16 @@ WITH facts AS MATERIALIZED (
            target_ru.role AS target_role,
            target_ru.role_certified_on AS target_granted_on,
            target_ru.last_vlob_update AS target_last_vlob_update,
-           target_ru.last_role_change AS target_last_role_change
+           target_ru.last_role_change AS target_last_role_change,
+           -- The message fits in the target's unread bounds (MessageBounds).
+           NOT %(has_message)s OR (
+               target.message_count - target.message_read < %(pending_count)s
+               AND %(message_size)s + (
+                   SELECT coalesce(sum(octet_length(m.body)), 0) FROM message AS m
+                   WHERE m.organization_id = target.organization_id AND m.recipient = target.user_id
+                     AND m.message_index > target.message_read
+               ) <= %(pending_size)s
+           ) AS inbox_ok
     FROM (VALUES (1)) AS one
     LEFT JOIN user_ AS target ON target.organization_id = %(org)s AND target.user_id = %(user)s
     LEFT JOIN realm AS r ON r.organization_id = %(org)s AND r.realm_id = %(realm)s
@@ -103,6 +117,7 @@ WITH facts AS MATERIALIZED (
       AND (NOT %(new_is_no_write)s OR target_last_vlob_update IS NULL OR target_last_vlob_update < %(ts)s)
       AND (NOT %(new_is_no_management)s OR target_last_role_change IS NULL
            OR target_last_role_change < %(ts)s)
+      AND inbox_ok
 ), new_grant AS (
     INSERT INTO realm_role (organization_id, realm_id, user_id, role, certificate, certified_by, certified_on)
     SELECT %(org)s, %(realm)s, %(user)s, %(role)s, %(certificate)s, %(author)s, %(ts)s FROM allowed
@@ -142,20 +157,35 @@ WITH facts AS MATERIALIZED (
                JOIN user_ AS u ON u.organization_id = p.organization_id AND u.user_id = p.user_id
                WHERE p.organization_id = r.organization_id AND p.realm_id = r.realm_id
                  AND p.role IS NOT NULL AND (u.revoked_on IS NULL OR u.revoked_on > %(now)s)
-           ) END AS participants
+           ) END AS participants,
+           -- Each message fits in its recipient's unread bounds (MessageBounds).
+           (
+               SELECT coalesce(bool_and(
+                   u.message_count - u.message_read < %(pending_count)s
+                   AND octet_length(m.body) + (
+                       SELECT coalesce(sum(octet_length(old.body)), 0) FROM message AS old
+                       WHERE old.organization_id = u.organization_id AND old.recipient = u.user_id
+                         AND old.message_index > u.message_read
+                   ) <= %(pending_size)s
+               ), true)
+               FROM unnest(%(recipients)s::text[], %(bodies)s::bytea[]) AS m (user_id, body)
+               JOIN user_ AS u ON u.organization_id = %(org)s AND u.user_id = m.user_id
+           ) AS inboxes_ok
     FROM (VALUES (1)) AS one
     LEFT JOIN realm AS r ON r.organization_id = %(org)s AND r.realm_id = %(realm)s
     LEFT JOIN realm_user AS ru
         ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id
        AND ru.user_id = %(author_user)s
 ), allowed AS MATERIALIZED (
-    -- realm_rules.check_start_reencryption (set equality as mutual inclusion).
+    -- realm_rules.check_start_reencryption (set equality as mutual inclusion), then the
+    -- recipients' unread bounds.
     SELECT 1 FROM facts
     WHERE encryption_revision IS NOT NULL
       AND maintenance_type IS NULL
       AND encryption_revision + 1 = %(revision)s
       AND coalesce(author_role = %(owner)s, false)
       AND participants <@ %(recipients)s::text[] AND participants @> %(recipients)s::text[]
+      AND inboxes_ok
 ), maintenance AS (
     UPDATE realm
     SET encryption_revision = %(revision)s, maintenance_type = %(reencryption)s,
@@ -287,7 +317,11 @@ class PgRealmStorage(PgRealmScopedStorage):
         return list(row[7] or [])
 
     async def update_roles(
-        self, organization_id: str, grant: RealmGrant, recipient_message: bytes | None
+        self,
+        organization_id: str,
+        grant: RealmGrant,
+        recipient_message: bytes | None,
+        bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS,
     ) -> int | None:
         author_user = user_of(grant.granted_by)
         # Production stores no message for nil nor for an empty one.
@@ -309,6 +343,9 @@ class PgRealmStorage(PgRealmScopedStorage):
                 "new_is_no_management": grant.role in rules.NO_MANAGEMENT_ROLES,
                 "has_message": message is not None,
                 "message": message,
+                "message_size": len(message or b""),
+                "pending_count": bounds.count,
+                "pending_size": bounds.size,
             },
         )
         (
@@ -321,6 +358,7 @@ class PgRealmStorage(PgRealmScopedStorage):
             target_granted_on,
             target_last_vlob_update,
             target_last_role_change,
+            inbox_ok,
             written,
             message_index,
         ) = row
@@ -337,6 +375,8 @@ class PgRealmStorage(PgRealmScopedStorage):
             target_last_role_change=target_last_role_change,
         )
         rules.check_update_roles(facts, grant.role, grant.granted_on)
+        if not inbox_ok:
+            raise MessageBoxFullError()
         raise RuleMismatchError("realm_update_roles")
 
     async def start_reencryption_maintenance(
@@ -348,6 +388,7 @@ class PgRealmStorage(PgRealmScopedStorage):
         per_participant_message: dict[str, bytes],
         timestamp: datetime,
         now: datetime,
+        bounds: MessageBounds = DEFAULT_MESSAGE_BOUNDS,
     ) -> list[tuple[str, int]]:
         recipients = list(per_participant_message)
         row = await self._row(
@@ -362,15 +403,28 @@ class PgRealmStorage(PgRealmScopedStorage):
                 "now": now,
                 "recipients": recipients,
                 "bodies": [per_participant_message[r] for r in recipients],
+                "pending_count": bounds.count,
+                "pending_size": bounds.size,
             },
         )
-        revision, maintenance_type, author_role, participants, written, inbox_users, inbox_indexes = row
+        (
+            revision,
+            maintenance_type,
+            author_role,
+            participants,
+            inboxes_ok,
+            written,
+            inbox_users,
+            inbox_indexes,
+        ) = row
         if written:
             indexes = dict(zip(inbox_users or [], inbox_indexes or [], strict=True))
             return [(recipient, int(indexes[recipient])) for recipient in recipients]
         rules.check_start_reencryption(
             realm_state(revision, maintenance_type), author_role, encryption_revision, participants or [], recipients
         )
+        if not inboxes_ok:
+            raise MessageBoxFullError()
         raise RuleMismatchError("realm_start_reencryption_maintenance")
 
     async def finish_reencryption_maintenance(

@@ -42,8 +42,10 @@ cover is guarded by keys and row locks: vlob and block ids are unique per organi
 race is an AlreadyExistsError), message indexes come from `UPDATE user_ SET message_count =
 message_count + 1` (row lock, re-evaluated on the newest row). Lock order, hence no deadlock
 among these requests: realm, then realm_user / vlob rows, then user_ rows in user-id order.
-Realm creation (the realm's primary key) and block metadata (a block id's primary key; realm
-sizes are sums over the blocks) take no realm lock.
+Realm creation (the realm's primary key) takes no realm lock; recording a block takes a share
+lock on the realm row and the author's realm_user row (it waits for a role change or a
+maintenance start and sees its result, without serializing block creations among
+themselves); a block id's uniqueness is its primary key and its claim (`block.py`).
 
 Reads (status, stats, certificates, vlob_read, poll, list, batches, block checks, messages) are
 one PREPAREd statement without locks: its snapshot is consistent because every write is atomic.

@@ -1,0 +1,86 @@
+"""A subscriber that does not listen cannot make the server hold its events without bound
+(README.rst, Limits; issue: multi-MiB pings sat in every subscriber's queue, bounded by count
+only). The queue is bounded in count (`event_queue_events`) and in bytes
+(`event_queue_bytes`); beyond, new events are dropped, the oldest kept in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest_twisted
+
+from parsec.config import BackendAddr, BackendConfig
+from parsec.limits import DEFAULT as LIMITS
+from tests.backend_realm.conftest import World
+from tests.orgs import bootstrap_organization
+
+ok = pytest_twisted.ensureDeferred
+
+QUEUE = {"event_queue_events": 5, "event_queue_bytes": 4096}
+
+
+@pytest_twisted.async_yield_fixture
+async def small_queues(server_factory):
+    config = BackendConfig(
+        backend_addr=BackendAddr("127.0.0.1", 6777, use_ssl=False), limits=attrs.evolve(LIMITS, **QUEUE)
+    )
+    server = await server_factory(config)
+    org = await bootstrap_organization(server)
+    world = World(server, org)
+    await world.new_user("bob@dev1")
+    yield world
+    for client in world.clients:
+        await client.close()
+
+
+def subscription(world: World, device_id: str) -> Any:
+    (sub,) = [
+        sub
+        for sub in world.app.events._by_org[world.org.organization_id].values()
+        if sub.ctx.device_id == device_id
+    ]
+    return sub
+
+
+async def drain(client: Any) -> list[str]:
+    pings = []
+    while True:
+        rep = await client.cmd("events_listen", wait=False)
+        if rep["status"] == "no_events":
+            return pings
+        pings.append(rep["ping"])
+
+
+@ok
+async def test_queue_bounded_in_bytes(small_queues):
+    world = small_queues
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    await bob.subscribe()
+    texts = [f"{index}:" + "x" * 1000 for index in range(4)]
+    for text in texts:
+        assert await alice.cmd("ping", ping=text) == {"status": "ok", "pong": text}
+    await world.settle()
+    sub = subscription(world, "bob@dev1")
+    assert 0 < sub.queued_bytes <= QUEUE["event_queue_bytes"]
+    kept = await drain(bob)
+    assert kept == texts[: len(kept)] and len(kept) == 3  # 3 pings of ~1 KiB fit in 4 KiB
+    assert sub.queued_bytes == 0
+    # Room again: new events are queued.
+    assert await alice.cmd("ping", ping="after") == {"status": "ok", "pong": "after"}
+    await world.settle()
+    assert await drain(bob) == ["after"]
+
+
+@ok
+async def test_queue_bounded_in_count(small_queues):
+    world = small_queues
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    await bob.subscribe()
+    for index in range(12):
+        assert (await alice.cmd("ping", ping=str(index)))["status"] == "ok"
+    await world.settle()
+    assert len(subscription(world, "bob@dev1").queue) == QUEUE["event_queue_events"]
+    assert await drain(bob) == [str(index) for index in range(QUEUE["event_queue_events"])]
