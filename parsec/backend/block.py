@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from parsec import limits as limits_module
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
 from parsec.backend.realm import error_reply
 from parsec.backend.storage import (
@@ -139,6 +140,7 @@ class BlockComponent:
         except AlreadyExistsError:
             return status("already_exists")
         except BlockClaimedError:
+            limits_module.hit("block_create_claim")  # the write outlasted its claim
             return status(BLOCKSTORE_FAILURE)
         except StorageError as exc:
             return error_reply(exc)

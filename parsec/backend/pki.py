@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from parsec import limits as limits_module
 from parsec.api import certificates as certs
 from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
@@ -126,6 +127,7 @@ class PkiComponent:
         except EmailAlreadyUsedError:
             return status("email_already_used")
         except TooManyPendingEnrollmentsError:
+            limits_module.hit("pending_enrollments")
             # Bounded so that pki_enrollment_list always fits in one message; the real client
             # shows any status but ok as an error (docs/protocol/DECISIONS.md).
             return status("not_allowed", TOO_MANY_PENDING)
