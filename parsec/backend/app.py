@@ -71,6 +71,7 @@ from parsec.backend.storage import NotFoundError, Storage, UnstorableValueError
 from parsec.backend.user import UserComponent
 from parsec.backend.vlob import VlobComponent
 from parsec.config import BackendConfig
+from parsec.metrics import NO_METRICS, NoMetrics
 
 _log = Logger()
 
@@ -105,6 +106,7 @@ class BackendApp:
         send_email: Callable[..., Any] | None = None,
         webhook: Callable[..., Any] | None = None,
         reactor: Any = None,
+        metrics: NoMetrics = NO_METRICS,
     ) -> None:
         if reactor is None:
             # The global reactor only when none is given: importing it installs the default one.
@@ -119,6 +121,7 @@ class BackendApp:
         self.now = now
         self.send_email = send_email
         self.webhook = webhook
+        self.metrics = metrics  # parsec.metrics: counted by the transports and the events
         self._conn_ids = itertools.count(1)
         # organization_id -> connection contexts, to close them on server-side events
         self._connections: dict[str, set[ClientContext]] = {}

@@ -45,7 +45,9 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import datetimeToString
 from zope.interface import directlyProvides, implementer, providedBy  # type: ignore[import-untyped]
 
+from parsec import limits as limits_module
 from parsec.limits import Limits
+from parsec.metrics import NO_METRICS, NoMetrics
 from parsec.web.access import Access
 
 _log = Logger()
@@ -157,6 +159,7 @@ class HttpGuard(ProtocolWrapper):
         self._cancel_deadline()
         super().connectionLost(reason)
         self.access.emit()
+        self.factory.metrics.connection_closed(self.access)
 
     def request_received(self, method: bytes, uri: bytes, forwarded_for: list[bytes] | None) -> None:
         """The channel has the whole request: the request deadline no longer applies."""
@@ -170,6 +173,7 @@ class HttpGuard(ProtocolWrapper):
 
     def _expired(self) -> None:
         self._deadline = None
+        limits_module.hit("http_request_timeout")
         self._answer(408)
 
     def _answer(self, status: int) -> None:
@@ -204,9 +208,11 @@ class HttpGuard(ProtocolWrapper):
         end = self._head.find(_END_OF_HEAD, max(0, len(self._head) - len(data) - 3))
         if end < 0:
             if len(self._head) > limit:
+                limits_module.hit("http_head_bytes")
                 self._answer(431)
             return
         if end + len(_END_OF_HEAD) > limit:
+            limits_module.hit("http_head_bytes")
             self._answer(431)
             return
         self._in_head = False
@@ -309,6 +315,7 @@ class Listener:
         self.limits = limits
         self.reactor = reactor
         self.server_header = b"parsec"
+        self.metrics: NoMetrics = NO_METRICS  # parsec.metrics, set by the service
         self._trusted = [_network(text) for text in trusted_proxies]
         self.protocols: set[HttpGuard] = set()
         self._per_address: Counter[str] = Counter()
@@ -353,6 +360,7 @@ class Listener:
             self._started_this_turn += 1
             return True
         self._waiting.append(guard)
+        limits_module.hit("connections_per_turn")
         return False
 
     def _schedule_turn(self) -> None:
@@ -401,9 +409,11 @@ class Listener:
         """The protocol of a new connection: a guard around `channel`, or a refusal."""
         host = str(getattr(addr, "host", ""))
         if len(self.protocols) >= self.limits.max_connections:
+            limits_module.hit("max_connections")
             return self._refusal(503, f"{self.limits.max_connections} connections open")
         counted = not self.is_trusted_proxy(host)
         if counted and self._per_address[host] >= self.limits.max_connections_per_address:
+            limits_module.hit("max_connections_per_address")
             return self._refusal(429, "too many connections from one address")
         return HttpGuard(self, channel, host, counted)
 
@@ -415,6 +425,7 @@ class Listener:
         if client is None:
             return True
         if self._per_address[client] >= self.limits.max_connections_per_address:
+            limits_module.hit("max_connections_per_address")
             self._refused(reason="too many connections from one forwarded address", open=len(self.protocols))
             return False
         guard.address = client

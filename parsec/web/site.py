@@ -29,6 +29,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 import parsec
+from parsec import limits as limits_module
 from parsec.limits import Limits
 from parsec.readiness import Readiness, ReadyCheck
 from parsec.web.drain import RequestTracker
@@ -64,6 +65,8 @@ class ParsecRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def gotLength(self, length: int | None) -> None:
+        if length is not None and length >= MAX_BODY_SIZE:
+            limits_module.hit("http_body_bytes")
         if length is None or length >= MAX_BODY_SIZE:
             # Chunked or too large: the body is treated as empty and not buffered.
             self._discard_body = True

@@ -45,6 +45,7 @@ Closing cleanly (no TCP reset in any normal case; a reverse proxy logs a reset a
 from __future__ import annotations
 
 from collections import deque
+from time import perf_counter
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -53,11 +54,13 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
+from parsec import limits as limits_module
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import AuthenticatedContext, ClientContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
+from parsec.metrics import UNKNOWN_COMMAND as UNKNOWN_COMMAND_LABEL
 from parsec.web.access import Access
 from parsec.web.listener import HttpGuard, half_close
 
@@ -172,6 +175,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._deadline = None
         if self._state in (_HANDSHAKE, _HANDSHAKE_BUSY):
             _log.info("Connection closed: no handshake within {timeout} s", timeout=self.limits.handshake_timeout)
+            limits_module.hit("handshake_timeout")
+            self.factory.app.metrics.handshake("timeout")
             self._state = _CLOSED
             # Policy violation; Autobahn drops the TCP connection if the peer does not answer
             # the close within closeHandshakeTimeout.
@@ -196,6 +201,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._reading_paused = pause
         if pause:
+            if self._output_blocked:
+                limits_module.hit("outgoing_buffer_bytes")
+            elif len(self._incoming) >= limits.pipeline_requests:
+                limits_module.hit("pipeline_requests")
+            else:
+                limits_module.hit("pipeline_bytes")
             self.transport.pauseProducing()
         else:
             self.transport.resumeProducing()
@@ -237,6 +248,16 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self.wasClean = False
         self.wasNotCleanReason = "the peer did not answer the Close frame"
         self.wasCloseHandshakeTimeout = True
+
+    @property
+    def kind(self) -> str:
+        """The connection's kind (`authenticated`, ...), `handshake` until the handshake is done."""
+        return self._ctx.kind if self._ctx is not None else "handshake"
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        # Autobahn's hook for a frame or message over maxFramePayloadSize/maxMessagePayloadSize.
+        limits_module.hit("ws_message_bytes" if self._ctx is not None else "handshake_bytes")
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     # ---- autobahn callbacks --------------------------------------------------------------
 
@@ -320,6 +341,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             ctx = await app.handshake(self._hs, payload)
         except HandshakeFailed as exc:
+            app.metrics.handshake(exc.result)
             if self._access is not None:
                 self._access.handshake = exc.result
             help = exc.help[: self.limits.handshake_help_chars]
@@ -333,6 +355,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._state == _CLOSED or self.state != self.STATE_OPEN:
             return
         self._cancel_deadline()
+        app.metrics.handshake("ok")
         if self._access is not None:
             access = self._access
             access.handshake = "ok"
@@ -380,8 +403,11 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         cmd = msg.get("cmd")
         route = app.route(ctx.kind, cmd)
         if route is None:
+            app.metrics.command(UNKNOWN_COMMAND_LABEL).done("unknown_command", 0.0)
             self._send_reply(UNKNOWN_COMMAND)
             return
+        metrics = app.metrics.command(route.meta.name, route.meta.long_poll)
+        started = perf_counter()
         d = defer.ensureDeferred(app.dispatch(ctx, route, msg))
         self._current = d
         self._current_cancellable = route.meta.cancellable
@@ -392,7 +418,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             reply = await d
         except defer.CancelledError:
-            pass
+            metrics.done("cancelled", perf_counter() - started)
+        except BaseException:
+            metrics.done("crashed", perf_counter() - started)
+            raise
+        else:
+            metrics.done(str(reply.get("status")), perf_counter() - started)
         finally:
             self._current = None
             self._current_cancellable = False
@@ -413,6 +444,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if len(data) > self.maxMessagePayloadSize:
             # Autobahn would refuse it (and the feeds are bounded so that honest use never
             # gets here): the protocol's own error status instead, one warning.
+            limits_module.hit("ws_message_bytes")
             _log.warn(
                 "Reply of {size} bytes over the {limit}-byte message limit: answered bad_message",
                 size=len(data),
