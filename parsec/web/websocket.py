@@ -37,7 +37,8 @@ Closing cleanly (no TCP reset in any normal case; a reverse proxy logs a reset a
 * once the peer has answered, the socket is closed in order (Autobahn, as a server, aborts
   it, which sends a reset); a peer that does not answer within `closeHandshakeTimeout` (at
   shutdown: `SHUTDOWN_CLOSE_WAIT`) gets an orderly close too, without Autobahn's warning: for
-  those clients it is the normal case;
+  those clients it is the normal case (over our own TLS, which waits for the peer's
+  close_notify, the socket beneath is closed after one more wait);
 * Autobahn still aborts a connection it fails itself (a protocol violation, a frame over the
   limit) or whose keep-alive pong never came: those are not normal cases.
 """
@@ -543,12 +544,21 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         left = await self._wait_gone(protocols, timeout, reactor)
         for proto in left:
             proto.close_unanswered()
+        # Over our own TLS, closing waits for the peer's close_notify, which a client that does
+        # not read never sends: close the socket beneath (in order, our close_notify is out).
+        left = await self._wait_gone(left, timeout, reactor)
+        for proto in left:
+            socket = _lowest_transport(proto.transport)
+            if socket is not None:
+                socket.loseConnection()
         # A peer that reads nothing at all (its window full, our FIN stuck behind the data):
         # only an abort frees the socket.
-        for proto in await self._wait_gone(left, timeout, reactor):
+        left = await self._wait_gone(left, timeout, reactor)
+        for proto in left:
             transport: Any = proto.transport  # TCP, TLS or the listener's guard: all can abort
             if transport is not None:
                 transport.abortConnection()
+        await self._wait_gone(left, timeout, reactor)  # gone at the next turn
 
     @staticmethod
     async def _wait_gone(

@@ -19,7 +19,9 @@ import pytest_twisted
 from twisted.internet import error
 from twisted.logger import LogLevel, globalLogPublisher
 
+from parsec.config import ListenConfig
 from tests.orgs import bootstrap_organization
+from tests.tlsutil import client_options, make_self_signed
 from tests.wsclient import WsClient
 
 ok = pytest_twisted.ensureDeferred
@@ -89,4 +91,22 @@ async def test_server_close_on_revocation_ends_with_fin(server, warnings) -> Non
     assert ended_with_fin(bob)
     await admin.close()
     assert ended_with_fin(admin)
+    assert warnings == []
+
+
+@ok
+async def test_shutdown_over_our_tls_unanswered_ends_with_fin(server_factory, tmp_path, warnings) -> None:
+    """Over the server's own TLS (no half-close there; closing waits for the peer's close_notify)."""
+    key, cert = make_self_signed(tmp_path)
+    listen = ListenConfig(host="127.0.0.1", port=0, ssl_keyfile=str(key), ssl_certfile=str(cert))
+    server = await server_factory(listen=listen)
+    pooled = await WsClient.connect(server.port, host="127.0.0.1", tls_options=client_options(cert))
+    assert (await pooled.challenge())["handshake"] == "challenge"
+    pooled.proto.transport.pauseProducing()
+    await server.service.stopService()
+    assert server.service.ws_factory.connections == set()
+    pooled.proto.transport.resumeProducing()
+    code, _ = await pooled.wait_closed()
+    assert code == 1001
+    assert ended_with_fin(pooled)
     assert warnings == []
