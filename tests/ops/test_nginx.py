@@ -60,8 +60,9 @@ async def test_websockets_close_cleanly_behind_nginx(daemons, tmp_path: Path) ->
     tls = make_tls_files(tmp_path / "tls")
     port = free_port()
     server = daemons.twistd(
-        *MOCKED_ARGS, "--port", str(port), "--trusted-proxy", "127.0.0.1", "--log-level", "INFO", "--log-format", "JSON"
-    )
+        *MOCKED_ARGS, "--port", str(port), "--trusted-proxy", "127.0.0.1", "--log-level", "INFO", "--log-format", "JSON",
+        "--forward-proto-enforce-https", "X-Forwarded-Proto:https",
+    )  # fmt: skip
     await server.wait_ready(f"http://127.0.0.1:{port}")
     nginx, nginx_port = nginx_in_front(tmp_path / "nginx", tls, [port])
     try:
@@ -71,6 +72,10 @@ async def test_websockets_close_cleanly_behind_nginx(daemons, tmp_path: Path) ->
             f"https://localhost:{nginx_port}/health", "--cacert", str(tls.ca), "-H", "X-Forwarded-For: 192.0.2.7"
         )
         assert health.status == 200
+        # nginx tells the server the client used https (a plain http request would be redirected).
+        landing = await curl(f"https://localhost:{nginx_port}/", "--cacert", str(tls.ca))
+        assert landing.status == 200
+        assert (await curl(f"http://127.0.0.1:{port}/", "-H", "X-Forwarded-Proto: http")).status == 301
 
         leaving = await connect_through(nginx_port, tls, org, "alice@dev1")
         assert await leaving.cmd("ping", ping="bye") == {"status": "ok", "pong": "bye"}
