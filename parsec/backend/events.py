@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
@@ -20,6 +20,9 @@ from twisted.logger import Logger
 
 from parsec.backend.bus import BackendEvent
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -93,7 +96,7 @@ class Subscription:
 
 
 class EventsComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
         self._by_org: dict[str, dict[int, Subscription]] = {}
         app.bus.connect(self._on_event)
@@ -117,7 +120,6 @@ class EventsComponent:
         limits = self._app.config.limits
         sub = Subscription(ctx, limits.event_queue_events, limits.event_queue_bytes)
         subs[ctx.conn_id] = sub
-        ctx.events = sub
         # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
         # current ones. A change heard while they load may be newer than what the load saw
         # (on PostgreSQL the load is a round trip): it is applied again over the loaded set,
