@@ -112,9 +112,8 @@ def _react(main: Callable[[Any], Coroutine[Any, Any, None]]) -> int:
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
-    except SystemExit as exc:
+    except SystemExit as exc:  # task.react always ends with one
         return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ probe at a time.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import attrs
@@ -54,7 +54,8 @@ class Readiness:
     def reason(self) -> str | None:
         """Why requests are refused (None while serving)."""
         if self.phase is not Phase.SERVING:
-            return self.phase.value
+            phase: str = self.phase.value
+            return phase
         if self._feed_error is not None:
             return "database unavailable"
         return None
@@ -82,7 +83,7 @@ class Probe:
     """One dependency check: `check()` returns when the dependency answered, raises otherwise."""
 
     name: str  # "PostgreSQL", "blockstore"
-    check: Callable[[], Awaitable[object]]
+    check: Callable[[], Coroutine[Any, Any, object]]
 
 
 class ReadyCheck:

@@ -103,7 +103,7 @@ class AsyncMultiService(service.MultiService):
         self._started: list[service.IService] = []
         self._starting: defer.Deferred[None] | None = None
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         service.Service.startService(self)
         starting = defer.Deferred.fromCoroutine(self._start_children())
         if not starting.called:
@@ -125,7 +125,7 @@ class AsyncMultiService(service.MultiService):
             self.running = 0
             raise
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
         return defer.Deferred.fromCoroutine(self._stop())
 
@@ -151,11 +151,11 @@ class AsyncMultiService(service.MultiService):
 class _AsyncService(service.Service):
     """A leaf whose start and stop are coroutines (`start`, `stop`)."""
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         super().startService()
         return defer.Deferred.fromCoroutine(self.start())
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         return defer.Deferred.fromCoroutine(self.stop())
 
@@ -347,13 +347,13 @@ class ListenerService(service.Service):
         super().privilegedStartService()
         self._listen()
 
-    def startService(self) -> defer.Deferred[Any] | None:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[Any] | None:
         super().startService()
         if self.port is None and self._binding is None:
             self._listen()  # privilegedStartService was not called (in-process use)
         return self._binding
 
-    def stopService(self) -> defer.Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
         return self.close()
 
@@ -362,7 +362,8 @@ class ListenerService(service.Service):
         port, self.port = self.port, None
         if port is None:
             return None
-        return defer.maybeDeferred(port.stopListening)
+        stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        return stopped
 
 
 def _server_endpoint(reactor: Any, spec: ListenSpec) -> IStreamServerEndpoint:
@@ -488,7 +489,8 @@ class ParsecService(AsyncMultiService):
 
     def _build_storage(self, backend: BackendConfig) -> tuple[Storage, EventBus, PostgreSQLPool | None]:
         if backend.db_type == "MOCKED":
-            return build_memory_storage(), MemoryEventBus(), None
+            memory_bus = MemoryEventBus()  # the storage's writes publish on it
+            return build_memory_storage(memory_bus), memory_bus, None
         storage, bus, resources = build_postgresql_storage(backend, reactor=self.reactor, feed=self)
         return storage, bus, resources.pool
 
@@ -503,7 +505,7 @@ class ParsecService(AsyncMultiService):
 
     # ---- life cycle ----------------------------------------------------------------------
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         # Connections are bounded by --max-connections; file descriptors must follow.
         check_file_limit(self.config.backend.limits)
         globalLogPublisher.addObserver(self._emfile_watch)
@@ -529,7 +531,7 @@ class ParsecService(AsyncMultiService):
             if listener is not None:
                 await defer.maybeDeferred(listener.close)
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         globalLogPublisher.removeObserver(self._emfile_watch)
         self.readiness.stopping()
         self.notifier.stopping()

@@ -1,19 +1,21 @@
 """Organization bootstrap webhook (docs/protocol/admin-api.md §3): JSON POST, 30 s timeout, never blocking forever.
 
 The URL is a secret (its path or query often holds a token): log lines show its scheme and
-host only (`parsec.backend.confidential.redact_url`)."""
+host only (`parsec.confidential.redact_url`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 
-from parsec.backend.confidential import redact_url, scrub_url
+from parsec.confidential import redact_url, scrub_url
 
 _log = Logger()
 
@@ -30,12 +32,13 @@ async def send_bootstrap_webhook(
 
         reactor = default_reactor
     pool = HTTPConnectionPool(reactor, persistent=False)
-    client = HTTPClient(Agent(reactor, pool=pool))
+    # cast: Agent declares IAgent with zope's @implementer, which mypy does not read.
+    client = HTTPClient(cast(IAgent, Agent(reactor, pool=pool)))
     try:
         d = client.post(
             url,
             data=json.dumps(payload).encode("utf8"),
-            headers={b"content-type": [b"application/json; charset=utf-8"]},
+            headers=Headers({b"content-type": [b"application/json; charset=utf-8"]}),
         )
         d.addTimeout(timeout, reactor)
         response = await d

@@ -1,14 +1,25 @@
-"""Shared fixtures: a running server on loopback, on every storage, and a reactor-leak check.
+"""Shared fixtures: a running server on loopback, on every storage; the PostgreSQL cluster of
+the run; the reactor-clean check of every test.
 
-Storages. `server_storage` is parametrized: "memory" (`--db MOCKED`) and "postgresql" (a
-session-wide throwaway cluster, tests/pg_cluster.py). Every test using `server`,
+PostgreSQL: ONE throwaway cluster for the whole run (tests/pg_cluster.py, started on first
+use, in memory when possible), holding the migrated template database (tests/support.py):
+* `fresh_pg_dsn`: a migrated database of the test's own (a copy of the template, made ahead of
+  need); `empty_pg_dsn`: an empty one; `pg_dsn`: the migrated database shared by the
+  storage-level tests (unique identifiers); `restartable_pg_cluster`: for a test that stops,
+  kills or restarts the cluster (running again afterwards).
+
+Reactor: `reactor_clean` (autouse) fails a test that leaves a timer pending or a connection or
+listening port registered.
+
+Storages. `server_storage` is parametrized: "memory" (`--db MOCKED`) and "postgresql" (the
+cluster above). Every test using `server`,
 `server_factory` or `server_storage` (directly or through another fixture) runs once per
 storage, with ids like `test_x[memory]` / `test_x[postgresql]`; the PostgreSQL runs carry
 the `postgresql` marker (`-m "not postgresql"` runs the memory half only).
 
-* PostgreSQL: a template database migrated once per session; each test gets a fresh copy
-  (`CREATE DATABASE ... TEMPLATE`), shared by every server the test starts (several servers =
-  several instances on one database), dropped after the test. Blocks go to the POSTGRESQL
+* PostgreSQL: each test gets a fresh copy of the template, shared by every server the test
+  starts (several servers = several instances on one database), dropped after the test.
+  Blocks go to the POSTGRESQL
   blockstore unless the test says `@pytest.mark.blockstore("MOCKED")`.
 * `@pytest.mark.storage("memory")` (or "postgresql") keeps only that run of a test.
 * `server_storage.backend_config(base)` turns any BackendConfig into the one of the storage
@@ -18,7 +29,6 @@ the `postgresql` marker (`-m "not postgresql"` runs the memory half only).
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import tempfile
@@ -29,17 +39,24 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.logger import Logger
+from twisted.internet import defer, reactor, task
+from twisted.logger import Logger, globalLogPublisher
 
 from parsec.blockstore.config import MockedBlockStoreConfig, PostgreSQLBlockStoreConfig
 from parsec.config import BackendAddr, BackendConfig, ListenConfig, ServerConfig
+from tests.pg_cluster import PgCluster, start_cluster
+from tests.support import (
+    SHARED_DATABASE,
+    TEMPLATE_DATABASE,
+    DatabaseSupply,
+    free_port,
+    migrate_template,
+    new_name,
+)
 
 pytest_plugins: list[str] = []
 
 STORAGES = ("memory", "postgresql")
-_TEMPLATE_DATABASE = "parsec_wire_template"
-_databases = itertools.count(1)
 _log = Logger()
 
 
@@ -83,91 +100,60 @@ def fast_directory(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return tmp_path_factory.mktemp(name)
 
 
-class DatabaseSupply:
-    """Fresh copies of the migrated template, made ahead of need by a worker thread.
-
-    The worker thread creates the next tests' databases (and drops the previous ones) while
-    the current test runs, so a test never waits for `CREATE DATABASE`.
-    """
-
-    AHEAD = 2
-
-    def __init__(self, cluster: Any) -> None:
-        import queue
-        import threading
-
-        self.cluster = cluster
-        self._ready: queue.Queue[str | BaseException] = queue.Queue()
-        self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="pg-database-supply", daemon=True)
-        self._thread.start()
-        for _ in range(self.AHEAD):
-            self._jobs.put(("create", ""))
-
-    def _work(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(self.cluster.dsn_for("postgres"), connect_timeout=10)
-        conn.autocommit = True
-        try:
-            while (job := self._jobs.get()) is not None:
-                action, name = job
-                try:
-                    with conn.cursor() as cursor:
-                        if action == "create":
-                            name = f"wire_{os.getpid()}_{next(_databases)}"
-                            cursor.execute(
-                                f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE_DATABASE}" STRATEGY FILE_COPY'
-                            )
-                            self._ready.put(name)
-                        else:
-                            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                except Exception as exc:
-                    if action == "create":
-                        self._ready.put(exc)
-        finally:
-            conn.close()
-
-    def take(self) -> str:
-        """A fresh database (its name); `give_back` it after the test."""
-        self._jobs.put(("create", ""))
-        item = self._ready.get(timeout=60)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def give_back(self, name: str) -> None:
-        self._jobs.put(("drop", name))
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
-
-
 @pytest.fixture(scope="session")
-def server_pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The cluster of the wire-level PostgreSQL runs, with a migrated template database."""
-    from parsec.storage.postgresql.migrations import migrate_command
-    from tests.pg_cluster import start_cluster
-
-    base = fast_directory(tmp_path_factory, "server-postgresql")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """THE PostgreSQL cluster of the run (started on first use), with TEMPLATE_DATABASE (our
+    schema, migrated once) and SHARED_DATABASE (a copy, for the storage-level tests)."""
+    base = fast_directory(tmp_path_factory, "postgresql")
     cluster = start_cluster(base)
     try:
-        lines: list[str] = []
-        dsn = cluster.create_database(_TEMPLATE_DATABASE)
-        migrated = pytest_twisted.blockon(defer.ensureDeferred(migrate_command(dsn, False, lines.append)))
-        assert migrated, lines
+        migrate_template(cluster)
+        cluster.create_database(SHARED_DATABASE, template=TEMPLATE_DATABASE)
         yield cluster
     finally:
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def restartable_pg_cluster(pg_cluster: PgCluster) -> Iterator[PgCluster]:
+    """The cluster, for a test that stops, kills or restarts it: running before and after."""
+    pg_cluster.start()
+    yield pg_cluster
+    pg_cluster.start()
+
+
 @pytest.fixture(scope="session")
-def server_pg_databases(server_pg_cluster: Any) -> Iterator[DatabaseSupply]:
-    supply = DatabaseSupply(server_pg_cluster)
+def pg_databases(pg_cluster: PgCluster) -> Iterator[DatabaseSupply]:
+    supply = DatabaseSupply(pg_cluster)
     yield supply
     supply.close()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_cluster: PgCluster) -> str:
+    """SHARED_DATABASE: migrated, shared by the tests of the run (use unique identifiers)."""
+    return pg_cluster.dsn_for(SHARED_DATABASE)
+
+
+@pytest.fixture
+def fresh_pg_dsn(pg_cluster: PgCluster, pg_databases: DatabaseSupply) -> Iterator[str]:
+    """A database of the test's own, migrated (a copy of the template)."""
+    pg_cluster.start()
+    name = pg_databases.take()
+    yield pg_cluster.dsn_for(name)
+    pg_databases.give_back(name)
+
+
+@pytest.fixture
+def empty_pg_dsn(pg_cluster: PgCluster) -> Iterator[str]:
+    """An empty database of the test's own (no schema: for the migration tests)."""
+    pg_cluster.start()
+    name = new_name("empty")
+    dsn = pg_cluster.create_database(name)
+    yield dsn
+    pg_cluster.start()
+    pg_cluster.drop_database(name)
 
 
 @attrs.define(eq=False)
@@ -183,7 +169,7 @@ class StorageUnderTest:
 
     @property
     def supply(self) -> DatabaseSupply:
-        supply: DatabaseSupply = self.request.getfixturevalue("server_pg_databases")
+        supply: DatabaseSupply = self.request.getfixturevalue("pg_databases")
         return supply
 
     @property
@@ -294,6 +280,72 @@ async def server_factory(server_storage: StorageUnderTest):
 @pytest_twisted.async_yield_fixture
 async def server(server_factory):
     yield await server_factory()
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A 127.0.0.1 port nobody listens on."""
+    return free_port()
+
+
+# ---- reactor hygiene -----------------------------------------------------------------------------
+
+
+def _leftover_readers_writers(selectables: list[Any]) -> list[Any]:
+    # The reactor adds its own wakers when it starts: not the test's.
+    return [s for s in selectables if not type(s).__name__.endswith("Waker")]
+
+
+def _describe(func: Any) -> str:
+    """A timer's function; for Autobahn's batched timers (txaio), the functions they hold."""
+    timer = getattr(func, "__self__", None)
+    buckets = getattr(timer, "_buckets", None)
+    if isinstance(buckets, dict):
+        held = sorted(
+            {
+                # the lambda txaio wraps around (func, args, kwargs)
+                repr(next((c.cell_contents for c in call._call.__closure__ if callable(c.cell_contents)), call))
+                for _, calls in buckets.values()
+                for call in calls
+            }
+        )
+        return f"txaio batched timer holding {held}"
+    return repr(func)
+
+
+async def _settle() -> None:
+    for _ in range(3):  # callLater(0) work scheduled by the teardown runs first
+        await task.deferLater(reactor, 0, lambda: None)
+
+
+@pytest.fixture(autouse=True)
+def reactor_clean() -> Iterator[None]:
+    """Every test leaves the reactor as it found it: no timer (DelayedCall) still pending, no
+    connection or listening port still registered. pytest-twisted does not check this; a
+    leftover is a leak (a pool not closed, a connection not closed, a timeout not cancelled).
+    Autouse: set up first, torn down last (after the servers of the test have stopped)."""
+    calls_before = set(reactor.getDelayedCalls())
+    readers_before = set(reactor.getReaders())
+    writers_before = set(reactor.getWriters())
+    yield
+    pytest_twisted.blockon(defer.ensureDeferred(_settle()))
+    calls = [c for c in reactor.getDelayedCalls() if c.active() and c not in calls_before]
+    readers = _leftover_readers_writers([r for r in reactor.getReaders() if r not in readers_before])
+    writers = _leftover_readers_writers([w for w in reactor.getWriters() if w not in writers_before])
+    leaked = [f"{_describe(call.func)} in {call.getTime() - reactor.seconds():.2f} s" for call in calls]
+    for call in calls:
+        call.cancel()  # do not let one leak fail the next tests too
+    assert not leaked, f"timers left behind: {leaked}"
+    assert not readers, f"connections or ports left open: {readers}"
+    assert not writers, f"connections left writing: {writers}"
 
 
 @pytest.fixture(autouse=True)

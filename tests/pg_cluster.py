@@ -86,7 +86,9 @@ def find_bindir() -> Path:
     raise ClusterError("PostgreSQL server binaries not found (apt-get install postgresql-15)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A 127.0.0.1 TCP port nobody listens on (bound, then released). The one helper of the
+    test suite (tests.support re-exports it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -357,7 +359,7 @@ def start_cluster(base_dir: Path, database: str = DEFAULT_DATABASE) -> PgCluster
         atexit.register(cluster.destroy)
         last_error: Exception | None = None
         for _ in range(5):  # the free port may be taken between probe and bind: try another
-            cluster.port = _free_port()
+            cluster.port = free_port()
             try:
                 cluster.start()
                 break

@@ -48,6 +48,12 @@ class _Protocol(WebSocketClientProtocol):
             self.inbox.append(item)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Autobahn leaves its close-handshake timer pending when the server drops the connection
+        # instead of answering our Close (a killed server).
+        pending: Any = self.closeHandshakeTimeoutCall
+        if pending is not None:
+            pending.cancel()
+            self.closeHandshakeTimeoutCall = None
         self.close_reason = reason
         if not self.opened.called:
             self.opened.errback(ClosedError(code, wasClean))

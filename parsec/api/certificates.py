@@ -10,8 +10,9 @@ A signed certificate is ``signature (64 bytes) || zlib(msgpack map)``. Loading o
 
 Every failure raises `CertificateError` whose `str()` is the detail text; commands wrap it
 as ``Invalid certification data (<text>).``. The ``validate_*`` functions run the compound
-checks of docs/protocol/commands.md (§5.1, §6.1, §6.4, §6.5, §9.1, §9.5) and raise
-`CertificateValidationError(status, reason)`.
+checks of docs/protocol/commands.md (§5.1, §6.1, §6.4, §6.5, §9.1, §9.5) and raise a
+`CertificateValidationError` subclass (which check failed, and the reply's reason text): the
+command layer chooses the reply status.
 
 This module is pure: no I/O, no clock (``now`` is always a parameter).
 """
@@ -30,6 +31,7 @@ import nacl.signing
 
 from parsec import limits
 from parsec.api import ids
+from parsec.api.ballpark import timestamp_in_ballpark
 from parsec.api.codec import DecodeError, unpackb
 from parsec.api.schema import (
     Bool,
@@ -46,8 +48,6 @@ from parsec.api.schema import (
 from parsec.limits import DEFAULT as _LIMITS
 
 __all__ = [
-    "BALLPARK_CLIENT_EARLY_OFFSET",
-    "BALLPARK_CLIENT_LATE_OFFSET",
     "DEVICE_CERTIFICATE_TYPE",
     "MAX_DECOMPRESSED_SIZE",
     "PKI_ENROLLMENT_ACCEPT_PAYLOAD_TYPE",
@@ -59,12 +59,17 @@ __all__ = [
     "CertificateError",
     "CertificateValidationError",
     "DeviceCertificate",
+    "DeviceOfAnotherUserError",
+    "InvalidCertificateDataError",
+    "InvalidCertificationError",
     "NewDeviceCertificates",
     "NewUserCertificates",
     "PkiEnrollmentAcceptPayload",
     "PkiEnrollmentSubmitPayload",
     "RealmRoleCertificate",
     "RevokedUserCertificate",
+    "SelfRevocationError",
+    "TimestampOutOfBallparkError",
     "UserCertificate",
     "load_device_certificate",
     "load_pki_accept_payload",
@@ -72,7 +77,6 @@ __all__ = [
     "load_realm_role_certificate",
     "load_revoked_user_certificate",
     "load_user_certificate",
-    "timestamps_in_the_ballpark",
     "unsecure_load_device_certificate",
     "unsecure_load_realm_role_certificate",
     "unsecure_load_revoked_user_certificate",
@@ -83,10 +87,6 @@ __all__ = [
     "validate_realm_role",
     "validate_revoked_user",
 ]
-
-# Ballpark (docs/protocol/handshake.md §6): a client timestamp is acceptable iff -50 < now - ts < 70 (seconds).
-BALLPARK_CLIENT_EARLY_OFFSET = 50.0
-BALLPARK_CLIENT_LATE_OFFSET = 70.0
 
 SIGNATURE_SIZE = 64
 VERIFY_KEY_SIZE = 32
@@ -107,14 +107,6 @@ TOO_LARGE_ERROR = f"Decompressed data exceeds {MAX_DECOMPRESSED_SIZE} bytes"
 INCOMPATIBLE_PROFILE_ERROR = "Fields `profile` and `is_admin` have incompatible values"
 ROOT_AUTHOR_REPR = "<root key>"
 
-# Statuses carried by CertificateValidationError.
-INVALID_CERTIFICATION = "invalid_certification"
-INVALID_DATA = "invalid_data"
-BAD_TIMESTAMP = "bad_timestamp"
-BAD_USER_ID = "bad_user_id"
-NOT_ALLOWED = "not_allowed"
-
-
 class CertificateError(Exception):
     """A signed certificate or payload could not be verified or decoded.
 
@@ -130,37 +122,45 @@ class CertificateError(Exception):
 
 
 class CertificateValidationError(Exception):
-    """A compound certificate check of a command failed.
+    """A compound certificate check of a command failed. The subclass says which check (the
+    command layer, parsec.backend.command, maps it to its reply status); ``reason`` is the
+    exact text of the reply."""
 
-    ``status`` is the reply status (`invalid_certification`, `invalid_data`, `bad_timestamp`,
-    `bad_user_id`, or `not_allowed` for self-revocation) and ``reason`` the exact reply
-    reason. For `bad_timestamp` the reason is None (that reply has no `reason` key) and
-    ``client_timestamp`` / ``backend_timestamp`` hold the rejected timestamp and the `now`
-    used for the check, from which the caller builds the full reply.
-    """
-
-    def __init__(
-        self,
-        status: str,
-        reason: str | None,
-        *,
-        client_timestamp: datetime | None = None,
-        backend_timestamp: datetime | None = None,
-    ) -> None:
-        super().__init__(status, reason)
-        self.status = status
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}: {self.reason}"
+
+
+class InvalidCertificationError(CertificateValidationError):
+    """A certificate does not verify or decode, or is not signed by whom it must be."""
+
+
+class InvalidCertificateDataError(CertificateValidationError):
+    """The certificates verify but contradict each other or the request."""
+
+
+class DeviceOfAnotherUserError(CertificateValidationError):
+    """A new device certificate names another user than its author's."""
+
+
+class SelfRevocationError(CertificateValidationError):
+    """A user revocation certificate revokes its own author."""
+
+
+class TimestampOutOfBallparkError(CertificateValidationError):
+    """A certificate's timestamp is outside the ballpark (parsec.api.ballpark) of
+    ``backend_timestamp``, the `now` of the check. No reason text."""
+
+    def __init__(self, *, client_timestamp: datetime, backend_timestamp: datetime) -> None:
+        super().__init__(None)
         self.client_timestamp = client_timestamp
         self.backend_timestamp = backend_timestamp
 
     def __str__(self) -> str:
-        return f"{self.status}: {self.reason}" if self.reason is not None else self.status
-
-
-def timestamps_in_the_ballpark(ts: datetime, now: datetime) -> bool:
-    """True iff ``-50 s < now - ts < 70 s`` (both bounds strict; both datetimes aware)."""
-    seconds = (now - ts).total_seconds()
-    return -BALLPARK_CLIENT_EARLY_OFFSET < seconds < BALLPARK_CLIENT_LATE_OFFSET
+        return f"{type(self).__name__}: {self.client_timestamp} (server time {self.backend_timestamp})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,31 +553,27 @@ def load_pki_accept_payload(raw: bytes) -> PkiEnrollmentAcceptPayload:
 # ---------------------------------------------------------------------------------------------
 
 
-def _invalid_certification(exc: CertificateError) -> CertificateValidationError:
-    return CertificateValidationError(INVALID_CERTIFICATION, f"Invalid certification data ({exc}).")
+def _invalid_certification(exc: CertificateError) -> InvalidCertificationError:
+    return InvalidCertificationError(f"Invalid certification data ({exc}).")
 
 
 def _check_redacted_user(user: UserCertificate, redacted: UserCertificate) -> None:
     # A redacted certificate equals the full one once given the full one's human handle, so
     # a full certificate with a nil handle is a valid redacted certificate of itself.
     if attrs.evolve(redacted, human_handle=user.human_handle) != user:
-        raise CertificateValidationError(
-            INVALID_DATA, "Redacted User certificate differs from User certificate."
+        raise InvalidCertificateDataError("Redacted User certificate differs from User certificate."
         )
     if redacted.human_handle is not None:
-        raise CertificateValidationError(
-            INVALID_DATA, "Redacted User certificate must not contain a human_handle field."
+        raise InvalidCertificateDataError("Redacted User certificate must not contain a human_handle field."
         )
 
 
 def _check_redacted_device(device: DeviceCertificate, redacted: DeviceCertificate) -> None:
     if attrs.evolve(redacted, device_label=device.device_label) != device:
-        raise CertificateValidationError(
-            INVALID_DATA, "Redacted Device certificate differs from Device certificate."
+        raise InvalidCertificateDataError("Redacted Device certificate differs from Device certificate."
         )
     if redacted.device_label is not None:
-        raise CertificateValidationError(
-            INVALID_DATA, "Redacted Device certificate must not contain a device_label field."
+        raise InvalidCertificateDataError("Redacted Device certificate must not contain a device_label field."
         )
 
 
@@ -593,8 +589,8 @@ def validate_bootstrap(
     """organization_bootstrap, docs/protocol/commands.md §5.1 steps 2-13.
 
     The redacted certificates are None only for the APIv1 flavour when the request omits
-    them (the API >= 2.7 schema requires both). A ballpark failure raises status
-    `bad_timestamp` (reason None, `client_timestamp` = user certificate timestamp).
+    them (the API >= 2.7 schema requires both). A ballpark failure raises
+    TimestampOutOfBallparkError (`client_timestamp` = the user certificate's timestamp).
     """
     try:
         user = load_user_certificate(user_certificate, root_verify_key, None)
@@ -613,24 +609,21 @@ def validate_bootstrap(
         raise _invalid_certification(exc) from None
 
     if user.profile != "ADMIN":
-        raise CertificateValidationError(INVALID_DATA, "Bootstrapping user must have admin profile.")
+        raise InvalidCertificateDataError("Bootstrapping user must have admin profile.")
     if user.timestamp != device.timestamp:
-        raise CertificateValidationError(
-            INVALID_DATA, "Device and user certificates must have the same timestamp."
+        raise InvalidCertificateDataError("Device and user certificates must have the same timestamp."
         )
     if user.user_id != device.user_id:
-        raise CertificateValidationError(INVALID_DATA, "Device and user must have the same user ID.")
-    if not timestamps_in_the_ballpark(user.timestamp, now):
-        raise CertificateValidationError(
-            BAD_TIMESTAMP, None, client_timestamp=user.timestamp, backend_timestamp=now
+        raise InvalidCertificateDataError("Device and user must have the same user ID.")
+    if not timestamp_in_ballpark(user.timestamp, now):
+        raise TimestampOutOfBallparkError(client_timestamp=user.timestamp, backend_timestamp=now
         )
     if redacted_user is not None:
         _check_redacted_user(user, redacted_user)
     if redacted_device is not None:
         _check_redacted_device(device, redacted_device)
     if (redacted_user is None) != (redacted_device is None):
-        raise CertificateValidationError(
-            INVALID_DATA, "Redacted user&device certificate muste be provided together"
+        raise InvalidCertificateDataError("Redacted user&device certificate muste be provided together"
         )
 
     return NewUserCertificates(
@@ -672,13 +665,12 @@ def validate_new_user(
         raise _invalid_certification(exc) from None
 
     if user.timestamp != device.timestamp:
-        raise CertificateValidationError(
-            INVALID_DATA, "Device and User certificates must have the same timestamp."
+        raise InvalidCertificateDataError("Device and User certificates must have the same timestamp."
         )
-    if not timestamps_in_the_ballpark(user.timestamp, now):
-        raise CertificateValidationError(INVALID_CERTIFICATION, "Invalid timestamp in certificate.")
+    if not timestamp_in_ballpark(user.timestamp, now):
+        raise InvalidCertificationError("Invalid timestamp in certificate.")
     if user.user_id != device.user_id:
-        raise CertificateValidationError(INVALID_DATA, "Device and User must have the same user ID.")
+        raise InvalidCertificateDataError("Device and User must have the same user ID.")
     _check_redacted_user(user, redacted_user)
     _check_redacted_device(device, redacted_device)
 
@@ -709,10 +701,10 @@ def validate_new_device(
     except CertificateError as exc:
         raise _invalid_certification(exc) from None
 
-    if not timestamps_in_the_ballpark(device.timestamp, now):
-        raise CertificateValidationError(INVALID_CERTIFICATION, "Invalid timestamp in certification.")
+    if not timestamp_in_ballpark(device.timestamp, now):
+        raise InvalidCertificationError("Invalid timestamp in certification.")
     if device.user_id != ids.user_of(author):
-        raise CertificateValidationError(BAD_USER_ID, "Device must be handled by it own user.")
+        raise DeviceOfAnotherUserError("Device must be handled by it own user.")
     _check_redacted_device(device, redacted_device)
 
     return NewDeviceCertificates(
@@ -730,16 +722,16 @@ def validate_revoked_user(
     author_verify_key: bytes,
     now: datetime,
 ) -> RevokedUserCertificate:
-    """user_revoke, docs/protocol/commands.md §6.5 steps 3-5 (step 5 raises status `not_allowed`)."""
+    """user_revoke, docs/protocol/commands.md §6.5 steps 3-5 (step 5 raises SelfRevocationError)."""
     try:
         cert = load_revoked_user_certificate(revoked_user_certificate, author_verify_key, author)
     except CertificateError as exc:
         raise _invalid_certification(exc) from None
 
-    if not timestamps_in_the_ballpark(cert.timestamp, now):
-        raise CertificateValidationError(INVALID_CERTIFICATION, "Invalid timestamp in certification.")
+    if not timestamp_in_ballpark(cert.timestamp, now):
+        raise InvalidCertificationError("Invalid timestamp in certification.")
     if cert.user_id == ids.user_of(author):
-        raise CertificateValidationError(NOT_ALLOWED, "Cannot do self-revocation")
+        raise SelfRevocationError("Cannot do self-revocation")
     return cert
 
 
@@ -752,26 +744,23 @@ def validate_realm_role(
     initial: bool,
 ) -> RealmRoleCertificate:
     """realm_create (``initial=True``, §9.1 steps 2-5) or realm_update_roles
-    (``initial=False``, §9.5 steps 3-5). A ballpark failure raises `bad_timestamp`."""
+    (``initial=False``, §9.5 steps 3-5). A ballpark failure raises TimestampOutOfBallparkError."""
     try:
         cert = load_realm_role_certificate(role_certificate, author_verify_key, author)
     except CertificateError as exc:
         raise _invalid_certification(exc) from None
 
-    if not timestamps_in_the_ballpark(cert.timestamp, now):
-        raise CertificateValidationError(
-            BAD_TIMESTAMP, None, client_timestamp=cert.timestamp, backend_timestamp=now
+    if not timestamp_in_ballpark(cert.timestamp, now):
+        raise TimestampOutOfBallparkError(client_timestamp=cert.timestamp, backend_timestamp=now
         )
     self_signed = cert.user_id == ids.user_of(author)
     if initial:
         if not self_signed:
-            raise CertificateValidationError(
-                INVALID_DATA, "Initial realm role certificate must be self-signed."
+            raise InvalidCertificateDataError("Initial realm role certificate must be self-signed."
             )
         if cert.role != "OWNER":
-            raise CertificateValidationError(
-                INVALID_DATA, "Initial realm role certificate must set OWNER role."
+            raise InvalidCertificateDataError("Initial realm role certificate must set OWNER role."
             )
     elif self_signed:
-        raise CertificateValidationError(INVALID_DATA, "Realm role certificate cannot be self-signed.")
+        raise InvalidCertificateDataError("Realm role certificate cannot be self-signed.")
     return cert

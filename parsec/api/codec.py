@@ -76,7 +76,8 @@ def _default(obj: Any) -> Any:
 
 
 def packb(data: Any) -> bytes:
-    return msgpack.packb(data, default=_default, use_bin_type=True, datetime=False)
+    packed: bytes = msgpack.packb(data, default=_default, use_bin_type=True, datetime=False)
+    return packed
 
 
 # Headers of the msgpack format (https://github.com/msgpack/msgpack/blob/master/spec.md):

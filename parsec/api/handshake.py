@@ -28,13 +28,12 @@ from nacl.signing import VerifyKey
 
 from parsec.api import ids
 from parsec.api import schema as s
+from parsec.api.ballpark import BALLPARK_CLIENT_EARLY_OFFSET, BALLPARK_CLIENT_LATE_OFFSET
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.limits import DEFAULT as _LIMITS
 
 SUPPORTED_API_VERSIONS: tuple[tuple[int, int], ...] = ((1, 3), (2, 7), (3, 1))
 CHALLENGE_SIZE = 48
-BALLPARK_CLIENT_EARLY_OFFSET = 50.0
-BALLPARK_CLIENT_LATE_OFFSET = 70.0
 
 HELP_BAD_IDENTITY = "Invalid handshake information"
 HELP_INVITATION_NOT_FOUND = "Invalid handshake: Invitation not found"

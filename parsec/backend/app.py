@@ -19,9 +19,10 @@ Revocation is final (docs/protocol/DECISIONS.md):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import attrs
 from twisted.internet import defer
@@ -42,6 +43,7 @@ from parsec.api.handshake import (
     ServerHandshake,
     bad_identity,
 )
+from parsec.backend import bus as events
 from parsec.backend.block import BlockComponent
 from parsec.backend.bus import BackendEvent, EventBus
 from parsec.backend.command import (
@@ -70,7 +72,8 @@ from parsec.backend.realm import RealmComponent
 from parsec.backend.storage import NotFoundError, Storage, UnstorableValueError
 from parsec.backend.user import UserComponent
 from parsec.backend.vlob import VlobComponent
-from parsec.config import BackendConfig
+from parsec.blockstore.base import BlockStore
+from parsec.config import BackendAddr, BackendConfig, EmailConfig
 from parsec.metrics import NO_METRICS, NoMetrics
 
 _log = Logger()
@@ -81,6 +84,30 @@ COMMAND_SPECS: dict[str, dict[str, protocol.CommandSpec]] = {
     APIV1_ANONYMOUS: protocol.APIV1_ANONYMOUS_COMMANDS,
     ANONYMOUS: protocol.ANONYMOUS_COMMANDS,
 }
+
+
+class InvitationMailer(Protocol):
+    """Sends an invitation e-mail (parsec.mail.delivery.send_invitation_email); returns the
+    `email_sent` status. Never raises but for a cancellation."""
+
+    async def __call__(
+        self,
+        *,
+        config: EmailConfig,
+        backend_addr: BackendAddr,
+        to_addr: str,
+        greeter_name: str,
+        reply_to: str | None,
+        organization_id: str,
+        token: UUID,
+        invitation_type: str,
+    ) -> str: ...
+
+
+# POSTs the organization bootstrap webhook (parsec.webhooks); never raises.
+Webhook = Callable[[dict[str, Any]], Awaitable[object]]
+
+_Component = TypeVar("_Component")
 
 
 @attrs.frozen
@@ -100,11 +127,11 @@ class BackendApp:
         config: BackendConfig,
         storage: Storage,
         bus: EventBus,
-        blockstore: Any,
+        blockstore: BlockStore,
         *,
         now: Callable[[], datetime] = utcnow,
-        send_email: Callable[..., Any] | None = None,
-        webhook: Callable[..., Any] | None = None,
+        send_email: InvitationMailer | None = None,
+        webhook: Webhook | None = None,
         reactor: Any = None,
         metrics: NoMetrics = NO_METRICS,
     ) -> None:
@@ -122,6 +149,10 @@ class BackendApp:
         self.send_email = send_email
         self.webhook = webhook
         self.metrics = metrics  # parsec.metrics: counted by the transports and the events
+        # Whether requests are served (the service clears it while starting and while the
+        # event feed is down, with the reason given to refused requests).
+        self.ready = True
+        self.unavailable_reason: str | None = None
         self._conn_ids = itertools.count(1)
         # organization_id -> connection contexts, to close them on server-side events
         self._connections: dict[str, set[ClientContext]] = {}
@@ -151,7 +182,7 @@ class BackendApp:
 
     # ---- component lookup ----------------------------------------------------------------
 
-    def component(self, cls: type) -> Any:
+    def component(self, cls: type[_Component]) -> _Component:
         for component in self.components:
             if isinstance(component, cls):
                 return component
@@ -159,7 +190,7 @@ class BackendApp:
 
     # ---- dispatch ------------------------------------------------------------------------
 
-    def route(self, kind: str, cmd: Any) -> Route | None:
+    def route(self, kind: str, cmd: object) -> Route | None:
         if not isinstance(cmd, str):
             return None
         return self.routes[kind].get(cmd)
@@ -242,32 +273,25 @@ class BackendApp:
             self._cancel_revocation_timer(ctx)
             self.events.unsubscribe(ctx)
         elif isinstance(ctx, InvitedContext):
+            # The claimer left (tied to no write: published directly).
             self.bus.publish(
-                BackendEvent(
-                    "invite.status_changed",
-                    ctx.organization_id,
-                    {
-                        "greeter": ctx.greeter_user_id,
-                        "token": ctx.token,
-                        "status": "IDLE",
-                    },
-                )
+                events.invite_status_changed(ctx.organization_id, ctx.greeter_user_id, ctx.token, "IDLE")
             )
 
     def connections(self, organization_id: str) -> list[ClientContext]:
         return list(self._connections.get(organization_id, ()))
 
     def _on_event(self, event: BackendEvent) -> None:
-        if event.name == "organization.expired":
+        if event.name == events.ORGANIZATION_EXPIRED:
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, AuthenticatedContext):
                     ctx.close()
-        elif event.name == "user.revoked":
+        elif event.name == events.USER_REVOKED:
             revoked_on = event.data.get("revoked_on")
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, AuthenticatedContext) and ctx.user_id == event["user_id"]:
                     self.close_at_revocation(ctx, revoked_on if isinstance(revoked_on, datetime) else None)
-        elif event.name == "invite.status_changed" and event["status"] == "DELETED":
+        elif event.name == events.INVITE_STATUS_CHANGED and event["status"] == "DELETED":
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, InvitedContext) and ctx.token == event["token"]:
                     ctx.close()
@@ -285,7 +309,7 @@ class BackendApp:
         return await self._handshake_anonymous_v1(answer)
 
     def _expired(self, organization_id: str) -> HandshakeFailed:
-        self.bus.publish(BackendEvent("organization.expired", organization_id, {}))
+        self.bus.publish(events.organization_expired(organization_id))
         return HandshakeFailed("organization_expired", HELP_ORGANIZATION_EXPIRED)
 
     async def _handshake_authenticated(
@@ -365,11 +389,8 @@ class BackendApp:
             d = defer.ensureDeferred(self._recheck_revocation(ctx))
             d.addErrback(self._recheck_failed, ctx)
         if isinstance(ctx, InvitedContext):
+            # The claimer joined (tied to no write: published directly).
             self.bus.publish(
-                BackendEvent(
-                    "invite.status_changed",
-                    ctx.organization_id,
-                    {"greeter": ctx.greeter_user_id, "token": ctx.token, "status": "READY"},
-                )
+                events.invite_status_changed(ctx.organization_id, ctx.greeter_user_id, ctx.token, "READY")
             )
 

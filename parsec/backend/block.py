@@ -21,7 +21,7 @@ limit): its bytes might still land; the same device may claim the id again at on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
@@ -29,16 +29,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from parsec import limits as limits_module
-from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
-from parsec.backend.realm import error_reply
+from parsec.backend.command import AuthenticatedContext, Reply, api, error_reply, ok, status
 from parsec.backend.storage import (
     AlreadyExistsError,
     BlockClaimedError,
     BlockNotFoundError,
+    BlockStorage,
     RealmNotFoundError,
     StorageError,
 )
 from parsec.blockstore.base import BlockStoreError
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -75,14 +78,14 @@ def _not_cancelled_by(outer_waiter: defer.Deferred[Reply]) -> defer.Deferred[Rep
 
 
 class BlockComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> BlockStorage:
         return self._app.storage.block
 
-    def _blockstore_failure(self, operation: str, ctx: AuthenticatedContext, block_id: Any, exc: Exception) -> Reply:
+    def _blockstore_failure(self, operation: str, ctx: AuthenticatedContext, block_id: UUID, exc: Exception) -> Reply:
         if isinstance(exc, BlockStoreError):
             _log.warn(
                 "Block {operation} error (organization_id={organization_id}, block_id={block_id}): {error}",

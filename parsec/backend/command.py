@@ -1,23 +1,45 @@
-"""How business components expose commands, and the connection contexts they receive.
+"""The command layer: how business components expose commands, the connection contexts they
+receive, and every reply status built from what the layers below report.
 
 A component method decorated with `@api("vlob_create")` becomes the handler of
 that command. The handler receives the connection context and the request
 already validated against the command's schema (`parsec.api.protocol`), and
 returns the reply map (with its `status`). `admin_only` / `outsider_reason`
 are profile checks that run *before* schema validation (docs/protocol/commands.md §2).
+
+Neither the storages (parsec.backend.storage exceptions) nor the certificate checks
+(parsec.api.certificates exceptions) know reply statuses: `error_reply` and
+`certificate_error_reply` below map them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
 
-from parsec.api.handshake import BALLPARK_CLIENT_EARLY_OFFSET, BALLPARK_CLIENT_LATE_OFFSET
+from parsec.api import certificates as certs
+from parsec.api.ballpark import BALLPARK_CLIENT_EARLY_OFFSET, BALLPARK_CLIENT_LATE_OFFSET
 from parsec.backend.models import HumanHandle
+from parsec.backend.storage import (
+    AlreadyGrantedError,
+    BadEncryptionRevisionError,
+    BadVersionError,
+    InMaintenanceError,
+    MaintenanceError,
+    MessageBoxFullError,
+    NotAllowedError,
+    NotInMaintenanceError,
+    ParticipantsMismatchError,
+    RealmNotFoundError,
+    RequireGreaterTimestampError,
+    StorageError,
+    UserRevokedError,
+    VlobNotFoundError,
+)
 
 Reply = dict[str, Any]
 
@@ -40,8 +62,6 @@ class AuthenticatedContext:
     api_version: tuple[int, int]
     conn_id: int = 0
     kind: str = AUTHENTICATED
-    # Filled by the events component on `events_subscribe`.
-    events: Any = None
     # Called by the server to close the connection (revocation, expiration).
     close: Callable[[], None] = lambda: None
     # The timer that closes the connection when its user's revocation takes effect (an
@@ -76,7 +96,10 @@ class AnonymousContext:
 
 ClientContext = AuthenticatedContext | InvitedContext | AnonymousContext
 
+# A bound handler: (context, validated request) -> reply. The context is of one of the kinds
+# the command is declared for.
 Handler = Callable[[Any, dict[str, Any]], Awaitable[Reply]]
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Reply]])
 
 
 @attrs.frozen
@@ -97,22 +120,25 @@ def api(
     outsider_reason: str | None = None,
     cancellable: bool = False,
     long_poll: bool = False,
-) -> Callable[[Handler], Handler]:
-    def decorator(fn: Handler) -> Handler:
-        fn._parsec_api = ApiMeta(
-            name, kinds, admin_only, outsider_reason, cancellable, long_poll or cancellable
-        )  # type: ignore[attr-defined]
+) -> Callable[[_Method], _Method]:
+    """Mark a component method `async def m(self, ctx, req) -> Reply` as the handler of `name`."""
+
+    def decorator(fn: _Method) -> _Method:
+        setattr(fn, _META, ApiMeta(name, kinds, admin_only, outsider_reason, cancellable, long_poll or cancellable))
         return fn
 
     return decorator
+
+
+_META = "_parsec_api"
 
 
 def collect_handlers(component: object) -> list[tuple[ApiMeta, Handler]]:
     found = []
     for attr in dir(type(component)):
         fn = getattr(type(component), attr, None)
-        meta = getattr(fn, "_parsec_api", None)
-        if meta is not None:
+        meta = getattr(fn, _META, None)
+        if isinstance(meta, ApiMeta):
             found.append((meta, getattr(component, attr)))
     return found
 
@@ -150,10 +176,78 @@ def require_greater_timestamp(strictly_greater_than: datetime) -> Reply:
     return {"status": "require_greater_timestamp", "strictly_greater_than": strictly_greater_than}
 
 
-def timestamp_in_ballpark(ts: datetime, now: datetime) -> bool:
-    delta = (now - ts).total_seconds()
-    return -BALLPARK_CLIENT_EARLY_OFFSET < delta < BALLPARK_CLIENT_LATE_OFFSET
-
-
 def uuid_hex(value: UUID) -> str:
     return value.hex
+
+
+# ---- storage rule violations ------------------------------------------------------------------
+
+PARTICIPANTS_MISMATCH = "Realm participants and message recipients mismatch"
+REENCRYPTION_NOT_OVER = "Reencryption operations are not over"
+MESSAGE_BOX_FULL = "The recipient has too many unread messages"
+
+# Errors whose reply is the bare status, whatever the command.
+_BARE_STATUS: dict[type[StorageError], str] = {
+    NotAllowedError: "not_allowed",
+    InMaintenanceError: "in_maintenance",
+    BadEncryptionRevisionError: "bad_encryption_revision",
+    BadVersionError: "bad_version",
+    UserRevokedError: "user_revoked",
+    AlreadyGrantedError: "already_granted",
+}
+
+
+def realm_not_found(realm_id: UUID) -> Reply:
+    return status("not_found", f"Realm `{uuid_hex(realm_id)}` doesn't exist")
+
+
+def vlob_not_found(vlob_id: UUID) -> Reply:
+    return status("not_found", f"Vlob `{uuid_hex(vlob_id)}` doesn't exist")
+
+
+def not_in_maintenance(realm_id: UUID) -> Reply:
+    return status("not_in_maintenance", f"Realm `{uuid_hex(realm_id)}` not under maintenance")
+
+
+def error_reply(exc: StorageError, *, realm_id: UUID | None = None, vlob_id: UUID | None = None) -> Reply:
+    """The usual reply for a storage rule violation (realms, vlobs, blocks). Commands handle
+    their quirks (e.g. `not_allowed` for an unknown realm in vlob_create) before calling this.
+    An error the command cannot produce is re-raised (a bug, logged by the transport)."""
+    if isinstance(exc, RequireGreaterTimestampError):
+        return require_greater_timestamp(exc.strictly_greater_than)
+    if isinstance(exc, RealmNotFoundError) and realm_id is not None:
+        return realm_not_found(realm_id)
+    if isinstance(exc, VlobNotFoundError) and vlob_id is not None:
+        return vlob_not_found(vlob_id)
+    if isinstance(exc, NotInMaintenanceError) and realm_id is not None:
+        return not_in_maintenance(realm_id)
+    if isinstance(exc, MaintenanceError):
+        return status("maintenance_error", REENCRYPTION_NOT_OVER)
+    if isinstance(exc, ParticipantsMismatchError):
+        return status("participants_mismatch", PARTICIPANTS_MISMATCH)
+    if isinstance(exc, MessageBoxFullError):
+        # The real client shows `not_allowed` as an error (sharing / re-encryption refused)
+        # instead of retrying (docs/protocol/DECISIONS.md).
+        return status("not_allowed", MESSAGE_BOX_FULL)
+    name = _BARE_STATUS.get(type(exc))
+    if name is None:
+        raise exc
+    return status(name)
+
+
+# ---- certificate checks -------------------------------------------------------------------------
+
+# The reply status of each failed certificate check (docs/protocol/commands.md §5.1, §6, §9).
+CERTIFICATE_ERROR_STATUS: dict[type[certs.CertificateValidationError], str] = {
+    certs.InvalidCertificationError: "invalid_certification",
+    certs.InvalidCertificateDataError: "invalid_data",
+    certs.DeviceOfAnotherUserError: "bad_user_id",
+    certs.SelfRevocationError: "not_allowed",
+    certs.TimestampOutOfBallparkError: "bad_timestamp",
+}
+
+
+def certificate_error_reply(exc: certs.CertificateValidationError) -> Reply:
+    if isinstance(exc, certs.TimestampOutOfBallparkError):
+        return bad_timestamp(exc.client_timestamp, exc.backend_timestamp)
+    return status(CERTIFICATE_ERROR_STATUS[type(exc)], exc.reason)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
@@ -21,6 +21,9 @@ from twisted.logger import Logger
 from parsec import limits as limits_module
 from parsec.backend.bus import BackendEvent
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -108,7 +111,7 @@ class Subscription:
 
 
 class EventsComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
         self._by_org: dict[str, dict[int, Subscription]] = {}
         app.bus.connect(self._on_event)
@@ -134,7 +137,6 @@ class EventsComponent:
             ctx, limits.event_queue_events, limits.event_queue_bytes, self._app.metrics.event_delivered
         )
         subs[ctx.conn_id] = sub
-        ctx.events = sub
         # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
         # current ones. A change heard while they load may be newer than what the load saw
         # (on PostgreSQL the load is a round trip): it is applied again over the loaded set,

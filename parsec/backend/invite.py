@@ -1,17 +1,19 @@
 """Invitations: management commands, the claimer/greeter conduit, invitation e-mails.
 
 Waiting peers are woken by bus events (`invite.conduit_updated`,
-`invite.status_changed`), so the exchange works across server instances.
+`invite.status_changed`), so the exchange works across server instances. The storage publishes
+them with the writes (invitation created/reused or deleted, conduit written).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from parsec.backend import bus as events
 from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
     INVITED,
@@ -24,8 +26,11 @@ from parsec.backend.command import (
 )
 from parsec.backend.conduit import FIRST_STEP, STEPS, InvalidStateError
 from parsec.backend.models import Invitation
-from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, NotFoundError
+from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, InviteStorage, NotFoundError
 from parsec.mail.render import format_reply_to
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
@@ -60,7 +65,7 @@ class _Watch:
 
 
 class InviteComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
         self._watches: dict[tuple[str, UUID], _Watch] = {}
         # Tokens with a claimer connected, as far as this instance knows (docs/protocol/invitations.md §4).
@@ -68,17 +73,17 @@ class InviteComponent:
         app.bus.connect(self._on_event)
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> InviteStorage:
         return self._app.storage.invite
 
     def _on_event(self, event: BackendEvent) -> None:
-        if event.name == "invite.status_changed":
+        if event.name == events.INVITE_STATUS_CHANGED:
             key = (event.organization_id, event["token"])
             if event["status"] == "READY":
                 self._online.add(key)
             else:
                 self._online.discard(key)
-        elif event.name != "invite.conduit_updated":
+        elif event.name != events.INVITE_CONDUIT_UPDATED:
             return
         watch = self._watches.get((event.organization_id, event["token"]))
         if watch is not None:
@@ -110,7 +115,6 @@ class InviteComponent:
             )
         except AlreadyMemberError:
             return status("already_member")
-        self._publish_status(ctx.organization_id, ctx.user_id, invitation.token, "IDLE")
         reply = ok(token=invitation.token)
         if send_email:
             assert to_addr is not None
@@ -156,7 +160,6 @@ class InviteComponent:
             return status("not_found")
         except AlreadyDeletedError:
             return status("already_deleted")
-        self._publish_status(ctx.organization_id, ctx.user_id, req["token"], "DELETED")
         return ok()
 
     @api("invite_list")
@@ -186,15 +189,6 @@ class InviteComponent:
             reply["claimer_email"] = ctx.claimer_email
         return reply
 
-    def _publish_status(self, organization_id: str, greeter: str, token: UUID, invitation_status: str) -> None:
-        self._app.bus.publish(
-            BackendEvent(
-                "invite.status_changed",
-                organization_id,
-                {"greeter": greeter, "token": token, "status": invitation_status},
-            )
-        )
-
     # ---- conduit -------------------------------------------------------------------------
 
     async def _exchange(self, organization_id: str, token: UUID, greeter: str | None, step: str, payload: bytes) -> bytes:
@@ -205,15 +199,11 @@ class InviteComponent:
             watch = self._watches[key] = _Watch()
         watch.users += 1
         try:
+            # Both publish `invite.conduit_updated` when they write the conduit.
             listen_ctx = await self._storage.conduit_talk(organization_id, token, greeter, step, payload)
-            self._notify_conduit(organization_id, token)
             while True:
                 seen = watch.version
-                peer_payload, changed = await self._storage.conduit_listen(
-                    organization_id, token, greeter, listen_ctx
-                )
-                if changed:
-                    self._notify_conduit(organization_id, token)
+                peer_payload, _ = await self._storage.conduit_listen(organization_id, token, greeter, listen_ctx)
                 if peer_payload is not None:
                     return peer_payload
                 if watch.version == seen:
@@ -228,9 +218,6 @@ class InviteComponent:
             watch.users -= 1
             if watch.users == 0:
                 self._watches.pop(key, None)
-
-    def _notify_conduit(self, organization_id: str, token: UUID) -> None:
-        self._app.bus.publish(BackendEvent("invite.conduit_updated", organization_id, {"token": token}))
 
     async def _greeter(self, ctx: AuthenticatedContext, token: UUID, steps: list[tuple[str, bytes]]) -> Reply | bytes:
         try:

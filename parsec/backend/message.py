@@ -15,13 +15,14 @@ reconnects) asks for the rest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok
 from parsec.backend.storage import MessageBounds
 from parsec.config import BackendConfig
 
-MESSAGE_BOX_FULL = "The recipient has too many unread messages"
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 
 def message_bounds(config: BackendConfig) -> MessageBounds:
@@ -29,7 +30,7 @@ def message_bounds(config: BackendConfig) -> MessageBounds:
 
 
 class MessageComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @api("message_get")

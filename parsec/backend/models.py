@@ -151,7 +151,7 @@ class RealmStats:
 
 @attrs.frozen
 class VlobWrite:
-    """What a vlob creation/update returns for its `realm.vlobs_updated` event."""
+    """What a vlob creation/update wrote: the vlob's realm and the checkpoint it allocated."""
 
     realm_id: UUID
     checkpoint: int

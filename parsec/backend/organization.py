@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from parsec.api import certificates as certs
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
     ANONYMOUS,
     APIV1_ANONYMOUS,
@@ -17,28 +16,34 @@ from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
     api,
-    bad_timestamp,
+    certificate_error_reply,
     not_admin,
     ok,
     status,
 )
-from parsec.backend.models import Device, Organization, User
+from parsec.backend.models import Device, Organization, OrganizationStats, User
 from parsec.backend.storage import (
+    UNSET,
     ActiveUsersLimitReachedError,
     AlreadyBootstrappedError,
     AlreadyExistsError,
     NotFoundError,
+    OrganizationStorage,
+    Unset,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 _log = Logger()
 
 
 class OrganizationComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> OrganizationStorage:
         return self._app.storage.organization
 
     # ---- administration ------------------------------------------------------------------
@@ -77,10 +82,30 @@ class OrganizationComponent:
             config.organization_initial_user_profile_outsider_allowed,
         )
 
-    async def update(self, organization_id: str, **changes: Any) -> None:
-        await self._storage.update(organization_id, **changes)
-        if changes.get("is_expired") is True:
-            self._app.bus.publish(BackendEvent("organization.expired", organization_id, {}))
+    async def update(
+        self,
+        organization_id: str,
+        *,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
+    ) -> None:
+        """Raises NotFoundError. Setting `is_expired` to true publishes `organization.expired`
+        (the storage does, with the write)."""
+        await self._storage.update(
+            organization_id,
+            is_expired=is_expired,
+            user_profile_outsider_allowed=user_profile_outsider_allowed,
+            active_users_limit=active_users_limit,
+        )
+
+    async def get(self, organization_id: str) -> Organization:
+        """Raises NotFoundError."""
+        return await self._storage.get(organization_id)
+
+    async def stats(self, organization_id: str) -> OrganizationStats:
+        """Raises NotFoundError."""
+        return await self._storage.stats(organization_id, self._app.now())
 
     # ---- commands ------------------------------------------------------------------------
 
@@ -138,9 +163,7 @@ class OrganizationComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            if exc.status == "bad_timestamp":
-                return bad_timestamp(exc.client_timestamp, now)
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         user_cert, device_cert = validated.user, validated.device
         redacted_user = validated.redacted_user_certificate
         redacted_device = validated.redacted_device_certificate

@@ -6,16 +6,15 @@ the user exactly as `user_create` would. The X.509 certificates and the payload 
 are opaque: the server only checks that the payloads decode.
 
 Every state change publishes `pki_enrollment.updated` (delivered to the ADMINs of the same
-organization only, docs/protocol/DECISIONS.md).
+organization only, docs/protocol/DECISIONS.md): the storage does, with the write.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec import limits as limits_module
 from parsec.api import certificates as certs
-from parsec.backend.bus import BackendEvent
 from parsec.backend.command import (
     ANONYMOUS,
     AnonymousContext,
@@ -41,7 +40,9 @@ from parsec.backend.storage import (
 )
 from parsec.backend.user import UserComponent
 
-PKI_ENROLLMENT_UPDATED = "pki_enrollment.updated"
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+
 TOO_MANY_PENDING = "Too many pending enrollments in this organization"
 
 
@@ -81,15 +82,12 @@ def _info_reply(enrollment: PkiEnrollment) -> Reply:
 
 
 class PkiComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
     def _storage(self) -> PkiStorage:
         return self._app.storage.pki
-
-    def _updated(self, organization_id: str) -> None:
-        self._app.bus.publish(BackendEvent(PKI_ENROLLMENT_UPDATED, organization_id, {}))
 
     # ---- anonymous (HTTP) ----------------------------------------------------------------
 
@@ -110,7 +108,7 @@ class PkiComponent:
         # Absent (clients < 2.8.3), nil or "": no e-mail check.
         email = req.get("submitter_der_x509_certificate_email") or None
         try:
-            cancelled = await self._storage.submit(
+            await self._storage.submit(
                 ctx.organization_id,
                 enrollment,
                 req["force"],
@@ -131,9 +129,6 @@ class PkiComponent:
             # Bounded so that pki_enrollment_list always fits in one message; the real client
             # shows any status but ok as an error (docs/protocol/DECISIONS.md).
             return status("not_allowed", TOO_MANY_PENDING)
-        if cancelled is not None:
-            self._updated(ctx.organization_id)
-        self._updated(ctx.organization_id)
         return ok(submitted_on=now)
 
     @api("pki_enrollment_info", kinds=(ANONYMOUS,))
@@ -170,7 +165,6 @@ class PkiComponent:
             return _not_found()
         except NoLongerAvailableError:
             return _no_longer_available()
-        self._updated(ctx.organization_id)
         return ok()
 
     @api("pki_enrollment_accept", admin_only=True)
@@ -204,6 +198,4 @@ class PkiComponent:
             return status("active_users_limit_reached")
         except AlreadyExistsError:
             return status("already_exists", "")
-        self._app.bus.publish(BackendEvent("user.created", ctx.organization_id, {"user_id": user.user_id}))
-        self._updated(ctx.organization_id)
         return ok()

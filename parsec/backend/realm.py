@@ -2,111 +2,41 @@
 and block commands.
 
 Certificates and timestamps are checked here; the storage then applies the realm rules
-(`parsec.backend.realm_rules`) and writes atomically; events are published here, after the
-storage call succeeded, in the order docs/protocol/events.md gives.
+(`parsec.backend.realm_rules`), writes atomically and publishes the events of the write with it,
+in the order docs/protocol/events.md gives.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
 from parsec.api import certificates as certs
-from parsec.backend.bus import BackendEvent
+from parsec.api.ballpark import timestamp_in_ballpark
 from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
     api,
     bad_timestamp,
+    certificate_error_reply,
+    error_reply,
     ok,
-    require_greater_timestamp,
     status,
-    timestamp_in_ballpark,
-    uuid_hex,
 )
-from parsec.backend.message import MESSAGE_BOX_FULL, message_bounds
+from parsec.backend.message import message_bounds
 from parsec.backend.models import RealmGrant
 from parsec.backend.storage import (
     AlreadyExistsError,
-    AlreadyGrantedError,
-    BadEncryptionRevisionError,
-    BadVersionError,
     IncompatibleProfileError,
-    InMaintenanceError,
-    MaintenanceError,
-    MessageBoxFullError,
-    NotAllowedError,
-    NotInMaintenanceError,
-    ParticipantsMismatchError,
-    RealmNotFoundError,
-    RequireGreaterTimestampError,
+    RealmStorage,
     StorageError,
     UserNotFoundError,
-    UserRevokedError,
-    VlobNotFoundError,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 OUTSIDER_CANNOT_SHARE = "Outsider user cannot share realm"
 INCOMPATIBLE_PROFILE = "User with OUTSIDER profile cannot be MANAGER or OWNER"
-PARTICIPANTS_MISMATCH = "Realm participants and message recipients mismatch"
-REENCRYPTION_NOT_OVER = "Reencryption operations are not over"
-
-# Errors whose reply is the bare status, whatever the command.
-_BARE_STATUS: dict[type[StorageError], str] = {
-    NotAllowedError: "not_allowed",
-    InMaintenanceError: "in_maintenance",
-    BadEncryptionRevisionError: "bad_encryption_revision",
-    BadVersionError: "bad_version",
-    UserRevokedError: "user_revoked",
-    AlreadyGrantedError: "already_granted",
-}
-
-
-def realm_not_found(realm_id: UUID) -> Reply:
-    return status("not_found", f"Realm `{uuid_hex(realm_id)}` doesn't exist")
-
-
-def vlob_not_found(vlob_id: UUID) -> Reply:
-    return status("not_found", f"Vlob `{uuid_hex(vlob_id)}` doesn't exist")
-
-
-def not_in_maintenance(realm_id: UUID) -> Reply:
-    return status("not_in_maintenance", f"Realm `{uuid_hex(realm_id)}` not under maintenance")
-
-
-def error_reply(exc: StorageError, *, realm_id: UUID | None = None, vlob_id: UUID | None = None) -> Reply:
-    """The usual reply for a storage rule violation. Commands handle their quirks (e.g.
-    `not_allowed` for an unknown realm in vlob_create) before calling this. An error the
-    command cannot produce is re-raised (a bug, logged by the transport)."""
-    if isinstance(exc, RequireGreaterTimestampError):
-        return require_greater_timestamp(exc.strictly_greater_than)
-    if isinstance(exc, RealmNotFoundError) and realm_id is not None:
-        return realm_not_found(realm_id)
-    if isinstance(exc, VlobNotFoundError) and vlob_id is not None:
-        return vlob_not_found(vlob_id)
-    if isinstance(exc, NotInMaintenanceError) and realm_id is not None:
-        return not_in_maintenance(realm_id)
-    if isinstance(exc, MaintenanceError):
-        return status("maintenance_error", REENCRYPTION_NOT_OVER)
-    if isinstance(exc, ParticipantsMismatchError):
-        return status("participants_mismatch", PARTICIPANTS_MISMATCH)
-    if isinstance(exc, MessageBoxFullError):
-        # The real client shows `not_allowed` as an error (sharing / re-encryption refused)
-        # instead of retrying (docs/protocol/DECISIONS.md).
-        return status("not_allowed", MESSAGE_BOX_FULL)
-    name = _BARE_STATUS.get(type(exc))
-    if name is None:
-        raise exc
-    return status(name)
-
-
-def certificate_error_reply(exc: certs.CertificateValidationError, now: datetime) -> Reply:
-    if exc.status == certs.BAD_TIMESTAMP:
-        assert exc.client_timestamp is not None
-        return bad_timestamp(exc.client_timestamp, exc.backend_timestamp or now)
-    return status(exc.status, exc.reason)
-
 
 def _grant(cert: certs.RealmRoleCertificate, raw: bytes) -> RealmGrant:
     return RealmGrant(
@@ -120,18 +50,12 @@ def _grant(cert: certs.RealmRoleCertificate, raw: bytes) -> RealmGrant:
 
 
 class RealmComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> RealmStorage:
         return self._app.storage.realm
-
-    def _publish(self, ctx: AuthenticatedContext, name: str, **data: Any) -> None:
-        self._app.bus.publish(BackendEvent(name, ctx.organization_id, {"author": ctx.device_id, **data}))
-
-    def _publish_message(self, ctx: AuthenticatedContext, recipient: str, index: int) -> None:
-        self._publish(ctx, "message.received", recipient=recipient, index=index)
 
     def _validate_role_certificate(
         self, ctx: AuthenticatedContext, req: dict[str, Any], *, initial: bool
@@ -146,7 +70,7 @@ class RealmComponent:
                 initial=initial,
             )
         except certs.CertificateValidationError as exc:
-            return certificate_error_reply(exc, now)
+            return certificate_error_reply(exc)
 
     # ---- creation and read-only commands -----------------------------------------------------
 
@@ -159,8 +83,6 @@ class RealmComponent:
             await self._storage.create(ctx.organization_id, _grant(cert, req["role_certificate"]))
         except AlreadyExistsError:
             return status("already_exists")
-        # No author filter for this event: the creating device hears it too.
-        self._publish(ctx, "realm.roles_updated", realm_id=cert.realm_id, user=cert.user_id, role=cert.role)
         return ok()
 
     @api("realm_status")
@@ -204,7 +126,7 @@ class RealmComponent:
         if isinstance(cert, dict):
             return cert
         try:
-            index = await self._storage.update_roles(
+            await self._storage.update_roles(
                 ctx.organization_id,
                 _grant(cert, req["role_certificate"]),
                 req["recipient_message"],
@@ -218,9 +140,6 @@ class RealmComponent:
             # `user_revoked` is the API 3.1 status; this server sends it to every 2.x/3.x
             # client, as majors 2 and 3 are served identically (docs/protocol/handshake.md §5).
             return error_reply(exc, realm_id=cert.realm_id)
-        self._publish(ctx, "realm.roles_updated", realm_id=cert.realm_id, user=cert.user_id, role=cert.role)
-        if index is not None:
-            self._publish_message(ctx, cert.user_id, index)
         return ok()
 
     # ---- re-encryption maintenance -----------------------------------------------------------
@@ -236,7 +155,7 @@ class RealmComponent:
         realm_id = req["realm_id"]
         encryption_revision = req["encryption_revision"]
         try:
-            messages = await self._storage.start_reencryption_maintenance(
+            await self._storage.start_reencryption_maintenance(
                 ctx.organization_id,
                 ctx.device_id,
                 realm_id,
@@ -248,9 +167,6 @@ class RealmComponent:
             )
         except StorageError as exc:
             return error_reply(exc, realm_id=realm_id)
-        self._publish(ctx, "realm.maintenance_started", realm_id=realm_id, encryption_revision=encryption_revision)
-        for recipient, index in messages:
-            self._publish_message(ctx, recipient, index)
         return ok()
 
     @api("realm_finish_reencryption_maintenance")
@@ -265,5 +181,4 @@ class RealmComponent:
             )
         except StorageError as exc:
             return error_reply(exc, realm_id=realm_id)
-        self._publish(ctx, "realm.maintenance_finished", realm_id=realm_id, encryption_revision=encryption_revision)
         return ok()

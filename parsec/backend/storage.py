@@ -4,20 +4,29 @@ The business rules (parsec.backend.<domain>) live above these interfaces once.
 A storage method does its checks and writes atomically (one transaction, one
 round trip where the data allows) and reports rule violations by raising the
 exceptions below; it never builds wire replies.
+
+A write publishes the events that describe it (docs/protocol/events.md §5, built by the
+constructors of `parsec.backend.bus`) on the storage's event bus, atomically with the write:
+they exist if and only if the write happened (PostgreSQL: NOTIFY inside the write's
+transaction). Each method's docstring says which ("Publishes ...").
 """
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 import attrs
 
+from parsec.api.ids import format_human_handle
+from parsec.backend.conduit import ConduitListenCtx
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
     HumanFindResult,
+    HumanHandle,
     Invitation,
     Message,
     Organization,
@@ -50,6 +59,12 @@ class NotFoundError(StorageError):
 
 class AlreadyExistsError(StorageError):
     pass
+
+
+def human_handle_taken_reason(handle: HumanHandle) -> str:
+    """The reason of the AlreadyExistsError of a user creation whose human handle (e-mail) is
+    held by a user not revoked (the reply's reason text)."""
+    return f"Human handle `{format_human_handle(handle)}` already corresponds to a non-revoked user"
 
 
 class AlreadyBootstrappedError(StorageError):
@@ -192,12 +207,13 @@ class NoLongerAvailableError(StorageError):
     """The enrollment is not SUBMITTED any more."""
 
 
-class UNSET_TYPE:
-    def __repr__(self) -> str:
-        return "UNSET"
+class Unset(enum.Enum):
+    """An optional argument that was not given (unlike None, which may be a value)."""
+
+    UNSET = "UNSET"
 
 
-UNSET: Any = UNSET_TYPE()
+UNSET = Unset.UNSET
 
 
 class OrganizationStorage(Protocol):
@@ -224,11 +240,11 @@ class OrganizationStorage(Protocol):
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
-        """Raises NotFoundError."""
+        """Raises NotFoundError. Publishes `organization.expired` when `is_expired` is True."""
 
     async def bootstrap(
         self,
@@ -252,10 +268,12 @@ class UserStorage(Protocol):
         """Organization + user + device in one call. Raises NotFoundError."""
 
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
-        """Raises ActiveUsersLimitReachedError, AlreadyExistsError(reason)."""
+        """Raises ActiveUsersLimitReachedError, AlreadyExistsError(reason). Publishes
+        `user.created`."""
 
     async def create_device(self, organization_id: str, device: Device) -> None:
-        """Raises AlreadyExistsError(reason), NotFoundError (user vanished)."""
+        """Raises AlreadyExistsError(reason), NotFoundError (user vanished). Publishes
+        `device.created`."""
 
     async def revoke_user(
         self,
@@ -265,7 +283,8 @@ class UserStorage(Protocol):
         revoked_user_certifier: str,
         revoked_on: datetime,
     ) -> None:
-        """Raises NotFoundError, AlreadyRevokedError."""
+        """Raises NotFoundError, AlreadyRevokedError. Publishes `user.revoked` with `revoked_on`
+        (every instance closes the user's connections then: it must not be lost)."""
 
     async def get_user(self, organization_id: str, user_id: str) -> User:
         """Raises NotFoundError."""
@@ -290,8 +309,51 @@ class UserStorage(Protocol):
 
 
 class InviteStorage(Protocol):
+    """Invitations and their conduit (docs/protocol/invitations.md). The conduit methods apply
+    the state machine of `parsec.backend.conduit` to the invitation's slots atomically (memory:
+    without yielding; PostgreSQL: on the row locked FOR UPDATE); waiting is the component's
+    business, woken by the `invite.conduit_updated` events these methods publish."""
+
     async def info(self, organization_id: str, token: UUID) -> Invitation:
         """Any invitation of the organization, deleted or not. Raises NotFoundError."""
+
+    async def new(
+        self,
+        organization_id: str,
+        greeter_user_id: str,
+        greeter_human_handle: HumanHandle | None,
+        type: str,
+        claimer_email: str | None,
+        created_on: datetime,
+    ) -> Invitation:
+        """The pending (not deleted) invitation of this greeter, type and claimer e-mail if any
+        (idempotent), else a new one with a fresh token. `greeter_human_handle` is the greeter
+        user's own (what `info` and `list` give back may be read from the user). A USER invitation whose claimer e-mail
+        belongs to a user not revoked at `created_on` raises AlreadyMemberError. Publishes
+        `invite.status_changed` IDLE (created or reused)."""
+
+    async def delete(
+        self, organization_id: str, greeter_user_id: str, token: UUID, on: datetime, reason: str
+    ) -> None:
+        """Mark the greeter's invitation deleted. Raises NotFoundError (unknown, or another
+        greeter's), AlreadyDeletedError. Publishes `invite.status_changed` DELETED."""
+
+    async def list(self, organization_id: str, greeter_user_id: str) -> list[Invitation]:
+        """The greeter's pending invitations, oldest first."""
+
+    async def conduit_talk(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, state: str, payload: bytes
+    ) -> ConduitListenCtx:
+        """`conduit.conduit_talk` on the invitation's slots (`greeter_user_id` None: the
+        claimer). Raises NotFoundError (unknown, or another greeter's), AlreadyDeletedError,
+        InvalidStateError. Publishes `invite.conduit_updated`."""
+
+    async def conduit_listen(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
+    ) -> tuple[bytes | None, bool]:
+        """`conduit.conduit_listen`: (the peer's payload or None while waiting, whether the
+        conduit changed). Errors as `conduit_talk`. Publishes `invite.conduit_updated` when the
+        conduit changed."""
 
 
 # ---- realms, vlobs, blocks, messages ------------------------------------------------------
@@ -299,8 +361,8 @@ class InviteStorage(Protocol):
 # Every method below is one atomic unit (one transaction, ideally one round trip): it reads the
 # facts it needs, applies the rules of `parsec.backend.realm_rules` IN THE ORDER those helpers
 # define (the first failing rule raises), then writes. `author` is always the connected device
-# and `user_id` the connected user; the author's role is read inside the same unit. Events are
-# not the storage's business: the component publishes them from the returned values.
+# and `user_id` the connected user; the author's role is read inside the same unit. The events
+# are published with the write (see the module doc).
 
 
 @attrs.frozen
@@ -319,7 +381,8 @@ DEFAULT_MESSAGE_BOUNDS = MessageBounds()
 class RealmStorage(Protocol):
     async def create(self, organization_id: str, grant: RealmGrant) -> None:
         """New realm (encryption revision 1, no maintenance, checkpoint 0) whose first role is
-        `grant` (the creator as OWNER). Raises AlreadyExistsError."""
+        `grant` (the creator as OWNER). Raises AlreadyExistsError. Publishes
+        `realm.roles_updated` (author = grant author)."""
 
     async def get_status(self, organization_id: str, user_id: str, realm_id: UUID) -> RealmStatus:
         """Raises RealmNotFoundError, NotAllowedError (no current role)."""
@@ -344,7 +407,9 @@ class RealmStorage(Protocol):
         None when no message was stored. Raises UserNotFoundError, IncompatibleProfileError,
         UserRevokedError, RealmNotFoundError, InMaintenanceError, NotAllowedError,
         AlreadyGrantedError, RequireGreaterTimestampError, then MessageBoxFullError (the
-        message would exceed the target's unread `bounds`: nothing is written)."""
+        message would exceed the target's unread `bounds`: nothing is written). Publishes
+        `realm.roles_updated`, then `message.received` when a message was stored (author =
+        grant author)."""
 
     async def start_reencryption_maintenance(
         self,
@@ -364,14 +429,15 @@ class RealmStorage(Protocol):
         in `per_participant_message` order. Raises RealmNotFoundError, InMaintenanceError,
         BadEncryptionRevisionError, NotAllowedError, ParticipantsMismatchError, then
         MessageBoxFullError (a message would exceed its recipient's unread `bounds`: nothing
-        is written)."""
+        is written). Publishes `realm.maintenance_started`, then one `message.received` per
+        recipient in that order."""
 
     async def finish_reencryption_maintenance(
         self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
     ) -> None:
         """`realm_rules.check_finish_reencryption` then leave maintenance. Raises
         RealmNotFoundError, NotAllowedError, NotInMaintenanceError, BadEncryptionRevisionError,
-        MaintenanceError."""
+        MaintenanceError. Publishes `realm.maintenance_finished`."""
 
     async def get_realms_for_user(self, organization_id: str, user_id: str) -> dict[UUID, str]:
         """realm id -> current (non-nil) role of the user."""
@@ -391,7 +457,8 @@ class VlobStorage(Protocol):
         """`realm_rules.check_vlob_create` then store version 1, bump the realm checkpoint and
         the author user's last vlob write. Raises RealmNotFoundError, InMaintenanceError,
         BadEncryptionRevisionError, NotAllowedError, RequireGreaterTimestampError,
-        AlreadyExistsError (vlob id used anywhere in the organization)."""
+        AlreadyExistsError (vlob id used anywhere in the organization). Publishes
+        `realm.vlobs_updated` (src_version 1, the checkpoint of the write)."""
 
     async def update(
         self,
@@ -405,7 +472,7 @@ class VlobStorage(Protocol):
     ) -> VlobWrite:
         """`realm_rules.check_vlob_update` then append the version (as `create`). Raises
         VlobNotFoundError, InMaintenanceError, BadEncryptionRevisionError, NotAllowedError,
-        RequireGreaterTimestampError, BadVersionError."""
+        RequireGreaterTimestampError, BadVersionError. Publishes `realm.vlobs_updated`."""
 
     async def read(
         self,
@@ -558,7 +625,8 @@ class PkiStorage(Protocol):
         is given, EmailAlreadyUsedError if a user not revoked at `now` has exactly this
         e-mail; then TooManyPendingEnrollmentsError if the organization would have more than
         `max_pending` SUBMITTED enrollments. Returns the id of the enrollment cancelled by
-        `force`, or None."""
+        `force`, or None. Publishes `pki_enrollment.updated` once per enrollment written (twice
+        when one was cancelled)."""
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         """Raises NotFoundError."""
@@ -567,7 +635,8 @@ class PkiStorage(Protocol):
         """The SUBMITTED enrollments, in submission order."""
 
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
-        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED)."""
+        """Raises NotFoundError, NoLongerAvailableError (not SUBMITTED). Publishes
+        `pki_enrollment.updated`."""
 
     async def accept(
         self,
@@ -580,7 +649,8 @@ class PkiStorage(Protocol):
     ) -> None:
         """Create `user` + `device` and mark the enrollment ACCEPTED. In order: NotFoundError,
         NoLongerAvailableError (not SUBMITTED), then the checks of `UserStorage.create_user`
-        (ActiveUsersLimitReachedError, AlreadyExistsError)."""
+        (ActiveUsersLimitReachedError, AlreadyExistsError). Publishes `user.created` then
+        `pki_enrollment.updated`."""
 
 
 @attrs.define
@@ -589,7 +659,7 @@ class Storage:
 
     organization: OrganizationStorage
     user: UserStorage
-    invite: Any
+    invite: InviteStorage
     realm: RealmStorage
     vlob: VlobStorage
     block: BlockStorage

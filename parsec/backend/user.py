@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.api import certificates as certs
-from parsec.api.ids import format_human_handle
-from parsec.backend.bus import BackendEvent
-from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+from parsec.backend.command import AuthenticatedContext, Reply, api, certificate_error_reply, ok, status
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
     ActiveUsersLimitReachedError,
     AlreadyExistsError,
     AlreadyRevokedError,
     NotFoundError,
+    UserStorage,
 )
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 OUTSIDER_HUMAN_FIND = "Not allowed for user with OUTSIDER profile."
 
@@ -51,11 +53,11 @@ def user_already_exists_reply(exc: AlreadyExistsError) -> Reply:
 
 
 class UserComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> UserStorage:
         return self._app.storage.user
 
     async def check_outsider_allowed(self, organization_id: str, profile: str) -> Reply | None:
@@ -112,7 +114,7 @@ class UserComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         user, device = user_from_certificates(validated, req, ctx.device_id)
         refused = await self.check_outsider_allowed(ctx.organization_id, user.profile)
         return refused if refused is not None else (user, device)
@@ -130,9 +132,6 @@ class UserComponent:
             return status("active_users_limit_reached")
         except AlreadyExistsError as exc:
             return user_already_exists_reply(exc)
-        self._app.bus.publish(
-            BackendEvent("user.created", ctx.organization_id, {"user_id": user.user_id})
-        )
         return ok()
 
     @api("device_create")
@@ -147,7 +146,7 @@ class UserComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         device_cert = validated.device
         device = Device(
             device_id=device_cert.device_id,
@@ -164,9 +163,6 @@ class UserComponent:
             return status("already_exists", exc.reason or f"Device `{device.device_id}` already exists")
         except NotFoundError:
             return status("bad_user_id", "Device must be handled by it own user.")
-        self._app.bus.publish(
-            BackendEvent("device.created", ctx.organization_id, {"device_id": device.device_id})
-        )
         return ok()
 
     @api("user_revoke", admin_only=True)
@@ -180,7 +176,7 @@ class UserComponent:
                 now=now,
             )
         except certs.CertificateValidationError as exc:
-            return status(exc.status, exc.reason)
+            return certificate_error_reply(exc)
         try:
             await self._storage.revoke_user(
                 ctx.organization_id,
@@ -193,13 +189,6 @@ class UserComponent:
             return status("not_found")
         except AlreadyRevokedError:
             return status("already_revoked", f"User `{revoked.user_id}` already revoked")
-        self._app.bus.publish(
-            BackendEvent(
-                "user.revoked",
-                ctx.organization_id,
-                {"user_id": revoked.user_id, "revoked_on": revoked.timestamp},
-            )
-        )
         return ok()
 
     @api("human_find", outsider_reason=OUTSIDER_HUMAN_FIND)
@@ -226,7 +215,3 @@ class UserComponent:
             per_page=req["per_page"],
             total=total,
         )
-
-
-def human_handle_taken_reason(handle: tuple[str, str]) -> str:
-    return f"Human handle `{format_human_handle(handle)}` already corresponds to a non-revoked user"

@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from parsec.backend.bus import BackendEvent
+from parsec.api.ballpark import timestamp_in_ballpark
 from parsec.backend.command import (
     AuthenticatedContext,
     Reply,
     api,
     bad_timestamp,
+    error_reply,
     ok,
     status,
-    timestamp_in_ballpark,
 )
-from parsec.backend.models import ReencryptionBatchEntry, VlobWrite
-from parsec.backend.realm import error_reply
-from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError, StorageError
+from parsec.backend.models import ReencryptionBatchEntry
+from parsec.backend.storage import AlreadyExistsError, RealmNotFoundError, StorageError, VlobStorage
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 
 class VlobComponent:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     @property
-    def _storage(self) -> Any:
+    def _storage(self) -> VlobStorage:
         return self._app.storage.vlob
-
-    def _publish_write(self, ctx: AuthenticatedContext, write: VlobWrite, vlob_id: Any, version: int) -> None:
-        self._app.bus.publish(
-            BackendEvent(
-                "realm.vlobs_updated",
-                ctx.organization_id,
-                {
-                    "author": ctx.device_id,
-                    "realm_id": write.realm_id,
-                    "checkpoint": write.checkpoint,
-                    "src_id": vlob_id,
-                    "src_version": version,
-                },
-            )
-        )
 
     @api("vlob_create")
     async def api_vlob_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
@@ -49,7 +36,7 @@ class VlobComponent:
         if not timestamp_in_ballpark(timestamp, now):
             return bad_timestamp(timestamp, now)
         try:
-            write = await self._storage.create(
+            await self._storage.create(
                 ctx.organization_id,
                 ctx.device_id,
                 req["realm_id"],
@@ -65,7 +52,6 @@ class VlobComponent:
             return status("already_exists", "")
         except StorageError as exc:
             return error_reply(exc, realm_id=req["realm_id"])
-        self._publish_write(ctx, write, req["vlob_id"], 1)
         return ok()
 
     @api("vlob_read")
@@ -96,7 +82,7 @@ class VlobComponent:
         if not timestamp_in_ballpark(timestamp, now):
             return bad_timestamp(timestamp, now)
         try:
-            write = await self._storage.update(
+            await self._storage.update(
                 ctx.organization_id,
                 ctx.device_id,
                 req["encryption_revision"],
@@ -107,7 +93,6 @@ class VlobComponent:
             )
         except StorageError as exc:
             return error_reply(exc, vlob_id=req["vlob_id"])
-        self._publish_write(ctx, write, req["vlob_id"], req["version"])
         return ok()
 
     @api("vlob_poll_changes")

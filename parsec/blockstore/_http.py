@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import attrs
 from treq.client import HTTPClient
@@ -25,8 +25,12 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 
 from parsec.blockstore.base import BlockStoreError, log_block_error
+
+# What `_send` takes (treq's own annotation of request headers).
+RequestHeaders = dict[bytes | str, bytes | str]
 
 T = TypeVar("T")
 
@@ -128,7 +132,8 @@ class HTTPBlockStore:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS_PER_HOST
         self._pool.cachedConnectionTimeout = _IDLE_CONNECTION_SECONDS
-        self._http = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=timeout))
+        # cast: Agent declares IAgent with zope's @implementer, which mypy does not read.
+        self._http = HTTPClient(cast(IAgent, Agent(reactor, pool=self._pool, connectTimeout=timeout)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.description})"
@@ -137,7 +142,7 @@ class HTTPBlockStore:
         await self._pool.closeCachedConnections()
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+        self, method: str, url: str, headers: RequestHeaders, body: bytes | None = None
     ) -> HTTPReply:
         """One HTTP exchange, body read in full. Transport errors become HTTPStoreFailure."""
         for attempt in (1, 2):

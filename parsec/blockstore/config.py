@@ -140,12 +140,12 @@ def parse_blockstore_params(values: list[str]) -> BlockStoreConfig:
     for value in values:
         head = value.split(":", 2)
         if len(head) == 3 and head[0].upper() in RAID_TYPES:
-            raid_type, raw_index, node_value = head
+            node_raid_type, raw_index, node_value = head
             try:
                 index: int | None = int(raw_index)
             except ValueError:
                 raise BlockStoreConfigError(f"Invalid node index `{raw_index}` (must be integer)") from None
-            groups.setdefault(raid_type, []).append((index, node_value))
+            groups.setdefault(node_raid_type, []).append((index, node_value))
         else:
             groups.setdefault(None, []).append((None, value))
 

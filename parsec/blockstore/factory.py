@@ -18,13 +18,16 @@ from parsec.blockstore.memory import MemoryBlockStore
 from parsec.blockstore.postgresql import PostgreSQLBlockStore
 from parsec.blockstore.raid import RAID0BlockStore, RAID1BlockStore, RAID5BlockStore
 from parsec.blockstore.swift import SwiftBlockStore
+from parsec.storage.postgresql.pool import PostgreSQLPool
 
 
 class BlockStoreUnavailableError(Exception):
     """The configuration cannot be served (e.g. POSTGRESQL blockstore without a PostgreSQL pool)."""
 
 
-def _build_single(config: SingleBlockStoreConfig, reactor: Any, pg_pool: Any, timeout: float) -> BlockStore:
+def _build_single(
+    config: SingleBlockStoreConfig, reactor: Any, pg_pool: PostgreSQLPool | None, timeout: float
+) -> BlockStore:
     if isinstance(config, MockedBlockStoreConfig):
         return MemoryBlockStore()
     if isinstance(config, PostgreSQLBlockStoreConfig):
@@ -43,7 +46,7 @@ def _build_single(config: SingleBlockStoreConfig, reactor: Any, pg_pool: Any, ti
 
 
 def build_blockstore(
-    config: BlockStoreConfig, *, reactor: Any = None, pg_pool: Any = None, timeout: float = 30.0
+    config: BlockStoreConfig, *, reactor: Any = None, pg_pool: PostgreSQLPool | None = None, timeout: float = 30.0
 ) -> BlockStore:
     """A new, not yet started, store: call `await store.start()` then, at shutdown, `stop()`.
 
@@ -51,7 +54,11 @@ def build_blockstore(
     ValueError for an invalid RAID (e.g. RAID5 with fewer than 3 nodes).
     """
     if isinstance(config, RaidBlockStoreConfig):
-        raid_classes = {"RAID0": RAID0BlockStore, "RAID1": RAID1BlockStore, "RAID5": RAID5BlockStore}
+        raid_classes: dict[str, type[RAID0BlockStore | RAID1BlockStore | RAID5BlockStore]] = {
+            "RAID0": RAID0BlockStore,
+            "RAID1": RAID1BlockStore,
+            "RAID5": RAID5BlockStore,
+        }
         try:
             raid_class = raid_classes[config.type.upper()]
         except KeyError:

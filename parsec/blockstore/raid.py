@@ -119,7 +119,7 @@ class _Concurrent:
 def _reason(failure: Failure) -> str:
     if failure.check(BlockStoreError):
         return str(failure.value)
-    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
 
 
 def _details(failures: dict[int, Failure]) -> str:
@@ -250,7 +250,8 @@ class RAID1BlockStore(_RaidBlockStore):
                 node, outcome = await concurrent.next()
                 if not isinstance(outcome, Failure):
                     # A 0-byte block is a valid block (the reference took it for a failed node).
-                    return outcome
+                    block: bytes = outcome
+                    return block
                 _check_failure(outcome, "read", node)
                 failures[node] = outcome
         finally:

@@ -16,7 +16,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from parsec.blockstore._http import HTTPBlockStore, HTTPReply, HTTPStoreFailure, error_reason
+from parsec.blockstore._http import HTTPBlockStore, HTTPReply, HTTPStoreFailure, RequestHeaders, error_reason
 from parsec.blockstore.base import object_key
 from parsec.blockstore.config import S3BlockStoreConfig
 
@@ -46,7 +46,7 @@ class S3BlockStore(HTTPBlockStore):
     async def _signed(self, method: str, url: str, body: bytes | None = None) -> HTTPReply:
         request = AWSRequest(method=method, url=url, data=body or b"")
         self._signer.add_auth(request)
-        headers = {name: value for name, value in request.headers.items()}
+        headers: RequestHeaders = {name: value for name, value in request.headers.items()}
         return await self._send(method, url, headers, body)
 
     async def _head_bucket(self) -> None:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import attrs
 from twisted.internet.defer import DeferredLock
 
-from parsec.blockstore._http import HTTPBlockStore, HTTPReply, HTTPStoreFailure, error_reason
+from parsec.blockstore._http import HTTPBlockStore, HTTPReply, HTTPStoreFailure, RequestHeaders, error_reason
 from parsec.blockstore.base import object_key
 from parsec.blockstore.config import SwiftBlockStoreConfig
 
@@ -31,7 +31,10 @@ class SwiftBlockStore(HTTPBlockStore):
             f"Swift container `{config.container}` at {config.auth_url}", reactor=reactor, timeout=timeout
         )
         self._auth_url = config.auth_url
-        self._auth_headers = {"X-Auth-User": f"{config.user}:{config.tenant}", "X-Auth-Key": config.password}
+        self._auth_headers: RequestHeaders = {
+            "X-Auth-User": f"{config.user}:{config.tenant}",
+            "X-Auth-Key": config.password,
+        }
         self._container_path = quote(config.container, safe="")
         self._session: _Session | None = None
         self._auth_lock = DeferredLock()

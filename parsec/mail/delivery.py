@@ -174,7 +174,7 @@ class _InvitationSender(smtp.ESMTPClient):
     def abort(self, why: str) -> None:
         self._settle(NOT_AVAILABLE, why)
         if self.transport is not None and not self.closed.called:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]  # a TCP/TLS transport
 
     # SMTPClient hooks -----------------------------------------------------
 

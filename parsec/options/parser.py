@@ -129,9 +129,10 @@ def _tokenize(table: Sequence[Option], tokens: Sequence[str]) -> _CommandLine:
             name = token[:2]
             if len(token) > 2:
                 attached = token[2:]
-        option = by_name.get(name)
-        if option is None:
+        found = by_name.get(name)
+        if found is None:
             raise ConfigError(f"No such option: {name}")
+        option = found
         if option.flag:
             if attached is not None:
                 raise ConfigError(f"Option '{name}' does not take a value")

@@ -58,7 +58,7 @@ def connect(dsn: str, application_name: str) -> psycopg2.extensions.connection:
     params.setdefault("application_name", application_name)
     params["options"] = (params.get("options", "") + " -c TimeZone=UTC -c DateStyle=ISO,YMD").strip()
     conn: psycopg2.extensions.connection = psycopg2.connect(**params)
-    psycopg2.extras.register_uuid(conn_or_curs=conn)  # type: ignore[no-untyped-call]
+    psycopg2.extras.register_uuid(conn_or_curs=conn)
     psycopg2.extensions.register_type(_BYTES, conn)
     return conn
 

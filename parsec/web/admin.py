@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsec.api import ids
-from parsec.backend.confidential import same_secret
 from parsec.backend.organization import OrganizationComponent
-from parsec.backend.storage import AlreadyExistsError, NotFoundError
+from parsec.backend.storage import UNSET, AlreadyExistsError, NotFoundError, Unset
+from parsec.confidential import same_secret
 from parsec.web.site import ParsecRequest, finish
 
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+
 JSON = b"application/json;charset=utf-8"
-_UNSET = object()
 
 
 class BadData(Exception):
@@ -38,20 +40,24 @@ def _load_json_object(request: ParsecRequest) -> dict[str, Any]:
     return data
 
 
-def _bool_field(data: dict[str, Any], name: str, errors: dict[str, list[str]]) -> Any:
+def _bool_field(data: dict[str, Any], name: str, errors: dict[str, list[str]]) -> bool | Unset:
+    """The field's value; UNSET when absent or invalid (the error is then in `errors`)."""
     if name not in data:
-        return _UNSET
+        return UNSET
     value = data[name]
     if value is None:
         errors[name] = ["Field may not be null."]
     elif not isinstance(value, bool):
         errors[name] = ["Not a valid boolean."]
-    return value
+    else:
+        return value
+    return UNSET
 
 
-def _limit_field(data: dict[str, Any], errors: dict[str, list[str]]) -> Any:
+def _limit_field(data: dict[str, Any], errors: dict[str, list[str]]) -> int | None | Unset:
+    """`active_users_limit`; UNSET when absent or invalid (the error is then in `errors`)."""
     if "active_users_limit" not in data:
-        return _UNSET
+        return UNSET
     value = data["active_users_limit"]
     if value is None:
         return None
@@ -59,7 +65,9 @@ def _limit_field(data: dict[str, Any], errors: dict[str, list[str]]) -> Any:
         errors["active_users_limit"] = ["Not a valid integer."]
     elif value < 0:
         errors["active_users_limit"] = ["Must be greater than or equal to 0."]
-    return value
+    else:
+        return value
+    return UNSET
 
 
 def _organization_id(raw: str) -> str | None:
@@ -70,7 +78,9 @@ def _organization_id(raw: str) -> str | None:
 
 
 class AdminResource:
-    def __init__(self, app: Any) -> None:
+    """Every operation goes through the organization component (never the storage)."""
+
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     def match(
@@ -103,7 +113,7 @@ class AdminResource:
         return guarded
 
     @property
-    def _org(self) -> Any:
+    def _org(self) -> OrganizationComponent:
         return self._app.component(OrganizationComponent)
 
     async def _create(self, request: ParsecRequest) -> None:
@@ -126,9 +136,9 @@ class AdminResource:
         try:
             token = await self._org.create(
                 organization_id,
-                active_users_limit=None if limit is _UNSET else limit,
-                use_default_limit=limit is _UNSET,
-                user_profile_outsider_allowed=None if outsider is _UNSET else outsider,
+                active_users_limit=None if limit is UNSET else limit,
+                use_default_limit=limit is UNSET,
+                user_profile_outsider_allowed=None if outsider is UNSET else outsider,
             )
         except AlreadyExistsError:
             _reply(request, 400, {"error": "already_exists"})
@@ -148,17 +158,13 @@ class AdminResource:
             if organization_id is None:
                 _reply(request, 404, {"error": "not_found"})
                 return
-            changes = {
-                key: value
-                for key, value in (
-                    ("is_expired", expired),
-                    ("user_profile_outsider_allowed", outsider),
-                    ("active_users_limit", limit),
-                )
-                if value is not _UNSET
-            }
             try:
-                await self._org.update(organization_id, **changes)
+                await self._org.update(
+                    organization_id,
+                    is_expired=expired,
+                    user_profile_outsider_allowed=outsider,
+                    active_users_limit=limit,
+                )
             except NotFoundError:
                 _reply(request, 404, {"error": "not_found"})
                 return
@@ -169,7 +175,7 @@ class AdminResource:
             _reply(request, 404, {"error": "not_found"})
             return
         try:
-            org = await self._app.storage.organization.get(organization_id)
+            org = await self._org.get(organization_id)
         except NotFoundError:
             _reply(request, 404, {"error": "not_found"})
             return
@@ -192,7 +198,7 @@ class AdminResource:
             _reply(request, 404, {"error": "not_found"})
             return
         try:
-            stats = await self._app.storage.organization.stats(organization_id, self._app.now())
+            stats = await self._org.stats(organization_id)
         except NotFoundError:
             _reply(request, 404, {"error": "not_found"})
             return

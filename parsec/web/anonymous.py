@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING
 
 from parsec.api import ids
 from parsec.api.codec import DecodeError, packb, unpackb
@@ -12,6 +12,9 @@ from parsec.backend.organization import OrganizationComponent
 from parsec.backend.storage import NotFoundError
 from parsec.metrics import UNKNOWN_COMMAND as UNKNOWN_COMMAND_LABEL
 from parsec.web.site import ParsecRequest, finish
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
 
 MSGPACK = b"application/msgpack"
 EMPTY = packb({})
@@ -22,7 +25,7 @@ def _reply(request: ParsecRequest, code: int, body: bytes) -> None:
 
 
 class AnonymousResource:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: BackendApp) -> None:
         self._app = app
 
     async def handle(self, request: ParsecRequest, raw_organization_id: str) -> None:
@@ -32,8 +35,9 @@ class AnonymousResource:
         except ids.InvalidId:
             _reply(request, 404, EMPTY)
             return
+        organizations = app.component(OrganizationComponent)
         try:
-            await app.storage.organization.get(organization_id)
+            await organizations.get(organization_id)
             exists = True
         except NotFoundError:
             exists = False
@@ -54,7 +58,7 @@ class AnonymousResource:
                 # Spontaneous bootstrap only creates organizations for a bootstrap.
                 _reply(request, 404, EMPTY)
                 return
-            await app.component(OrganizationComponent).spontaneous_create(organization_id)
+            await organizations.spontaneous_create(organization_id)
         route = app.route(ANONYMOUS, cmd)
         if route is None:
             app.metrics.command(UNKNOWN_COMMAND_LABEL).done("unknown_command", 0.0)

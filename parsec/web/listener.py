@@ -43,7 +43,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import datetimeToString
-from zope.interface import directlyProvides, implementer, providedBy  # type: ignore[import-untyped]
+from zope.interface import directlyProvides, implementer, providedBy
 
 from parsec import limits as limits_module
 from parsec.limits import Limits

@@ -19,7 +19,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode
 
 from autobahn.twisted.resource import WebSocketResource
@@ -34,6 +34,12 @@ from parsec.limits import Limits
 from parsec.readiness import Readiness, ReadyCheck
 from parsec.web.drain import RequestTracker
 from parsec.web.listener import Listener
+
+if TYPE_CHECKING:
+    from parsec.backend.app import BackendApp
+    from parsec.web.admin import AdminResource
+    from parsec.web.anonymous import AnonymousResource
+    from parsec.web.websocket import ParsecWebSocketFactory
 
 _log = Logger()
 
@@ -81,11 +87,12 @@ class ParsecRequest(server.Request):
         if self._discard_body or self.content is None:
             return b""
         self.content.seek(0)
-        return self.content.read()
+        body: bytes = self.content.read()
+        return body
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
-            self.setHeader(b"server", self.site.server_header)  # type: ignore[attr-defined]
+            self.setHeader(b"server", self.site.server_header)  # type: ignore[union-attr]
             access = getattr(self.transport, "access", None)
             if access is not None:
                 access.status = self.code  # for the access log (parsec.web.access)
@@ -105,7 +112,7 @@ class ParsecChannel(http.HTTPChannel):
 
 class ParsecSite(server.Site):
     requestFactory = ParsecRequest
-    protocol = ParsecChannel
+    protocol = ParsecChannel  # type: ignore[assignment]  # HTTPFactory's annotation is too narrow
     noisy = False  # no "Starting factory <ParsecSite ...>" at INFO
 
     def __init__(
@@ -145,7 +152,7 @@ def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: b
     if body:
         request.write(body)
     else:
-        request.setHeader(b"server", request.site.server_header)  # type: ignore[attr-defined]
+        request.setHeader(b"server", request.site.server_header)  # type: ignore[union-attr]
     request.finish()
 
 
@@ -157,10 +164,10 @@ class RootResource(Resource):
 
     def __init__(
         self,
-        app: Any,
-        ws_factory: Any,
-        admin: Any,
-        anonymous: Any,
+        app: BackendApp,
+        ws_factory: ParsecWebSocketFactory,
+        admin: AdminResource,
+        anonymous: AnonymousResource,
         *,
         readiness: Readiness,
         ready_check: ReadyCheck,
@@ -179,7 +186,7 @@ class RootResource(Resource):
 
     # ---- entry ---------------------------------------------------------------------------
 
-    def render(self, request: ParsecRequest) -> Any:  # type: ignore[override]
+    def render(self, request: ParsecRequest) -> Any:
         try:
             return self._render(request)
         except Exception:

@@ -18,7 +18,6 @@ against the reply schemas of its command (`parsec.api.protocol.validate_reply`).
 from __future__ import annotations
 
 import inspect
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -151,6 +150,23 @@ class InviteEnv:
                 "DELETE FROM invitation WHERE organization_id = %s AND token = %s", (self.organization_id, token)
             )
 
+    async def delete_unnotified(self, token: UUID) -> None:
+        """Mark the invitation deleted as another instance would whose `invite.status_changed`
+        has not reached this one yet (the storage's `delete` publishes it with the write)."""
+        storage = self.server.app.storage
+        pool = getattr(storage, "pool", None)
+        if pool is None:
+            entry = storage.invite._entries(self.organization_id)[token]
+            entry.invitation = attrs.evolve(
+                entry.invitation, deleted_on=self.server.app.now(), deleted_reason="CANCELLED"
+            )
+        else:
+            await pool.execute(
+                "UPDATE invitation SET deleted_on = now(), deleted_reason = 'CANCELLED'"
+                " WHERE organization_id = %s AND token = %s",
+                (self.organization_id, token),
+            )
+
     def waiters(self, token: UUID, organization_id: str | None = None) -> int:
         watch = self.component._watches.get((organization_id or self.organization_id, token))
         return 0 if watch is None else len(watch.waiters)
@@ -260,9 +276,3 @@ async def smtp_server_factory(pki: ThrowawayPKI) -> AsyncIterator[Callable[..., 
     assert not problems, problems
 
 
-@pytest.fixture
-def closed_port() -> int:
-    """A 127.0.0.1 port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

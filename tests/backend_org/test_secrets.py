@@ -1,7 +1,7 @@
 """Secrets (issue: the webhook URL, which often carries a token, was logged on every failure;
 the bootstrap token was compared with `!=` and SQL `=`).
 
-* the bootstrap token is compared in constant time (parsec.backend.confidential.same_secret,
+* the bootstrap token is compared in constant time (parsec.confidential.same_secret,
   in the memory and the PostgreSQL storages alike): a token that differs by its last
   character, is a prefix, is longer, or holds a NUL is refused like any wrong token;
 * no log line holds the webhook URL's user info, path or query: only its scheme and host.
@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import server as web_server
 
-from parsec.backend.confidential import redact_url, same_secret, scrub_url
+from parsec.confidential import redact_url, same_secret, scrub_url
 from parsec.config import BackendConfig
 from tests.backend_org.test_bootstrap import _Hook, bootstrap_msg, http_bootstrap
 from tests.orgs import bootstrap_organization, create_organization

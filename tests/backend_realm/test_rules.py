@@ -11,7 +11,7 @@ import pytest
 
 from parsec.api import protocol
 from parsec.backend import realm_rules as rules
-from parsec.backend.realm import error_reply
+from parsec.backend.command import error_reply
 from parsec.backend.realm_rules import Operation, RealmState, RoleUpdateFacts
 from parsec.backend.storage import (
     AlreadyExistsError,

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,12 +22,12 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import defer, protocol
-from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from parsec.blockstore.base import BlockStoreError
 from parsec.blockstore.memory import MemoryBlockStore
 from tests.objectstore import ObjectStore, shared_objectstore
+from tests.support import free_port
 
 # --- real object store --------------------------------------------------------------------------
 
@@ -135,32 +134,7 @@ async def hung_server() -> Any:
 @pytest.fixture
 def closed_port_url() -> str:
     """`http://127.0.0.1:<port>` where nothing listens (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-# --- logs and reactor hygiene -----------------------------------------------------------------
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_delayed_calls() -> Iterator[None]:
-    """pytest-twisted does not check for a dirty reactor: fail on leftover timers (pools not closed)."""
-    from twisted.internet import reactor
-
-    before = set(reactor.getDelayedCalls())
-    yield
-    leftover = [call for call in reactor.getDelayedCalls() if call not in before and call.active()]
-    assert not leftover, f"delayed calls left behind: {leftover}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --- fake stores for fault tests ------------------------------------------------------------------

@@ -17,16 +17,11 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from tests import httpclient
+from tests.support import free_port
 from tests.wsclient import WsClient
 
 ok = pytest_twisted.ensureDeferred
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def wait_for(predicate, timeout: float = 20.0) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 from tests.objectstore import ObjectStore, shared_objectstore
+from tests.pg_cluster import PgCluster
 
 from .harness import (
     ENV_ISOLATE,
@@ -140,13 +141,9 @@ def objectstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStor
 
 
 @pytest.fixture(scope="session")
-def interop_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgDatabases]:
-    """The session's PostgreSQL cluster, a fresh migrated database per server."""
-    databases = PgDatabases(tmp_path_factory.mktemp("interop-pg"), find_client_venv())
-    try:
-        yield databases
-    finally:
-        databases.close()
+def interop_pg(pg_cluster: PgCluster) -> PgDatabases:
+    """The run's PostgreSQL cluster, a fresh migrated database per server."""
+    return PgDatabases(pg_cluster, find_client_venv())
 
 
 @pytest.fixture(scope="session")

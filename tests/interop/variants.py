@@ -8,20 +8,17 @@
 | `pg-swift` | `--db <fresh database> --blockstore swift:http\\://127.0.0.1\\:P/auth/v1.0:tester:...`  |
 | `pg-raid5` | `--db <fresh database> -b RAID5:0:s3:... -b RAID5:1:swift:... -b RAID5:2:s3:...`       |
 
-Every server gets its own database, a copy (`CREATE DATABASE ... TEMPLATE`) of a template
-migrated once per session with the server's own `parsec backend migrate --db DSN` (ours: the
-console script next to the pytest venv's python; the reference: the client venv's). The
-PostgreSQL cluster (tests/pg_cluster.py) and the object store (tests/objectstore.py) are
-session-wide and started only when a selected test needs them.
+Every server gets its own database, a copy (`CREATE DATABASE ... TEMPLATE`) of a template:
+ours is the run's (tests/support.py), the reference's is migrated once per session with the
+client venv's `parsec backend migrate --db DSN`. The PostgreSQL cluster (the run's,
+tests/conftest.py) and the object store (tests/objectstore.py) are session-wide and started
+only when a selected test needs them.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +31,8 @@ from tests.objectstore import (
     INTEROP_SWIFT_CONTAINER,
     ObjectStore,
 )
+from tests.pg_cluster import PgCluster
+from tests.support import TEMPLATE_DATABASE
 
 from .harness import HarnessError, client_base_env
 
@@ -79,39 +78,22 @@ def selected_variants(env_value: str | None, server_args_set: bool) -> tuple[str
     return tuple(names)
 
 
-def _fast_directory(base: Path) -> Path:
-    """A directory for the throwaway cluster, in memory (/dev/shm) when possible (CREATE
-    DATABASE costs far less there); world-traversable, for the server account when root."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        path = Path(tempfile.mkdtemp(prefix="parsec-interop-pg-", dir=shm))
-    else:
-        path = Path(tempfile.mkdtemp(prefix="interop-pg-", dir=base))
-    path.chmod(0o755)
-    return path
-
-
 class PgDatabases:
-    """One session-wide PostgreSQL cluster; a fresh migrated database for every server."""
+    """A fresh migrated database for every server, on the run's PostgreSQL cluster
+    (tests/conftest.py): ours copies our template, the reference's its own, migrated once by its
+    `parsec backend migrate`."""
 
-    def __init__(self, base: Path, client_venv: Path | None) -> None:
-        from tests.pg_cluster import start_cluster
-
-        self.directory = _fast_directory(base)
+    def __init__(self, cluster: PgCluster, client_venv: Path | None) -> None:
+        self.cluster = cluster
         self.client_venv = client_venv
-        self.cluster = start_cluster(self.directory)
-        self._templates: dict[str, str] = {}
+        self._templates: dict[str, str] = {"ours": TEMPLATE_DATABASE}
         self._counter = itertools.count(1)
         self._session = uuid.uuid4().hex[:8]
 
     def _migrate_command(self, kind: str, dsn: str) -> tuple[list[str], dict[str, str]]:
-        if kind == "reference":
-            if self.client_venv is None:
-                raise HarnessError("the reference server needs the client venv")
-            env = client_base_env()
-            return [str(self.client_venv / "bin" / "parsec"), "backend", "migrate", "--db", dsn], env
-        parsec = Path(sys.executable).parent / "parsec"
-        return [str(parsec), "backend", "migrate", "--db", dsn], dict(os.environ)
+        if kind != "reference" or self.client_venv is None:
+            raise HarnessError(f"no migrate command for {kind!r} (the reference server needs the client venv)")
+        return [str(self.client_venv / "bin" / "parsec"), "backend", "migrate", "--db", dsn], client_base_env()
 
     def _template(self, kind: str) -> str:
         """The database migrated by `kind`'s own `parsec backend migrate` (once per session)."""
@@ -140,14 +122,6 @@ class PgDatabases:
         template = self._template(kind)
         name = f"interop_{kind}_{self._session}_{next(self._counter)}"
         return str(self.cluster.create_database(name, template=template))
-
-    def close(self) -> None:
-        try:
-            self.cluster.destroy()
-        finally:
-            import shutil
-
-            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @attrs.define

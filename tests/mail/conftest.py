@@ -15,7 +15,6 @@ default reactor before pytest-twisted can install the requested one).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -64,35 +63,11 @@ def reactor() -> Any:
     return global_reactor
 
 
-@pytest.fixture
-def closed_port() -> int:
-    """A 127.0.0.1 port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------
-# Hygiene and log capture
+# Log capture (the reactor-clean check is tests/conftest.py's)
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def no_reactor_leftovers(reactor: Any) -> Iterator[None]:
-    # Autouse: set up first, torn down last (after the servers have stopped).
-    delayed_before = set(reactor.getDelayedCalls())
-    readers_before = set(reactor.getReaders())
-    writers_before = set(reactor.getWriters())
-    yield
-    delayed = [c for c in reactor.getDelayedCalls() if c not in delayed_before and c.active()]
-    # Only sockets count (the reactor adds its own wakers when it starts).
-    readers = [r for r in reactor.getReaders() if r not in readers_before and hasattr(r, "socket")]
-    writers = [w for w in reactor.getWriters() if w not in writers_before and hasattr(w, "socket")]
-    for call in delayed:
-        call.cancel()
-    assert not delayed, f"leftover delayed calls: {delayed}"
-    assert not readers, f"leftover readers (sockets / ports): {readers}"
-    assert not writers, f"leftover writers: {writers}"
 
 
 @attrs.define

@@ -46,8 +46,8 @@ async def test_create_read_idempotent_missing(pool: PostgreSQLPool, unique_org: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_database_down_is_a_blockstore_error(own_cluster: PgCluster, captured_logs: list[Any]) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=2, max_connection_attempts=1)
+async def test_database_down_is_a_blockstore_error(restartable_pg_cluster: PgCluster, captured_logs: list[Any]) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=2, max_connection_attempts=1)
     await pool.start()
     try:
         await pool.execute(
@@ -58,22 +58,22 @@ async def test_database_down_is_a_blockstore_error(own_cluster: PgCluster, captu
         await store.start()
         block_id = uuid.uuid4()
         await store.create("Org", block_id, b"data")
-        own_cluster.stop()
+        restartable_pg_cluster.stop()
         with pytest.raises(BlockStoreError) as info:
             await store.read("Org", block_id)
         assert info.value.store == "POSTGRESQL" and "\n" not in info.value.reason
         with pytest.raises(BlockStoreError):
             await store.create("Org", uuid.uuid4(), b"data")
         assert any("Block create error in POSTGRESQL" in formatEvent(e) for e in captured_logs)
-        own_cluster.start()
+        restartable_pg_cluster.start()
         assert await store.read("Org", block_id) == b"data"
     finally:
         await pool.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_fails_without_schema(pg_db: str) -> None:
-    pool = PostgreSQLPool(pg_db, min_connections=1, max_connections=1)
+async def test_start_fails_without_schema(empty_pg_dsn: str) -> None:
+    pool = PostgreSQLPool(empty_pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     try:
         with pytest.raises(BlockStoreError, match="start-up check failed"):

@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 
 from tests.pg_cluster import SERVICE_USER, PgCluster
+from tests.support import TEMPLATE_DATABASE
 
 
 def _query(dsn: str, sql: str) -> tuple:
@@ -44,31 +45,31 @@ def test_cluster_listens_on_loopback_as_unprivileged_user(pg_cluster: PgCluster)
         assert pg_cluster.data_dir.stat().st_uid == pwd.getpwnam(SERVICE_USER).pw_uid
 
 
-def test_cluster_stop_start_kill_keep_data(own_cluster: PgCluster) -> None:
-    dsn = own_cluster.dsn
+def test_cluster_stop_start_kill_keep_data(restartable_pg_cluster: PgCluster) -> None:
+    dsn = restartable_pg_cluster.dsn
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS kept; CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
     conn.close()
 
-    own_cluster.stop()
+    restartable_pg_cluster.stop()
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(dsn, connect_timeout=5)
-    own_cluster.start()
+    restartable_pg_cluster.start()
     assert _query(dsn, "SELECT v FROM kept") == (42,)
 
-    own_cluster.kill()  # crash: the next start runs recovery
-    assert not own_cluster.running
+    restartable_pg_cluster.kill()  # crash: the next start runs recovery
+    assert not restartable_pg_cluster.running
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(dsn, connect_timeout=5)
-    own_cluster.start()
+    restartable_pg_cluster.start()
     assert _query(dsn, "SELECT v FROM kept") == (42,)
-    assert own_cluster.dsn == dsn  # same port after restarts
+    assert restartable_pg_cluster.dsn == dsn  # same port after restarts
 
 
-def test_create_database_from_template(pg_cluster: PgCluster, pg_dsn: str) -> None:
-    dsn = pg_cluster.create_database("copy_of_parsec", template="parsec")
+def test_create_database_from_template(pg_cluster: PgCluster) -> None:
+    dsn = pg_cluster.create_database("copy_of_parsec", template=TEMPLATE_DATABASE)
     try:
         assert _query(dsn, "SELECT count(*) FROM migration")[0] >= 1
     finally:

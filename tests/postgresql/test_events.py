@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,15 +15,20 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from parsec.api import codec
+from parsec.backend import bus as bus_events
 from parsec.backend.bus import BackendEvent
 from parsec.storage.postgresql.connection import DatabaseUnavailable, Transaction
 from parsec.storage.postgresql.events import (
     CHANNEL,
     EventDecodeError,
+    Notify,
     PostgreSQLEventBus,
     decode_event,
     encode_event,
     notify_sql,
+    sql_bigint,
+    sql_text,
+    sql_uuid,
 )
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from tests.pg_cluster import PgCluster
@@ -243,6 +250,35 @@ async def test_notify_sql_with_computed_fields(pool: PostgreSQLPool, unique_org:
 
 
 @pytest_twisted.ensureDeferred
+async def test_notify_with_computed_uuid_text_and_null(pool: PostgreSQLPool, unique_org: str) -> None:
+    """`Notify`: computed values of every kind replace the placeholders of the event, one
+    notification per evaluation (per row), NULL becomes nil."""
+    bus = PostgreSQLEventBus(pool)
+    await bus.start()
+    recorder = Recorder(unique_org)
+    bus.connect(recorder)
+    try:
+        notify = Notify(
+            "x", {"realm_id": sql_uuid("t.r"), "recipient": sql_text("t.u", 128), "index": sql_bigint("t.i")}
+        )
+        rows = [(uuid.uuid4(), "bob", 1), (uuid.uuid4(), "été_ü", 2), (None, None, None)]
+        placeholder = bus_events.message_received(unique_org, "a@d", "", 0)
+        await pool.execute(
+            f"SELECT {notify.sql} FROM unnest(%(r)s::uuid[], %(u)s::text[], %(i)s::bigint[])"
+            " WITH ORDINALITY AS t (r, u, i, n) ORDER BY n",
+            {**notify.params(placeholder), "r": [r[0] for r in rows], "u": [r[1] for r in rows],
+             "i": [r[2] for r in rows]},
+        )
+        received = await recorder.wait_for(3)
+        assert [event.data for event in received] == [
+            {"author": "a@d", "realm_id": realm_id, "recipient": user, "index": index}
+            for realm_id, user, index in rows
+        ]
+    finally:
+        await bus.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_invalid_notifications_are_ignored(pool: PostgreSQLPool, unique_org: str,
                                                  captured_logs: list[Any]) -> None:
     bus = PostgreSQLEventBus(pool)
@@ -301,9 +337,9 @@ async def test_listener_with_no_retry_gives_up_at_once(pool: PostgreSQLPool) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_listener_survives_a_database_restart(own_cluster: PgCluster) -> None:
+async def test_listener_survives_a_database_restart(restartable_pg_cluster: PgCluster) -> None:
     org = "RestartOrg"
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=2, max_connection_attempts=1)
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=2, max_connection_attempts=1)
     await pool.start()
     hooks = Hooks()
     bus = hooks.bus(pool, max_connection_attempts=10_000, pause_before_retry=0.02)
@@ -312,10 +348,10 @@ async def test_listener_survives_a_database_restart(own_cluster: PgCluster) -> N
     bus.connect(recorder)
     try:
         old_pid = bus.listener_pid
-        own_cluster.stop()
+        restartable_pg_cluster.stop()
         await hooks.wait("lost")
         assert not bus.is_listening
-        own_cluster.start()
+        restartable_pg_cluster.start()
         await hooks.wait("reconnected")
         assert hooks.calls == ["lost", "reconnected"]
         assert bus.listener_pid not in (None, old_pid)
@@ -328,14 +364,14 @@ async def test_listener_survives_a_database_restart(own_cluster: PgCluster) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_listener_gives_up_after_n_attempts(own_cluster: PgCluster) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
+async def test_listener_gives_up_after_n_attempts(restartable_pg_cluster: PgCluster) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
     await pool.start()
     hooks = Hooks()
     bus = hooks.bus(pool, max_connection_attempts=3, pause_before_retry=0.01)
     await bus.start()
     try:
-        own_cluster.stop()
+        restartable_pg_cluster.stop()
         await hooks.wait("gave_up")
         assert hooks.calls == ["lost", "gave_up"]
         assert "cannot connect" in str(hooks.gave_up[0])
@@ -345,13 +381,13 @@ async def test_listener_gives_up_after_n_attempts(own_cluster: PgCluster) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_during_reconnection(own_cluster: PgCluster) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
+async def test_stop_during_reconnection(restartable_pg_cluster: PgCluster) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=1, max_connections=1, max_connection_attempts=1)
     await pool.start()
     hooks = Hooks()
     bus = hooks.bus(pool, max_connection_attempts=10_000, pause_before_retry=0.01)
     await bus.start()
-    own_cluster.stop()
+    restartable_pg_cluster.stop()
     await hooks.wait("lost")
     await bus.stop()  # cancels the reconnection loop: no hook fires afterwards
     await pool.close()
@@ -363,8 +399,9 @@ async def test_stop_during_reconnection(own_cluster: PgCluster) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_fire_and_forget_outbox_is_bounded(pg_dsn: str, unique_org: str, captured_logs: list[Any]) -> None:
-    """While no pool connection is free (a stalled database), what `publish` queues is bounded
-    in bytes; beyond, events are dropped (one warning); the kept ones go out afterwards."""
+    """While the LISTEN session does not answer (its backend process stopped: a stalled
+    database), what `publish` queues is bounded in bytes; beyond, events are dropped (one
+    warning); the kept ones go out afterwards, in order."""
     pool = PostgreSQLPool(pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     bus = PostgreSQLEventBus(pool, outbox_bytes=4096)
@@ -372,20 +409,24 @@ async def test_fire_and_forget_outbox_is_bounded(pg_dsn: str, unique_org: str, c
     try:
         await bus.start()
         bus.connect(recorder)
-        held = await pool.acquire()  # the flush waits for it
-        bus.publish(_event(unique_org, ping="first"))  # taken by the flush, waiting
-        texts = [f"{index}:" + "x" * 500 for index in range(20)]
-        for text in texts:
-            bus.publish(_event(unique_org, author="alice@dev1", ping=text))
-        assert 0 < bus._outbox_size <= 4096
-        kept = len(bus._outbox)
-        assert 0 < kept < len(texts)
-        warnings = [e for e in captured_logs if "Event outbox full" in e.get("log_format", "")]
-        assert len(warnings) == 1
-        pool.release(held)
+        backend_pid = bus.listener_pid
+        assert backend_pid is not None
+        os.kill(backend_pid, signal.SIGSTOP)
+        try:
+            bus.publish(_event(unique_org, ping="first"))  # sent, no answer
+            texts = [f"{index}:" + "x" * 500 for index in range(20)]
+            for text in texts:
+                bus.publish(_event(unique_org, author="alice@dev1", ping=text))
+            assert 0 < bus._unsent_size <= 4096
+            kept = len(bus._unsent)
+            assert 0 < kept < len(texts)
+            warnings = [e for e in captured_logs if "Event outbox full" in e.get("log_format", "")]
+            assert len(warnings) == 1
+        finally:
+            os.kill(backend_pid, signal.SIGCONT)
         events = await recorder.wait_for(1 + kept)
         assert [event["ping"] for event in events] == ["first", *texts[:kept]]
-        assert bus._outbox_size == 0
+        assert bus._unsent_size == 0
     finally:
         await bus.stop()
         await pool.close()

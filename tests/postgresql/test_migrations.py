@@ -54,19 +54,19 @@ def test_packaged_migrations() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_migrate_dry_run_then_apply_then_idempotent(pg_db: str) -> None:
+async def test_migrate_dry_run_then_apply_then_idempotent(empty_pg_dsn: str) -> None:
     names = [m.file_name for m in list_migrations()]
 
-    assert await _migrate(pg_db, dry_run=True) == (True, [f"{n} (dry run)" for n in names])
-    assert await _tables(pg_db) == set()  # nothing applied
+    assert await _migrate(empty_pg_dsn, dry_run=True) == (True, [f"{n} (dry run)" for n in names])
+    assert await _tables(empty_pg_dsn) == set()  # nothing applied
 
-    assert await _migrate(pg_db) == (True, [f"{n} ✔" for n in names])
-    assert await _tables(pg_db) == TABLES
+    assert await _migrate(empty_pg_dsn) == (True, [f"{n} ✔" for n in names])
+    assert await _tables(empty_pg_dsn) == TABLES
 
-    assert await _migrate(pg_db) == (True, [f"{n} (already applied)" for n in names])
-    assert await _migrate(pg_db, dry_run=True) == (True, [f"{n} (already applied)" for n in names])
+    assert await _migrate(empty_pg_dsn) == (True, [f"{n} (already applied)" for n in names])
+    assert await _migrate(empty_pg_dsn, dry_run=True) == (True, [f"{n} (already applied)" for n in names])
 
-    pool = PostgreSQLPool(pg_db, min_connections=1, max_connections=1)
+    pool = PostgreSQLPool(empty_pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     try:
         rows = await pool.fetch("SELECT id, name, applied FROM migration ORDER BY id")
@@ -78,7 +78,7 @@ async def test_migrate_dry_run_then_apply_then_idempotent(pg_db: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_failing_migration_stops_the_run(pg_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failing_migration_stops_the_run(empty_pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     real = list_migrations()
     bad = Migration(id=len(real) + 1, name="broken", file_name=f"{len(real) + 1:04d}_broken.sql",
                     sql="CREATE TABLE fine (x int);\nCREATE TABLE oops (x nosuchtype);")
@@ -86,15 +86,15 @@ async def test_failing_migration_stops_the_run(pg_db: str, monkeypatch: pytest.M
                       sql="CREATE TABLE after_ (x int);")
     monkeypatch.setattr(migrations, "list_migrations", lambda: [*real, bad, after])
 
-    ok, lines = await _migrate(pg_db)
+    ok, lines = await _migrate(empty_pg_dsn)
     assert not ok
     assert lines[: len(real)] == [f"{m.file_name} ✔" for m in real]
     assert lines[len(real)].startswith(f"{bad.file_name} ✘: ") and "nosuchtype" in lines[len(real)]
     assert len(lines) == len(real) + 1  # stopped at the first failure
-    tables = await _tables(pg_db)
+    tables = await _tables(empty_pg_dsn)
     assert "fine" not in tables and "after_" not in tables  # the failed file left nothing behind
 
-    pool = PostgreSQLPool(pg_db, min_connections=1, max_connections=1)
+    pool = PostgreSQLPool(empty_pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     try:
         with pytest.raises(SchemaError) as info:
@@ -105,8 +105,8 @@ async def test_failing_migration_stops_the_run(pg_db: str, monkeypatch: pytest.M
 
 
 @pytest_twisted.ensureDeferred
-async def test_check_schema_up_to_date(pg_db: str) -> None:
-    pool = PostgreSQLPool(pg_db, min_connections=1, max_connections=1)
+async def test_check_schema_up_to_date(empty_pg_dsn: str) -> None:
+    pool = PostgreSQLPool(empty_pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     try:
         with pytest.raises(SchemaError) as info:
@@ -115,7 +115,7 @@ async def test_check_schema_up_to_date(pg_db: str) -> None:
         assert "\n" not in message and "run `parsec backend migrate`" in message
         assert "0001_initial.sql" in message
 
-        assert await _migrate(pg_db) == (True, [f"{m.file_name} ✔" for m in list_migrations()])
+        assert await _migrate(empty_pg_dsn) == (True, [f"{m.file_name} ✔" for m in list_migrations()])
         await check_schema_up_to_date(pool)
 
         await pool.execute("INSERT INTO migration (id, name) VALUES (9999, 'from_the_future')")
@@ -126,8 +126,8 @@ async def test_check_schema_up_to_date(pg_db: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_foreign_schema_is_refused(pg_db: str) -> None:
-    pool = PostgreSQLPool(pg_db, min_connections=1, max_connections=1)
+async def test_foreign_schema_is_refused(empty_pg_dsn: str) -> None:
+    pool = PostgreSQLPool(empty_pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     try:
         await pool.execute("CREATE TABLE migration (_id serial, name text, applied timestamptz)")
@@ -136,7 +136,7 @@ async def test_foreign_schema_is_refused(pg_db: str) -> None:
     finally:
         await pool.close()
     with pytest.raises(SchemaError, match="another program"):
-        await _migrate(pg_db)
+        await _migrate(empty_pg_dsn)
 
 
 @pytest_twisted.ensureDeferred

@@ -386,10 +386,10 @@ async def test_start_gives_up_after_n_attempts(dead_port: int, captured_logs: li
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_waits_for_a_late_database(own_cluster: PgCluster, captured_logs: list[Any]) -> None:
-    own_cluster.stop()
+async def test_start_waits_for_a_late_database(restartable_pg_cluster: PgCluster, captured_logs: list[Any]) -> None:
+    restartable_pg_cluster.stop()
     pool = PostgreSQLPool(
-        own_cluster.dsn, min_connections=2, max_connections=2, max_connection_attempts=1000,
+        restartable_pg_cluster.dsn, min_connections=2, max_connections=2, max_connection_attempts=1000,
         pause_before_retry=0.02,
     )
     started = defer.ensureDeferred(pool.start())
@@ -407,7 +407,7 @@ async def test_start_waits_for_a_late_database(own_cluster: PgCluster, captured_
     finally:
         globalLogPublisher.removeObserver(watch)
     assert not started.called
-    own_cluster.start()  # blocks the reactor meanwhile: the next attempt finds it up
+    restartable_pg_cluster.start()  # blocks the reactor meanwhile: the next attempt finds it up
     await started.addTimeout(SAFETY, reactor)
     assert pool.stats["idle"] == 2
     assert await pool.fetchval("SELECT 1") == 1
@@ -437,15 +437,15 @@ def test_invalid_dsn_is_rejected_without_echo() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_database_restart_while_running(own_cluster: PgCluster) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=2, max_connections=3, max_connection_attempts=1)
+async def test_database_restart_while_running(restartable_pg_cluster: PgCluster) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=2, max_connections=3, max_connection_attempts=1)
     await pool.start()
     try:
         assert await pool.fetchval("SELECT 1") == 1
         busy = defer.ensureDeferred(pool.fetchval("SELECT pg_sleep(30)"))
         await task.deferLater(reactor, 0.05, lambda: None)
 
-        own_cluster.stop()
+        restartable_pg_cluster.stop()
         with pytest.raises(DatabaseUnavailable):
             await busy  # in flight when the server went down
         with pytest.raises(DatabaseUnavailable):
@@ -454,7 +454,7 @@ async def test_database_restart_while_running(own_cluster: PgCluster) -> None:
             async with pool.transaction() as tx:
                 await tx.execute("SELECT 1")
 
-        own_cluster.start()
+        restartable_pg_cluster.start()
         for _ in range(2 * pool.max_connections):  # no stale connection is ever handed out
             assert await pool.fetchval("SELECT 1") == 1
         results = await defer.gatherResults(
@@ -467,15 +467,15 @@ async def test_database_restart_while_running(own_cluster: PgCluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_database_crash_while_running(own_cluster: PgCluster) -> None:
-    pool = PostgreSQLPool(own_cluster.dsn, min_connections=2, max_connections=2, max_connection_attempts=1)
+async def test_database_crash_while_running(restartable_pg_cluster: PgCluster) -> None:
+    pool = PostgreSQLPool(restartable_pg_cluster.dsn, min_connections=2, max_connections=2, max_connection_attempts=1)
     await pool.start()
     try:
         assert await pool.fetchval("SELECT 1") == 1
-        own_cluster.kill()
+        restartable_pg_cluster.kill()
         with pytest.raises(DatabaseUnavailable):
             await pool.fetchval("SELECT 1")
-        own_cluster.start()
+        restartable_pg_cluster.start()
         assert await pool.fetchval("SELECT 1") == 1
         assert await pool.fetchval("SELECT 2") == 2
     finally:

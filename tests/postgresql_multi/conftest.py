@@ -1,7 +1,7 @@
 """Real `twistd parsec` processes on a throwaway PostgreSQL cluster (loopback only).
 
-* `multi_cluster` (session): a cluster of its own (tests here stop, restart and starve it), in
-  memory when possible, with a migrated template database. It is running before each test.
+* `multi_cluster`: the run's cluster (tests/conftest.py), which tests here may stop and
+  restart; it is running before and after each test.
 * `database`: a fresh migrated database per test (its DSN); `empty_database`: an unmigrated one.
 * `servers`: `await servers.start(dsn, *extra_args)` runs
   `twistd -n --pidfile= parsec --db <dsn> --blockstore POSTGRESQL --administration-token T
@@ -15,10 +15,7 @@ Waits are bounded polls (no timing assertion): a deadline only turns a hang into
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,13 +25,12 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
-from parsec.storage.postgresql.migrations import migrate_command
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from tests import httpclient
-from tests.conftest import fast_directory
-from tests.pg_cluster import PgCluster, start_cluster
+from tests.pg_cluster import PgCluster
+from tests.support import free_port
 
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "s3cr3t"  # the one tests/httpclient.py sends
@@ -48,12 +44,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/postgresql_multi/" in item.nodeid:
             item.add_marker(pytest.mark.postgresql)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def sleep(seconds: float) -> None:
@@ -76,47 +66,24 @@ async def wait_until(
         await sleep(0.05)
 
 
-# ---- cluster and databases ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def _multi_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    base = fast_directory(tmp_path_factory, "multi-postgresql")
-    cluster = start_cluster(base)
-    try:
-        lines: list[str] = []
-        dsn = cluster.create_database(TEMPLATE)
-        migrated = pytest_twisted.blockon(defer.ensureDeferred(migrate_command(dsn, False, lines.append)))
-        assert migrated, lines
-        yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+# ---- cluster and databases (the run's: tests/conftest.py) -------------------------------------
 
 
 @pytest.fixture
-def multi_cluster(_multi_cluster: PgCluster) -> Iterator[PgCluster]:
-    _multi_cluster.start()
-    yield _multi_cluster
-    _multi_cluster.start()
-
-
-def _new_database(cluster: PgCluster, template: str | None) -> Iterator[str]:
-    name = f"multi_{os.getpid()}_{next(_count)}"
-    dsn = cluster.create_database(name, template=template)
-    yield dsn
-    cluster.start()
-    cluster.drop_database(name)
+def multi_cluster(restartable_pg_cluster: PgCluster) -> PgCluster:
+    """The run's cluster, which these tests may stop and restart."""
+    return restartable_pg_cluster
 
 
 @pytest.fixture
-def database(multi_cluster: PgCluster) -> Iterator[str]:
-    yield from _new_database(multi_cluster, TEMPLATE)
+def database(fresh_pg_dsn: str) -> str:
+    """A migrated database of the test's own, shared by the servers the test starts."""
+    return fresh_pg_dsn
 
 
 @pytest.fixture
-def empty_database(multi_cluster: PgCluster) -> Iterator[str]:
-    yield from _new_database(multi_cluster, None)
+def empty_database(empty_pg_dsn: str) -> str:
+    return empty_pg_dsn
 
 
 @pytest_twisted.async_yield_fixture

@@ -144,3 +144,38 @@ async def check_consistency(pool: Any, organization_id: str, realm_id: UUID) -> 
         params,
     )
     assert orphans == 0
+
+
+@ok
+async def test_kill_9_after_an_acknowledged_revocation(servers, database):
+    """The revocation and its `user.revoked` event commit together: instance A is killed as
+    soon as it has acknowledged `user_revoke`, and instance B still closes every connection of
+    the revoked user (and only those)."""
+    a = await servers.start(database)
+    b = await servers.start(database)
+    org = await bootstrap_organization(a)
+    await org.new_user("alice@dev1", "bob@dev1")
+    await org.new_device("bob@dev1", "dev2")
+    await org.new_user("alice@dev1", "carol@dev1")
+    bob_on_b = [await connect(org, b, "bob@dev1"), await connect(org, b, "bob@dev2")]
+    carol_on_b = await connect(org, b, "carol@dev1")
+    for client in (*bob_on_b, carol_on_b):  # B serves them
+        assert await client.cmd("ping", ping="x") == {"status": "ok", "pong": "x"}
+
+    admin_on_a = await connect(org, a, "alice@dev1")
+    certificate = org.devices["alice@dev1"].revoked_user_certificate(user_id="bob", timestamp=now())
+    rep = await admin_on_a.cmd("user_revoke", revoked_user_certificate=certificate)
+    a.kill()  # at once: nothing A would have sent after its reply goes out
+    assert rep == {"status": "ok"}, rep
+
+    for client in bob_on_b:
+        await client.wait_closed()
+    assert await carol_on_b.cmd("ping", ping="still here") == {"status": "ok", "pong": "still here"}
+    # And B refuses the revoked user from now on.
+    refused = await WsClient.connect(b.port)
+    result = await refused.handshake_authenticated(
+        org.organization_id, "bob@dev1", org.devices["bob@dev1"].signing_key, org.root_verify_key
+    )
+    assert result["result"] == "revoked_device", result
+    await refused.close()
+    await carol_on_b.close()

@@ -20,47 +20,16 @@ from parsec.backend.storage import (
     PkiAcceptance,
     PkiEnrollment,
 )
-from parsec.storage.postgresql.connection import PgConnection
 from parsec.storage.postgresql.invite import PgInviteStorage
 from parsec.storage.postgresql.organization import PgOrganizationStorage
 from parsec.storage.postgresql.pki import PgPkiStorage
-from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import PgUserStorage
+from tests.support import CountingPool
 
 ok = pytest_twisted.ensureDeferred
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 ORG = "RoundTrips"
-
-
-class CountingPool(PostgreSQLPool):
-    """Records the SQL text of every round trip (each `_send`) of its connections."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: list[str] = []
-
-    async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
-        conn = await super().acquire(nested_ok=nested_ok)
-        if not getattr(conn, "_counted", False):
-            send = conn._send
-
-            async def counting_send(sql: str, params: Any) -> Any:
-                self.sent.append(sql)
-                return await send(sql, params)
-
-            conn._send = counting_send  # type: ignore[method-assign]
-            conn._counted = True  # type: ignore[attr-defined]
-        return conn
-
-    async def trips(self, coro: Any) -> tuple[int, Any]:
-        """(round trips made by `coro`, its result or the exception it raised)."""
-        before = len(self.sent)
-        try:
-            result: Any = await coro
-        except Exception as exc:
-            result = exc
-        return len(self.sent) - before, result
 
 
 def user(user_id: str, email: str | None = None, certifier: str | None = "alice@dev1", profile: str = "STANDARD") -> User:

@@ -28,7 +28,8 @@ from parsec.backend.models import ReencryptionBatchEntry, VlobWrite
 from parsec.storage.postgresql.connection import DatabaseTimeout, PgConnection
 from parsec.storage.postgresql.realm import PgRealmStorage
 from parsec.storage.postgresql.vlob import PgVlobStorage
-from tests.postgresql_realm.conftest import PgBackend, World
+from tests.storage_contract.conftest import Backend as PgBackend
+from tests.storage_contract.conftest import World
 
 ok = pytest_twisted.ensureDeferred
 pytestmark = pytest.mark.postgresql
@@ -446,3 +447,33 @@ async def test_concurrent_batches(pg_world: World, pg_backend: PgBackend):
     assert dones[-1] == len({(e.vlob_id, e.version) for i in range(N) for e in batch[i % 5 :: 3]})
     assert await w.vlob.save_reencryption_batch(w.org, "alice", realm_id, 2, batch) == (N, N)
     await w.realm.finish_reencryption_maintenance(w.org, "alice@dev1", realm_id, 2)
+
+
+# ---- a write's events exist iff the write committed ------------------------------------------
+
+
+@ok
+async def test_events_commit_with_their_write(pg_world: World, pg_backend: PgBackend):
+    """The NOTIFY is part of the write's statement: nothing is heard while the write's
+    transaction is open, nothing after a rollback, the event after the commit."""
+    w = pg_world
+    realm_id = await w.create_realm("alice@dev1")
+    recorder = pg_backend.recorder
+
+    async def heard() -> list[tuple[str, Any]]:
+        start = await recorder.sync(w.org)
+        return [(e.name, e["src_id"]) for e in recorder.between(-1, start, w.org) if e.name == "realm.vlobs_updated"]
+
+    rolled_back, committed = uuid4(), uuid4()
+    async with held_transaction(pg_backend) as held:
+        await held.vlob.create(w.org, "alice@dev1", realm_id, 1, rolled_back, w.ts(), b"x")
+        assert await heard() == []
+        await held.conn.execute("ROLLBACK")
+    assert await heard() == []
+    async with held_transaction(pg_backend) as held:
+        await held.vlob.create(w.org, "alice@dev1", realm_id, 1, committed, w.ts(), b"y")
+        assert await heard() == []
+        await held.commit()
+    assert await heard() == [("realm.vlobs_updated", committed)]
+    with pytest.raises(st.VlobNotFoundError):
+        await w.vlob.read(w.org, "alice", 1, rolled_back, None, None)

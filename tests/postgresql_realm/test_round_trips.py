@@ -12,7 +12,8 @@ import pytest_twisted
 
 from parsec.backend import storage as st
 from parsec.backend.models import ReencryptionBatchEntry
-from tests.postgresql_realm.conftest import PgBackend, make_world, new_pool, statement_count
+from tests.storage_contract.conftest import make_world, new_pool, start_postgresql_backend, stop_backend
+from tests.support import statement_count
 
 ok = pytest_twisted.ensureDeferred
 pytestmark = pytest.mark.postgresql
@@ -21,22 +22,31 @@ pytestmark = pytest.mark.postgresql
 @pytest_twisted.async_yield_fixture
 async def one_connection_backend(pg_dsn: str) -> Any:
     """A single connection: PREPAREs happen once, then every call reuses them."""
-    pool = new_pool(pg_dsn, max_connections=1)
-    await pool.start()
+    backend = await start_postgresql_backend(new_pool(pg_dsn, max_connections=1))
     try:
-        yield PgBackend(pool)
+        yield backend
     finally:
-        await pool.close()
+        await stop_backend(backend)
 
 
 @ok
 async def test_one_round_trip_per_call(one_connection_backend):
     backend = one_connection_backend
     pool = backend.pool
+    assert pool is not None
     world = await make_world(backend)
     measured: dict[str, tuple[int, int]] = {}
+    prepares: dict[str, str] = {}
 
-    async def measure(name: str, call: Any, *, expected_statements: int, error: type | None = None) -> Any:
+    def prepared_sql(execute: str) -> str:
+        """The statement text an EXECUTE runs (from the PREPARE seen earlier)."""
+        name = execute.split()[1].split("(")[0]
+        return prepares[name]
+
+    async def measure(
+        name: str, call: Any, *, expected_statements: int, error: type | None = None, notify: bool = False
+    ) -> Any:
+        """`notify`: a write, whose events travel in its own statement (pg_notify)."""
         # Run twice: the first run may PREPARE; the second is the steady state.
         result = None
         for attempt in range(2):
@@ -49,13 +59,18 @@ async def test_one_round_trip_per_call(one_connection_backend):
             else:
                 assert error is None or attempt == 0, (name, "no error")
             sent = pool.sent[before:]
-            prepares = [sql for sql in sent if sql.startswith("PREPARE ")]
+            for sql in pool.sent:
+                if sql.startswith("PREPARE "):
+                    prepares[sql.split()[1]] = sql
+            prepared_now = [sql for sql in sent if sql.startswith("PREPARE ")]
             others = [sql for sql in sent if not sql.startswith("PREPARE ")]
             assert len(others) == 1, (name, sent)
             if attempt == 1:
-                assert not prepares, (name, "PREPAREd twice on one connection")
+                assert not prepared_now, (name, "PREPAREd twice on one connection")
                 statements = statement_count(others[0])
                 assert statements == expected_statements, (name, others[0])
+                executed = others[0] if not others[0].startswith("EXECUTE ") else prepared_sql(others[0])
+                assert ("pg_notify" in executed) == notify, (name, executed)
                 measured[name] = (len(sent), statements)
         return result
 
@@ -63,7 +78,7 @@ async def test_one_round_trip_per_call(one_connection_backend):
     await measure(
         "realm_create (ok, then already_exists)",
         lambda: world.realm.create(world.org, world.grant(realm_id, "alice@dev1", "alice", "OWNER")),
-        expected_statements=1,
+        expected_statements=1, notify=True,
         error=st.AlreadyExistsError,
     )
     for name in ("get_status", "get_stats", "get_role_certificates"):
@@ -75,12 +90,12 @@ async def test_one_round_trip_per_call(one_connection_backend):
     await measure(
         "update_roles (with message)",
         lambda: world.share(realm_id, "alice@dev1", "bob", next(roles), message=b"m"),
-        expected_statements=2,
+        expected_statements=2, notify=True,
     )
     await measure(
         "update_roles (refused)",
         lambda: world.share(realm_id, "alice@dev1", "bob", "CONTRIBUTOR"),
-        expected_statements=2,
+        expected_statements=2, notify=True,
         error=st.AlreadyGrantedError,
     )
 
@@ -89,24 +104,24 @@ async def test_one_round_trip_per_call(one_connection_backend):
     await measure(
         "vlob_create",
         lambda: world.vlob.create(world.org, "alice@dev1", realm_id, 1, next(creates), world.ts(), b"blob"),
-        expected_statements=1,
+        expected_statements=1, notify=True,
     )
     await measure(
         "vlob_create (refused)",
         lambda: world.vlob.create(world.org, "alice@dev1", realm_id, 1, vlob_id, world.ts(), b"blob"),
-        expected_statements=1,
+        expected_statements=1, notify=True,
         error=st.AlreadyExistsError,
     )
     versions = iter([2, 3])
     await measure(
         "vlob_update",
         lambda: world.vlob.update(world.org, "alice@dev1", 1, vlob_id, next(versions), world.ts(), b"blob"),
-        expected_statements=1,
+        expected_statements=1, notify=True,
     )
     await measure(
         "vlob_update (refused)",
         lambda: world.vlob.update(world.org, "alice@dev1", 1, vlob_id, 2, world.ts(), b"blob"),
-        expected_statements=1,
+        expected_statements=1, notify=True,
         error=st.BadVersionError,
     )
     await measure("vlob_read", lambda: world.vlob.read(world.org, "bob", 1, vlob_id, None, None),
@@ -140,7 +155,7 @@ async def test_one_round_trip_per_call(one_connection_backend):
         lambda: world.realm.start_reencryption_maintenance(
             world.org, "alice@dev1", realm_id, next(revisions), {"alice": b"a", "bob": b"b"}, now, now
         ),
-        expected_statements=2,
+        expected_statements=2, notify=True,
         error=st.InMaintenanceError,
     )
     batch = await measure(
@@ -158,7 +173,7 @@ async def test_one_round_trip_per_call(one_connection_backend):
     await measure(
         "finish_reencryption (ok, then not_in_maintenance)",
         lambda: world.realm.finish_reencryption_maintenance(world.org, "alice@dev1", realm_id, 2),
-        expected_statements=2,
+        expected_statements=2, notify=True,
         error=st.NotInMaintenanceError,
     )
     assert all(round_trips == 1 for round_trips, _ in measured.values()), measured

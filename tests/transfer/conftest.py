@@ -1,9 +1,9 @@
-"""Fixtures of the import/export tests: one throwaway cluster, upstream databases built by the
-upstream server's own `parsec backend migrate` (parsec-cloud 2.10.0 from the client
-virtualenv, tests/interop/install-client-venv.sh), empty databases for our side.
+"""Fixtures of the import/export tests: on the run's cluster (tests/conftest.py), upstream
+databases built by the upstream server's own `parsec backend migrate` (parsec-cloud 2.10.0 from
+the client virtualenv, tests/interop/install-client-venv.sh), databases of our schema.
 
-* `transfer_cluster` (session): the cluster (tests/pg_cluster.py), with one template database
-  migrated by the upstream server and one by ours.
+* `transfer_cluster` (session): the run's cluster, with a template database migrated by the
+  upstream server beside ours (tests/support.py TEMPLATE_DATABASE).
 * `new_db(kind)`: a new database: "upstream" (upstream schema, no rows), "ours" (our schema, no
   rows) or "empty" (nothing at all); dropped after the test.
 * `populated_upstream` (session): the name of a template database filled by
@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from tests.conftest import fast_directory
 from tests.interop.harness import ENV_REQUIRED, client_base_env, find_client_venv, truthy
-from tests.pg_cluster import PgCluster, start_cluster
+from tests.pg_cluster import PgCluster
+from tests.support import TEMPLATE_DATABASE
 from tests.transfer.upstream_data import Scale, populate_upstream
 
 _UPSTREAM_TEMPLATE = "transfer_upstream_template"
 _POPULATED_TEMPLATE = "transfer_upstream_populated"
-_OURS_TEMPLATE = "transfer_ours_template"
 _names = itertools.count(1)
 
 NewDb = Callable[[str], str]
@@ -55,15 +52,6 @@ def upstream_migrate(client_venv: Path, dsn: str) -> None:
     assert result.returncode == 0, f"upstream migrate failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
-def our_migrate(dsn: str) -> None:
-    """Our own `parsec backend migrate` (the console script of the test venv)."""
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "parsec"), "backend", "migrate", "--db", dsn],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, f"migrate failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="session")
 def client_venv_path() -> Path:
     venv = find_client_venv()
@@ -76,16 +64,10 @@ def client_venv_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def transfer_cluster(tmp_path_factory: pytest.TempPathFactory, client_venv_path: Path) -> Iterator[PgCluster]:
-    base = fast_directory(tmp_path_factory, "transfer-postgresql")
-    cluster = start_cluster(base)
-    try:
-        upstream_migrate(client_venv_path, cluster.create_database(_UPSTREAM_TEMPLATE))
-        our_migrate(cluster.create_database(_OURS_TEMPLATE))
-        yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+def transfer_cluster(pg_cluster: PgCluster, client_venv_path: Path) -> PgCluster:
+    """The run's cluster, with the upstream template added (once)."""
+    upstream_migrate(client_venv_path, pg_cluster.create_database(_UPSTREAM_TEMPLATE))
+    return pg_cluster
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +84,7 @@ def populated_upstream(transfer_cluster: PgCluster) -> dict[str, int]:
 @pytest.fixture
 def new_db(transfer_cluster: PgCluster, request: pytest.FixtureRequest) -> Iterator[NewDb]:
     created: list[str] = []
-    templates = {"upstream": _UPSTREAM_TEMPLATE, "ours": _OURS_TEMPLATE, "empty": None}
+    templates = {"upstream": _UPSTREAM_TEMPLATE, "ours": TEMPLATE_DATABASE, "empty": None}
 
     def make(kind: str) -> str:
         if kind == "populated":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from parsec.backend.bus import EventBus
 from parsec.backend.storage import Storage
 from parsec.storage.memory.invite import MemoryInviteStorage
 from parsec.storage.memory.organization import (
@@ -18,8 +19,9 @@ from parsec.storage.memory.realm import (
 )
 
 
-def build_memory_storage() -> Storage:
-    store = MemoryDatastore()
+def build_memory_storage(bus: EventBus) -> Storage:
+    """The storage; its writes publish their events on `bus`."""
+    store = MemoryDatastore(bus)
     return Storage(
         organization=MemoryOrganizationStorage(store),
         user=MemoryUserStorage(store),

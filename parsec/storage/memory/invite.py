@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 
 import attrs
 
+from parsec.backend import bus as events
 from parsec.backend.conduit import ConduitListenCtx, ConduitSlots, conduit_listen, conduit_talk
 from parsec.backend.models import HumanHandle, Invitation
 from parsec.backend.storage import (
@@ -64,6 +65,7 @@ class MemoryInviteStorage:
                 and inv.type == type
                 and inv.claimer_email == claimer_email
             ):
+                self._store.publish(events.invite_status_changed(organization_id, greeter_user_id, inv.token, "IDLE"))
                 return inv
         invitation = Invitation(
             token=uuid4(),
@@ -74,6 +76,7 @@ class MemoryInviteStorage:
             claimer_email=claimer_email,
         )
         entries[invitation.token] = _Entry(invitation)
+        self._store.publish(events.invite_status_changed(organization_id, greeter_user_id, invitation.token, "IDLE"))
         return invitation
 
     async def delete(
@@ -85,6 +88,7 @@ class MemoryInviteStorage:
         if entry.invitation.is_deleted:
             raise AlreadyDeletedError()
         entry.invitation = attrs.evolve(entry.invitation, deleted_on=on, deleted_reason=reason)
+        self._store.publish(events.invite_status_changed(organization_id, greeter_user_id, token, "DELETED"))
 
     async def list(self, organization_id: str, greeter_user_id: str) -> list[Invitation]:
         invitations = [
@@ -114,10 +118,15 @@ class MemoryInviteStorage:
         payload: bytes,
     ) -> ConduitListenCtx:
         entry = self._locate(organization_id, token, greeter_user_id)
-        return conduit_talk(entry.conduit, greeter_user_id is not None, state, payload)
+        listen_ctx = conduit_talk(entry.conduit, greeter_user_id is not None, state, payload)
+        self._store.publish(events.invite_conduit_updated(organization_id, token))
+        return listen_ctx
 
     async def conduit_listen(
         self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
     ) -> tuple[bytes | None, bool]:
         entry = self._locate(organization_id, token, greeter_user_id)
-        return conduit_listen(entry.conduit, ctx)
+        peer_payload, changed = conduit_listen(entry.conduit, ctx)
+        if changed:
+            self._store.publish(events.invite_conduit_updated(organization_id, token))
+        return peer_payload, changed

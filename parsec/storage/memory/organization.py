@@ -2,17 +2,20 @@
 
 All memory storages share one `MemoryDatastore`; every method runs without
 yielding to the reactor between its checks and its writes, which makes it
-atomic in a single-threaded process.
+atomic in a single-threaded process. A write publishes its events on the datastore's bus
+once it is done (`MemoryDatastore.publish`), still without yielding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import attrs
 
-from parsec.backend.confidential import same_secret
+from parsec.backend import bus as events
+from parsec.backend.bus import BackendEvent, EventBus
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
@@ -29,13 +32,17 @@ from parsec.backend.storage import (
     AlreadyExistsError,
     AlreadyRevokedError,
     NotFoundError,
+    Unset,
+    human_handle_taken_reason,
 )
-from parsec.backend.user import human_handle_taken_reason
+from parsec.confidential import same_secret
 
 # As the PostgreSQL storage's BIGINT column: the admin API (and the CLI default) accept any
 # int >= 0, but `organization_config` must be able to send it back in msgpack. Any larger
 # limit means "unlimited in practice", so clamping changes no decision.
 MAX_ACTIVE_USERS_LIMIT = 2**63 - 1
+
+_State = TypeVar("_State")
 
 
 def _clamp_limit(limit: int | None) -> int | None:
@@ -80,8 +87,14 @@ def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) ->
 
 
 class MemoryDatastore:
-    def __init__(self) -> None:
+    def __init__(self, bus: EventBus) -> None:
         self.orgs: dict[str, OrgData] = {}
+        self._bus = bus
+
+    def publish(self, *published: BackendEvent) -> None:
+        """The events of a write, once it is done."""
+        for event in published:
+            self._bus.publish(event)
 
     def get(self, organization_id: str) -> OrgData:
         try:
@@ -89,12 +102,14 @@ class MemoryDatastore:
         except KeyError:
             raise NotFoundError() from None
 
-    def domain(self, organization_id: str, name: str, factory: Any) -> Any:
+    def domain(self, organization_id: str, name: str, factory: Callable[[], _State]) -> _State:
+        """The organization's state of domain `name` (made by `factory` the first time; always
+        the same `name` with the same `factory`)."""
         data = self.get(organization_id)
         state = data.domains.get(name)
         if state is None:
             state = data.domains[name] = factory()
-        return state
+        return cast(_State, state)
 
 
 class MemoryOrganizationStorage:
@@ -145,23 +160,21 @@ class MemoryOrganizationStorage:
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
         data = self._store.get(organization_id)
-        changes = {
-            key: value
-            for key, value in (
-                ("is_expired", is_expired),
-                ("user_profile_outsider_allowed", user_profile_outsider_allowed),
-                ("active_users_limit", active_users_limit),
-            )
-            if value is not UNSET
-        }
-        if "active_users_limit" in changes:
-            changes["active_users_limit"] = _clamp_limit(changes["active_users_limit"])
-        data.organization = attrs.evolve(data.organization, **changes)
+        org = data.organization
+        if is_expired is not UNSET:
+            org = attrs.evolve(org, is_expired=is_expired)
+        if user_profile_outsider_allowed is not UNSET:
+            org = attrs.evolve(org, user_profile_outsider_allowed=user_profile_outsider_allowed)
+        if active_users_limit is not UNSET:
+            org = attrs.evolve(org, active_users_limit=_clamp_limit(active_users_limit))
+        data.organization = org
+        if is_expired is True:
+            self._store.publish(events.organization_expired(organization_id))
 
     async def bootstrap(
         self,
@@ -217,6 +230,7 @@ class MemoryUserStorage:
 
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
         insert_new_user(self._store.get(organization_id), user, device, now)
+        self._store.publish(events.user_created(organization_id, user.user_id))
 
     async def create_device(self, organization_id: str, device: Device) -> None:
         data = self._store.get(organization_id)
@@ -225,6 +239,7 @@ class MemoryUserStorage:
         if device.device_id in data.devices:
             raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
         data.devices[device.device_id] = device
+        self._store.publish(events.device_created(organization_id, device.device_id))
 
     async def revoke_user(
         self,
@@ -246,6 +261,7 @@ class MemoryUserStorage:
             revoked_user_certificate=revoked_user_certificate,
             revoked_user_certifier=revoked_user_certifier,
         )
+        self._store.publish(events.user_revoked(organization_id, user_id, revoked_on))
 
     async def get_user(self, organization_id: str, user_id: str) -> User:
         data = self._store.get(organization_id)

@@ -14,6 +14,7 @@ from uuid import UUID
 import attrs
 
 from parsec.api import ids
+from parsec.backend import bus as events
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
     AlreadyEnrolledError,
@@ -103,6 +104,8 @@ class MemoryPkiStorage:
             accepted_device=None,
         )
         state.latest_by_certificate[digest] = enrollment.enrollment_id
+        updated = events.pki_enrollment_updated(organization_id)
+        self._store.publish(*([updated] * (2 if to_cancel is not None else 1)))
         return to_cancel
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
@@ -128,6 +131,7 @@ class MemoryPkiStorage:
         state.enrollments[enrollment_id] = attrs.evolve(
             enrollment, status="REJECTED", rejected_on=rejected_on
         )
+        self._store.publish(events.pki_enrollment_updated(organization_id))
 
     async def accept(
         self,
@@ -152,6 +156,9 @@ class MemoryPkiStorage:
             accept_payload=acceptance.accept_payload,
             accepter=acceptance.accepter,
             accepted_device=device.device_id,
+        )
+        self._store.publish(
+            events.user_created(organization_id, user.user_id), events.pki_enrollment_updated(organization_id)
         )
 
 

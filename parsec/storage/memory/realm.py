@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 import attrs
 
 from parsec.api.ids import user_of
+from parsec.backend import bus as events
 from parsec.backend import realm_rules as rules
 from parsec.backend.models import (
     Message,
@@ -194,6 +195,10 @@ class _Base:
         return vlob, data.realms[vlob.realm_id]
 
 
+def _roles_updated(organization_id: str, grant: RealmGrant) -> events.BackendEvent:
+    return events.realm_roles_updated(organization_id, grant.granted_by, grant.realm_id, grant.user_id, grant.role)
+
+
 def _state(realm: _Realm | None) -> RealmState | None:
     return realm.state if realm is not None else None
 
@@ -213,6 +218,7 @@ class MemoryRealmStorage(_Base):
         realm = _Realm(grant.realm_id)
         realm.add_grant(grant)
         data.realms[grant.realm_id] = realm
+        self._store.publish(_roles_updated(organization_id, grant))
 
     def _member_realm(self, organization_id: str, user_id: str, realm_id: UUID) -> _Realm:
         realm = self._realms(organization_id).realms.get(realm_id)
@@ -268,8 +274,14 @@ class MemoryRealmStorage(_Base):
             raise MessageBoxFullError()
         realm.add_grant(grant)
         if not recipient_message:
+            self._store.publish(_roles_updated(organization_id, grant))
             return None
-        return messages.append(grant.user_id, grant.granted_by, grant.granted_on, recipient_message)
+        index = messages.append(grant.user_id, grant.granted_by, grant.granted_on, recipient_message)
+        self._store.publish(
+            _roles_updated(organization_id, grant),
+            events.message_received(organization_id, grant.granted_by, grant.user_id, index),
+        )
+        return index
 
     async def start_reencryption_maintenance(
         self,
@@ -302,10 +314,17 @@ class MemoryRealmStorage(_Base):
         realm.maintenance_type = rules.REENCRYPTION
         realm.maintenance_started_by = author
         realm.maintenance_started_on = timestamp
-        return [
+        indexes = [
             (recipient, messages.append(recipient, author, timestamp, body))
             for recipient, body in per_participant_message.items()
         ]
+        self._store.publish(
+            events.realm_maintenance(
+                events.REALM_MAINTENANCE_STARTED, organization_id, author, realm_id, encryption_revision
+            ),
+            *(events.message_received(organization_id, author, recipient, index) for recipient, index in indexes),
+        )
+        return indexes
 
     async def finish_reencryption_maintenance(
         self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
@@ -325,6 +344,11 @@ class MemoryRealmStorage(_Base):
         realm.maintenance_type = None
         realm.maintenance_started_by = None
         realm.maintenance_started_on = None
+        self._store.publish(
+            events.realm_maintenance(
+                events.REALM_MAINTENANCE_FINISHED, organization_id, author, realm_id, encryption_revision
+            )
+        )
 
     async def get_realms_for_user(self, organization_id: str, user_id: str) -> dict[UUID, str]:
         data = self._store.get(organization_id).domains.get(REALM_DOMAIN)
@@ -369,6 +393,7 @@ class MemoryVlobStorage(_Base):
         data.metadata_size += len(blob)
         realm.vlob_ids.append(vlob_id)
         checkpoint = realm.record_write(vlob_id, 1, author, timestamp, len(blob))
+        self._store.publish(events.realm_vlobs_updated(organization_id, author, realm_id, checkpoint, vlob_id, 1))
         return VlobWrite(realm_id=realm_id, checkpoint=checkpoint)
 
     async def update(
@@ -404,6 +429,9 @@ class MemoryVlobStorage(_Base):
         vlob.revisions.setdefault(realm.encryption_revision, {})[version] = _Atom(blob, author, timestamp)
         data.metadata_size += len(blob)
         checkpoint = realm.record_write(vlob_id, version, author, timestamp, len(blob))
+        self._store.publish(
+            events.realm_vlobs_updated(organization_id, author, vlob.realm_id, checkpoint, vlob_id, version)
+        )
         return VlobWrite(realm_id=vlob.realm_id, checkpoint=checkpoint)
 
     async def read(

@@ -74,7 +74,7 @@ _TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def error_summary(exc: BaseException) -> str:
+def error_summary(exc: BaseException | None) -> str:
     """The first line of an error (libpq adds hints on the next ones), spaces collapsed."""
     for line in str(exc).splitlines():
         if line.strip():
@@ -134,7 +134,9 @@ class TxConnection(txpostgres.Connection):  # type: ignore[misc]
       reactor then logs an "Unhandled Error"); we return it, which makes the reactor call
       `connectionLost` quietly.
     * txpostgres hands NOTIFYs to observers through the global cooperator, which may interleave
-      two batches; we dispatch synchronously, in arrival order.
+      two batches; we dispatch synchronously, in arrival order;
+    * NOTIFYs received while a statement runs on a listening session are collected once it is
+      done (`cursorFinished`).
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -152,6 +154,19 @@ class TxConnection(txpostgres.Connection):  # type: ignore[misc]
         super().connectionLost(reason)
         if self.owner is not None:
             self.owner._lost(reason)
+
+    def cursorFinished(self, cursor: Any) -> None:
+        # Notifications that libpq read together with the statement's results stay in libpq's
+        # queue, where psycopg2 does not look for them until the socket is readable again
+        # (a session that LISTENs and also sends statements: the event bus). An idle
+        # connection's poll() moves them to `notifies`; the base class then dispatches them.
+        raw = self._connection
+        if raw is not None and not raw.closed and self.owner is not None and self.owner.notify_handler is not None:
+            try:
+                raw.poll()
+            except psycopg2.Error:
+                pass  # the connection died: connectionLost reports it
+        super().cursorFinished(cursor)
 
     def checkForNotifies(self) -> None:
         raw = self._connection

@@ -8,16 +8,21 @@ Payload: standard Base64 of `parsec.api.codec.packb({"__id__": <uuid4 hex>, "__s
 <event name>, "organization_id": <str>, **event.data})`. `__id__` makes every payload unique
 (PostgreSQL folds identical notifications of one transaction into one).
 
-Three ways to publish:
-* `bus.publish(event)`: fire and forget, for events that are not tied to a write (ping, claimer
-  joined/left, organization expired at handshake). Sent in order through a pool connection;
-  what waits to be sent is bounded by `outbox_bytes` (the `event_outbox_bytes` limit): while
-  the database is slow or stalled, further events are dropped (one warning per episode).
-* `bus.publish_in(tx, event)`: queued in a `Transaction`, sent with its COMMIT (no extra round
-  trip) and only if it commits.
+An event that describes a write is published by the write itself, so that it exists if and
+only if the write committed, at no extra round trip (a crash between the commit and a later
+NOTIFY would lose it: a revocation that never closes the revoked user's connections):
 * `notify_sql(event, computed={...})`: a `pg_notify(...)` SQL expression to embed in the write
-  statement itself, so a write and its event are one round trip even when the event carries
-  values computed by the statement (e.g. the checkpoint allocated by a vlob write).
+  statement itself; the event may carry values computed by the statement (e.g. the checkpoint
+  a vlob write allocates, `sql_bigint` / `sql_uuid` / `sql_text`). The storages use this.
+* `publish_in(tx, event)`: queued in a `Transaction`, sent with its COMMIT (no extra round
+  trip) and only if it commits.
+
+`bus.publish(event)` is for the few events that are tied to no write (ping, claimer joined or
+left, organization expired at handshake): fire and forget, NOTIFYed on the LISTEN session
+itself (no pool connection involved), in publication order; lost if that session is down (the
+server then drops its clients anyway). What waits to be sent is bounded by `outbox_bytes` (the
+`event_outbox_bytes` limit): while the database is slow or stalled, further events are dropped
+(one warning per episode).
 
 Loss of the LISTEN connection: notifications may have been missed, so `on_connection_lost`
 is called at once (the server drops its clients), then reconnection follows the database retry
@@ -31,8 +36,9 @@ import base64
 import binascii
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
+import attrs
 import msgpack
 import psycopg2
 from twisted.internet import defer
@@ -48,10 +54,15 @@ from parsec.storage.postgresql.pool import PostgreSQLPool, connect_with_retry, r
 __all__ = [
     "CHANNEL",
     "EventDecodeError",
+    "Notify",
     "PostgreSQLEventBus",
+    "SqlValue",
     "decode_event",
     "encode_event",
     "notify_sql",
+    "sql_bigint",
+    "sql_text",
+    "sql_uuid",
 ]
 
 _log = Logger(namespace="parsec.storage.postgresql.events")
@@ -59,7 +70,10 @@ _log = Logger(namespace="parsec.storage.postgresql.events")
 CHANNEL = "app_notification"
 MAX_PAYLOAD = 7999  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 _RESERVED = ("__id__", "__signal__", "organization_id")
-_PUBLISH_BATCH = 100
+_PUBLISH_BATCH = 100  # fire-and-forget events NOTIFYed per round trip, at most
+# One statement: psycopg2 (asynchronous mode) leaves the session's own notifications raised
+# by a multi-statement query unreported until the session reads something else.
+_NOTIFY_MANY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS t (p, i) ORDER BY i"
 
 
 class EventDecodeError(ValueError):
@@ -118,41 +132,98 @@ def decode_event(payload: str) -> BackendEvent:
     return BackendEvent(name=name, organization_id=organization_id, data=items)
 
 
-def notify_sql(
-    event: BackendEvent, *, computed: Mapping[str, str] | None = None, prefix: str = "ev"
-) -> tuple[str, dict[str, Any]]:
-    """A `pg_notify(...)` SQL expression publishing `event`, and its named parameters.
+@attrs.frozen
+class SqlValue:
+    """An event field computed by the SQL statement that publishes the event (`notify_sql`).
 
-    `computed` maps extra event fields to SQL expressions of the statement (cast to bigint),
-    e.g. `{"checkpoint": "realm_upd.checkpoint"}`: the payload is assembled by PostgreSQL, the
-    static part packed here, each computed integer appended as a msgpack int64. Merge the
-    parameters into the statement's dict parameters (`prefix` keeps their names apart when a
-    statement publishes several events); the expression must be evaluated exactly once per
-    event (e.g. `SELECT <expr> FROM <single-row CTE>`). The SQL text depends only on `prefix`
-    and `computed` (the payload travels as parameters), so the enclosing statement can be a
-    PreparedStatement.
+    `max_bytes` bounds the encoded size of a `text` value (for the NOTIFY payload limit)."""
+
+    expression: str
+    type: Literal["bigint", "uuid", "text"] = "bigint"
+    max_bytes: int = 0
+
+
+def sql_bigint(expression: str) -> SqlValue:
+    return SqlValue(expression, "bigint")
+
+
+def sql_uuid(expression: str) -> SqlValue:
+    return SqlValue(expression, "uuid")
+
+
+def sql_text(expression: str, max_bytes: int) -> SqlValue:
+    return SqlValue(expression, "text", max_bytes)
+
+
+# msgpack, assembled in SQL: int64 (0xd3 + 8 bytes), fixext 16 of codec.EXT_UUID (0xd8 0x02 +
+# 16 bytes), str 32 (0xdb + 4-byte length + UTF-8 bytes); nil (0xc0) for NULL.
+_SQL_ENCODERS = {
+    "bigint": "'\\xd3'::bytea || int8send(({0})::bigint)",
+    "uuid": "'\\xd802'::bytea || uuid_send(({0})::uuid)",
+    "text": "'\\xdb'::bytea || int4send(octet_length(convert_to(({0})::text, 'UTF8')))"
+    " || convert_to(({0})::text, 'UTF8')",
+}
+_SQL_SIZES = {"bigint": 9, "uuid": 18, "text": 5}
+
+
+class Notify:
+    """A NOTIFY embedded in a write statement: `sql` is the `pg_notify(...)` expression (fixed,
+    so it can be written into the statement text once), `params(event)` its parameters.
+
+    `computed` maps event fields to values of the statement (`sql_bigint("bump.checkpoint")`;
+    a plain string is a bigint expression); they replace the event's fields of the same name
+    (placeholders, so that the event is built by the same constructor everywhere). The payload
+    is assembled by PostgreSQL: the static part packed here, each computed value appended in
+    its msgpack form (NULL becomes nil). Merge the parameters into the statement's dict
+    parameters (`prefix` keeps their names apart when a statement publishes several events).
+    The expression publishes once per evaluation: evaluate it once per event, e.g.
+    `(SELECT <expr> FROM <CTE of zero or one row>)` in the final SELECT, which also publishes
+    nothing when that CTE wrote nothing. The payload travels as parameters, so the enclosing
+    statement can be a PreparedStatement.
     """
-    computed = dict(computed or {})
-    items = _static_items(event)
-    for key in computed:
-        if key in items:
-            raise ValueError(f"field {key!r} given twice")
-    items = _fit(event, items, 9 * len(computed) + sum(len(codec.packb(k)) for k in computed))
-    packer = msgpack.Packer(use_bin_type=True)
-    head = packer.pack_map_header(len(items) + len(computed))
-    head += b"".join(codec.packb(key) + codec.packb(value) for key, value in items.items())
-    params: dict[str, Any] = {f"{prefix}_channel": CHANNEL, f"{prefix}_head": head}
-    parts = [f"%({prefix}_head)s::bytea"]
-    for index, (key, expression) in enumerate(computed.items()):
-        name = f"{prefix}_k{index}"
-        params[name] = codec.packb(key) + b"\xd3"  # key, then msgpack int64 marker
-        parts.append(f"%({name})s::bytea || int8send(({expression})::bigint)")
-    # encode(..., 'base64') wraps lines every 76 characters: remove the newlines.
-    sql = (
-        f"pg_notify(%({prefix}_channel)s, "
-        f"translate(encode({' || '.join(parts)}, 'base64'), E'\\n', ''))"
-    )
-    return sql, params
+
+    def __init__(self, prefix: str = "ev", computed: Mapping[str, str | SqlValue] | None = None) -> None:
+        self.prefix = prefix
+        self.computed = {
+            key: value if isinstance(value, SqlValue) else sql_bigint(value)
+            for key, value in (computed or {}).items()
+        }
+        for key in self.computed:
+            if key in _RESERVED:
+                raise ValueError(f"event field {key!r} is reserved")
+        self._extra = sum(
+            len(codec.packb(key)) + _SQL_SIZES[value.type] + value.max_bytes for key, value in self.computed.items()
+        )
+        parts = [f"%({prefix}_head)s::bytea"]
+        for index, value in enumerate(self.computed.values()):
+            encoded = _SQL_ENCODERS[value.type].format(value.expression)
+            parts.append(f"%({prefix}_k{index})s::bytea || coalesce({encoded}, '\\xc0'::bytea)")
+        # encode(..., 'base64') wraps lines every 76 characters: remove the newlines.
+        self.sql = (
+            f"pg_notify(%({prefix}_channel)s, "
+            f"translate(encode({' || '.join(parts)}, 'base64'), E'\\n', ''))"
+        )
+
+    def params(self, event: BackendEvent) -> dict[str, Any]:
+        static = BackendEvent(
+            event.name, event.organization_id, {k: v for k, v in event.data.items() if k not in self.computed}
+        )
+        items = _fit(static, _static_items(static), self._extra)
+        packer = msgpack.Packer(use_bin_type=True)
+        head = packer.pack_map_header(len(items) + len(self.computed))
+        head += b"".join(codec.packb(key) + codec.packb(value) for key, value in items.items())
+        params: dict[str, Any] = {f"{self.prefix}_channel": CHANNEL, f"{self.prefix}_head": head}
+        for index, key in enumerate(self.computed):
+            params[f"{self.prefix}_k{index}"] = codec.packb(key)
+        return params
+
+
+def notify_sql(
+    event: BackendEvent, *, computed: Mapping[str, str | SqlValue] | None = None, prefix: str = "ev"
+) -> tuple[str, dict[str, Any]]:
+    """`Notify(prefix, computed)`'s expression and its parameters for `event`."""
+    notify = Notify(prefix, computed)
+    return notify.sql, notify.params(event)
 
 
 class PostgreSQLEventBus:
@@ -181,11 +252,12 @@ class PostgreSQLEventBus:
         self._conn: PgConnection | None = None
         self._reconnecting: defer.Deferred[None] | None = None
         self._stopping = False
-        self._outbox: list[str] = []
-        self._outbox_size = 0  # bytes of the payloads in _outbox
+        # `publish`'s events waiting for the LISTEN session, bounded by `outbox_bytes`.
+        self._unsent: list[str] = []
+        self._unsent_size = 0  # bytes of the payloads in _unsent
         self.outbox_bytes = outbox_bytes
-        self._dropped = 0  # events dropped since the outbox was last below its bound
-        self._flushing: defer.Deferred[None] | None = None
+        self._dropped = 0  # events dropped since the queue was last below its bound
+        self._sending: defer.Deferred[None] | None = None
 
     # --- EventBus protocol --------------------------------------------------------------------
 
@@ -196,9 +268,10 @@ class PostgreSQLEventBus:
         self._listeners.disconnect(listener)
 
     def publish(self, event: BackendEvent) -> None:
-        """Fire and forget; events published this way are sent in publication order."""
-        if self._stopping:
-            _log.debug("Event {name} dropped: bus stopped", name=event.name)
+        """Fire and forget, for events tied to no write (see the module doc): NOTIFYed on the
+        LISTEN session, in publication order."""
+        if self._stopping or self._conn is None:
+            _log.debug("Event {name} dropped: not listening", name=event.name)
             return
         try:
             payload = encode_event(event)
@@ -207,44 +280,46 @@ class PostgreSQLEventBus:
             # multi-megabyte string): the event cannot travel through NOTIFY, drop it.
             _log.warn("Event {name} dropped: {error}", name=event.name, error=str(exc))
             return
-        if self._outbox_size + len(payload) > self.outbox_bytes:
+        if self._unsent_size + len(payload) > self.outbox_bytes:
             limits_module.hit("event_outbox_bytes")
             if self._dropped == 0:
                 _log.warn(
                     "Event outbox full ({size} bytes wait for the database): events dropped",
-                    size=self._outbox_size,
+                    size=self._unsent_size,
                 )
             self._dropped += 1
             return
-        self._outbox.append(payload)
-        self._outbox_size += len(payload)
-        if self._flushing is None:
-            self._flushing = run_detached(self._flush)
+        self._unsent.append(payload)
+        self._unsent_size += len(payload)
+        if self._sending is None:
+            self._sending = run_detached(self._send_unsent)
 
     def publish_in(self, tx: Transaction, event: BackendEvent) -> None:
         """Publish when (and only if) `tx` commits, within its COMMIT round trip."""
         tx.notify(CHANNEL, encode_event(event))
 
-    async def _flush(self) -> None:
+    async def _send_unsent(self) -> None:
+        # One statement at a time on the session: what is published meanwhile goes together
+        # in the next round trip.
         try:
-            while self._outbox:
-                batch = self._outbox[:_PUBLISH_BATCH]
-                del self._outbox[:_PUBLISH_BATCH]
-                self._outbox_size -= sum(len(payload) for payload in batch)
-                if self._dropped and self._outbox_size <= self.outbox_bytes // 2:
+            while self._unsent and self._conn is not None:
+                conn = self._conn
+                batch = self._unsent[:_PUBLISH_BATCH]
+                del self._unsent[:_PUBLISH_BATCH]
+                self._unsent_size -= sum(len(payload) for payload in batch)
+                if self._dropped and self._unsent_size <= self.outbox_bytes // 2:
                     _log.warn("Event outbox: {count} event(s) were dropped", count=self._dropped)
                     self._dropped = 0
-                sql = "; ".join(["SELECT pg_notify(%s, %s)"] * len(batch))
-                params = [value for payload in batch for value in (CHANNEL, payload)]
                 try:
-                    # Nobody waits for this: it may queue for the pool while its publisher
-                    # holds a connection without any deadlock risk.
-                    async with self._pool.connection(nested_ok=True) as conn:
-                        await conn.execute(sql, params)
+                    await conn.execute(_NOTIFY_MANY, (CHANNEL, batch))
                 except Exception as exc:
-                    _log.warn("{count} event(s) lost: {error}", count=len(batch), error=str(exc))
+                    _log.warn("{count} event(s) lost: {error}", count=len(batch), error=error_summary(exc))
+            if self._unsent:
+                _log.warn("{count} event(s) lost: not listening", count=len(self._unsent))
+                self._unsent.clear()
+                self._unsent_size = 0
         finally:
-            self._flushing = None
+            self._sending = None
 
     # --- LISTEN side --------------------------------------------------------------------------
 
@@ -353,8 +428,8 @@ class PostgreSQLEventBus:
         self._stopping = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
-        if self._flushing is not None:
-            await self._flushing
+        if self._sending is not None:
+            await self._sending
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()

@@ -74,22 +74,28 @@ class PostgreSQLStorage(Storage):
 
 
 def build_postgresql_storage(
-    backend_config: BackendConfig, reactor: Any = None, feed: EventFeedWatcher | None = None
+    backend_config: BackendConfig,
+    reactor: Any = None,
+    feed: EventFeedWatcher | None = None,
+    *,
+    pool: PostgreSQLPool | None = None,
 ) -> tuple[PostgreSQLStorage, PostgreSQLEventBus, PostgreSQLResources]:
-    """Build (without connecting) the storage of `backend_config.db_url`."""
+    """Build (without connecting) the storage of `backend_config.db_url`, on `pool` when given
+    (tests count the round trips of theirs)."""
     limits = backend_config.limits
-    pool = PostgreSQLPool(
-        backend_config.db_url,
-        min_connections=backend_config.db_min_connections,
-        max_connections=max(backend_config.db_max_connections, backend_config.db_min_connections, 1),
-        max_connection_attempts=backend_config.db_max_connection_attempts,
-        pause_before_retry=backend_config.db_pause_before_retry,
-        statement_timeout=limits.db_statement_timeout,
-        lock_timeout=limits.db_lock_timeout,
-        acquire_timeout=limits.db_acquire_timeout,
-        max_waiters=limits.db_max_waiters,
-        reactor=reactor,
-    )
+    if pool is None:
+        pool = PostgreSQLPool(
+            backend_config.db_url,
+            min_connections=backend_config.db_min_connections,
+            max_connections=max(backend_config.db_max_connections, backend_config.db_min_connections, 1),
+            max_connection_attempts=backend_config.db_max_connection_attempts,
+            pause_before_retry=backend_config.db_pause_before_retry,
+            statement_timeout=limits.db_statement_timeout,
+            lock_timeout=limits.db_lock_timeout,
+            acquire_timeout=limits.db_acquire_timeout,
+            max_waiters=limits.db_max_waiters,
+            reactor=reactor,
+        )
     if feed is None:
         bus = PostgreSQLEventBus(pool, outbox_bytes=limits.event_outbox_bytes)
     else:

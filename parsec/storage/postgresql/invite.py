@@ -2,7 +2,8 @@
 
 Round trips: `info`, `new`, `delete`, `list` are one statement each. The conduit is driven by
 the pure functions of parsec.backend.conduit on the invitation row locked `FOR UPDATE`:
-* `conduit_talk`: `BEGIN; SELECT ... FOR UPDATE`, then `UPDATE ...; COMMIT` (2 round trips);
+* `conduit_talk`: `BEGIN; SELECT ... FOR UPDATE`, then `UPDATE ...; NOTIFY; COMMIT` (2 round
+  trips);
 * `conduit_listen`: a plain read first (1 round trip); only when the read shows that this
   side must advance the conduit, the locked path above (3 round trips in that case, once per
   step). Deciding "nothing to do yet" from a committed snapshot is as good as deciding it
@@ -18,10 +19,12 @@ from uuid import UUID, uuid4
 
 import attrs
 
+from parsec.backend import bus as events
 from parsec.backend.conduit import ConduitListenCtx, ConduitSlots, conduit_listen, conduit_talk
 from parsec.backend.models import HumanHandle, Invitation
 from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, NotFoundError
 from parsec.storage.postgresql.connection import PgConnection, PreparedStatement
+from parsec.storage.postgresql.events import Notify, sql_uuid
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import storable
 
@@ -42,10 +45,16 @@ WHERE i.organization_id = %(org)s AND i.token = %(token)s
 """
 )
 
+# `invite.status_changed` IDLE (created or reused), DELETED; `invite.conduit_updated`: published
+# by the statements that write.
+_IDLE = Notify("idle", {"token": sql_uuid("coalesce(p.token, c.token)")})
+_DELETED = Notify("deleted")
+_CONDUIT_UPDATED = Notify("conduit")
+
 # Idempotent per (greeter, type, claimer e-mail) among pending invitations. Two concurrent
 # identical requests may both miss `pending`: the partial unique index makes the loser insert
 # nothing, and it runs the statement again to read the winner's row.
-_NEW = """
+_NEW = f"""
 WITH member AS (
     SELECT %(type)s = 'USER' AND EXISTS (
         SELECT 1 FROM user_
@@ -67,11 +76,12 @@ WITH member AS (
         WHERE deleted_on IS NULL DO NOTHING
     RETURNING token, created_on
 )
-SELECT m.already, p.token, p.created_on, c.token, c.created_on
+SELECT m.already, p.token, p.created_on, c.token, c.created_on,
+       CASE WHEN coalesce(p.token, c.token) IS NOT NULL THEN {_IDLE.sql} END
 FROM member m LEFT JOIN pending p ON true LEFT JOIN created c ON true
 """
 
-_DELETE = """
+_DELETE = f"""
 WITH target AS (
     SELECT 1 FROM invitation
     WHERE organization_id = %(org)s AND token = %(token)s AND greeter_user_id = %(greeter)s
@@ -81,7 +91,7 @@ WITH target AS (
       AND deleted_on IS NULL
     RETURNING 1
 )
-SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM deleted)
+SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM deleted), (SELECT {_DELETED.sql} FROM deleted)
 """
 
 _LIST = f"""
@@ -100,10 +110,13 @@ UPDATE invitation
 SET conduit_state = %(state)s, conduit_greeter_payload = %(greeter_payload)s,
     conduit_claimer_payload = %(claimer_payload)s
 WHERE {_CONDUIT_WHERE};
-COMMIT
 """
+_CONDUIT_NOTIFY = f"SELECT {_CONDUIT_UPDATED.sql};\n"
 
 _RACE_RETRIES = 5
+
+
+_ANY_TOKEN = UUID(int=0)  # placeholder: the statement fills in the invitation's token
 
 
 def _invitation_from_row(row: tuple[Any, ...]) -> Invitation:
@@ -161,9 +174,11 @@ class PgInviteStorage:
             "token": uuid4(),
         }
         for _ in range(_RACE_RETRIES):
-            row = await self._pool.fetchrow(_NEW, params)
+            # A fresh `__id__` per attempt.
+            idle = events.invite_status_changed(organization_id, greeter_user_id, _ANY_TOKEN, "IDLE")
+            row = await self._pool.fetchrow(_NEW, {**params, **_IDLE.params(idle)})
             assert row is not None
-            already_member, pending_token, pending_on, created_token, created_on_db = row
+            already_member, pending_token, pending_on, created_token, created_on_db, _ = row
             if already_member:
                 raise AlreadyMemberError()
             token, on = (pending_token, pending_on) if pending_token is not None else (created_token, created_on_db)
@@ -181,12 +196,20 @@ class PgInviteStorage:
     async def delete(
         self, organization_id: str, greeter_user_id: str, token: UUID, on: datetime, reason: str
     ) -> None:
+        deleted_event = events.invite_status_changed(organization_id, greeter_user_id, token, "DELETED")
         row = await self._pool.fetchrow(
             _DELETE,
-            {"org": organization_id, "greeter": greeter_user_id, "token": token, "on": on, "reason": reason},
+            {
+                "org": organization_id,
+                "greeter": greeter_user_id,
+                "token": token,
+                "on": on,
+                "reason": reason,
+                **_DELETED.params(deleted_event),
+            },
         )
         assert row is not None
-        exists, deleted = row
+        exists, deleted, _ = row
         if not exists:
             raise NotFoundError()
         if not deleted:
@@ -204,9 +227,11 @@ class PgInviteStorage:
         token: UUID,
         greeter_user_id: str | None,
         apply: Callable[[ConduitSlots], T],
+        publish: Callable[[T], bool],
     ) -> T:
         """`apply` the conduit function to the row locked FOR UPDATE; write the slots back if
-        they changed, and commit."""
+        they changed, publish `invite.conduit_updated` if `publish(result)`, and commit (one
+        round trip for the three)."""
         where = {"org": organization_id, "token": token}
         async with self._pool.connection() as conn:
             row = await conn.fetchrow(_CONDUIT_LOCK, where)
@@ -217,18 +242,17 @@ class PgInviteStorage:
             except BaseException:
                 await _rollback(conn)
                 raise
-            if slots == before:
-                await conn.execute("COMMIT")
-            else:
-                await conn.execute(
-                    _CONDUIT_WRITE,
-                    {
-                        **where,
-                        "state": slots.state,
-                        "greeter_payload": slots.greeter_payload,
-                        "claimer_payload": slots.claimer_payload,
-                    },
+            sql = ""
+            params: dict[str, Any] = dict(where)
+            if slots != before:
+                sql += _CONDUIT_WRITE
+                params.update(
+                    state=slots.state, greeter_payload=slots.greeter_payload, claimer_payload=slots.claimer_payload
                 )
+            if publish(result):
+                sql += _CONDUIT_NOTIFY
+                params.update(_CONDUIT_UPDATED.params(events.invite_conduit_updated(organization_id, token)))
+            await conn.execute(sql + "COMMIT", params)
             return result
 
     async def conduit_talk(
@@ -245,6 +269,7 @@ class PgInviteStorage:
             token,
             greeter_user_id,
             lambda slots: conduit_talk(slots, is_greeter, state, payload),
+            lambda _: True,
         )
 
     async def conduit_listen(
@@ -257,7 +282,11 @@ class PgInviteStorage:
         if snapshot == slots:
             return result  # nothing to write: decided from the committed state
         return await self._locked(
-            organization_id, token, greeter_user_id, lambda locked: conduit_listen(locked, ctx)
+            organization_id,
+            token,
+            greeter_user_id,
+            lambda locked: conduit_listen(locked, ctx),
+            lambda result: result[1],  # the conduit changed
         )
 
 

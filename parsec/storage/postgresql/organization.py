@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from parsec.backend.confidential import same_secret
+from parsec.backend import bus as events
 from parsec.backend.models import Device, Organization, OrganizationStats, User
 from parsec.backend.storage import (
     UNSET,
@@ -25,8 +25,11 @@ from parsec.backend.storage import (
     AlreadyBootstrappedError,
     AlreadyExistsError,
     NotFoundError,
+    Unset,
 )
+from parsec.confidential import same_secret
 from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.events import Notify
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import (
     ORGANIZATION_COLUMNS,
@@ -132,6 +135,9 @@ WHERE o.organization_id = %(org)s
 
 _RACE_RETRIES = 5
 
+# Setting `is_expired` to true publishes `organization.expired` (with the update).
+_EXPIRED = Notify("expired")
+
 
 class PgOrganizationStorage:
     def __init__(self, pool: PostgreSQLPool) -> None:
@@ -189,9 +195,9 @@ class PgOrganizationStorage:
         self,
         organization_id: str,
         *,
-        is_expired: bool = UNSET,
-        user_profile_outsider_allowed: bool = UNSET,
-        active_users_limit: int | None = UNSET,
+        is_expired: bool | Unset = UNSET,
+        user_profile_outsider_allowed: bool | Unset = UNSET,
+        active_users_limit: int | None | Unset = UNSET,
     ) -> None:
         assignments = ["organization_id = organization_id"]
         params: dict[str, Any] = {"org": organization_id}
@@ -206,10 +212,16 @@ class PgOrganizationStorage:
         if active_users_limit is not UNSET:
             assignments.append("active_users_limit = %(limit)s")
             params["limit"] = clamp_limit(active_users_limit)
-        updated = await self._pool.execute(
-            f"UPDATE organization SET {', '.join(assignments)} WHERE organization_id = %(org)s", params
+        notify = "NULL"
+        if is_expired is True:
+            notify = _EXPIRED.sql
+            params.update(_EXPIRED.params(events.organization_expired(organization_id)))
+        updated = await self._pool.fetchval(
+            f"WITH updated AS (UPDATE organization SET {', '.join(assignments)} WHERE organization_id = %(org)s"
+            f" RETURNING 1) SELECT (SELECT count(*) FROM updated), (SELECT {notify} FROM updated)",
+            params,
         )
-        if updated == 0:
+        if not updated:
             raise NotFoundError()
 
     async def bootstrap(

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from parsec.backend import bus as events
 from parsec.backend.models import Device, User
 from parsec.backend.storage import (
     AlreadyEnrolledError,
@@ -26,11 +27,13 @@ from parsec.backend.storage import (
     TooManyPendingEnrollmentsError,
 )
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
+from parsec.storage.postgresql.events import Notify
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from parsec.storage.postgresql.user import (
     LOCK_ORGANIZATION,
     NEW_USER_FACT_COLUMNS,
     NEW_USER_FACTS,
+    USER_CREATED,
     comparable,
     insert_user_and_device,
     new_user_params,
@@ -43,12 +46,17 @@ _ENROLLMENT_COLUMNS = """
     accept_payload_signature, accept_payload, accepter, accepted
 """
 
+# `pki_enrollment.updated`, published by the write statements themselves: once per enrollment
+# written (a forced submission cancels one and submits one).
+_CANCELLED = Notify("cancelled")
+_UPDATED = Notify("updated")
+
 # Checks in memory's order: the enrollment id; the latest enrollment of the same certificate
 # (SUBMITTED: refused unless forced, then cancelled; ACCEPTED with its user still active:
 # refused); the e-mail. `verdict.ok` gates both writes.
 _SUBMIT = (
     LOCK_ORGANIZATION
-    + """
+    + f"""
 WITH org AS (
     SELECT organization_id FROM organization WHERE organization_id = %(org)s
 ), previous AS (
@@ -102,7 +110,8 @@ WITH org AS (
     RETURNING 1
 )
 SELECT f.id_used, f.previous_state, f.previous_submitted_on, f.previous_user_active, f.email_used,
-       (SELECT enrollment_id FROM cancelled), EXISTS (SELECT 1 FROM submitted)
+       (SELECT enrollment_id FROM cancelled), EXISTS (SELECT 1 FROM submitted),
+       (SELECT {_CANCELLED.sql} FROM cancelled), (SELECT {_UPDATED.sql} FROM submitted)
 FROM facts f
 """
 )
@@ -120,7 +129,7 @@ ORDER BY seq
 
 _REJECT = (
     LOCK_ORGANIZATION
-    + """
+    + f"""
 WITH target AS (
     SELECT state FROM pki_enrollment WHERE organization_id = %(org)s AND enrollment_id = %(enrollment_id)s
 ), rejected AS (
@@ -128,7 +137,7 @@ WITH target AS (
     WHERE organization_id = %(org)s AND enrollment_id = %(enrollment_id)s AND state = 'SUBMITTED'
     RETURNING 1
 )
-SELECT (SELECT state FROM target), EXISTS (SELECT 1 FROM rejected)
+SELECT (SELECT state FROM target), EXISTS (SELECT 1 FROM rejected), (SELECT {_UPDATED.sql} FROM rejected)
 """
 )
 
@@ -154,7 +163,8 @@ _ACCEPT = (
       AND EXISTS (SELECT 1 FROM new_device)
     RETURNING 1
 )
-SELECT (SELECT state FROM target), {NEW_USER_FACT_COLUMNS}, EXISTS (SELECT 1 FROM accepted)
+SELECT (SELECT state FROM target), {NEW_USER_FACT_COLUMNS}, EXISTS (SELECT 1 FROM accepted),
+       (SELECT {USER_CREATED.sql} FROM accepted), (SELECT {_UPDATED.sql} FROM accepted)
 FROM new_user_facts f
 """
 )
@@ -208,12 +218,14 @@ class PgPkiStorage:
                 "force": force,
                 "now": now,
                 "max_pending": max_pending,
+                **_CANCELLED.params(events.pki_enrollment_updated(organization_id)),
+                **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
             },
         )
         if row is None:
             raise NotFoundError()
         (id_used, previous_state, previous_submitted_on, previous_user_active, email_used,
-         cancelled, submitted) = row
+         cancelled, submitted, _, _) = row
         if id_used:
             raise EnrollmentIdAlreadyUsedError()
         if previous_state == "SUBMITTED" and not force:
@@ -224,7 +236,8 @@ class PgPkiStorage:
             raise EmailAlreadyUsedError()
         if not submitted:
             raise TooManyPendingEnrollmentsError()
-        return cancelled
+        cancelled_id: UUID | None = cancelled
+        return cancelled_id
 
     async def info(self, organization_id: str, enrollment_id: UUID) -> PkiEnrollment:
         row = await self._pool.fetchrow(_INFO, {"org": organization_id, "enrollment_id": enrollment_id})
@@ -238,10 +251,16 @@ class PgPkiStorage:
 
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
         row = await self._pool.fetchrow(
-            _REJECT, {"org": organization_id, "enrollment_id": enrollment_id, "rejected_on": rejected_on}
+            _REJECT,
+            {
+                "org": organization_id,
+                "enrollment_id": enrollment_id,
+                "rejected_on": rejected_on,
+                **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
+            },
         )
         assert row is not None
-        state, rejected = row
+        state, rejected, _ = row
         if state is None:
             raise NotFoundError()
         if not rejected:
@@ -268,11 +287,13 @@ class PgPkiStorage:
                 "accept_payload": acceptance.accept_payload,
                 "accepter": acceptance.accepter,
                 **new_user_params(user, device),
+                **USER_CREATED.params(events.user_created(organization_id, user.user_id)),
+                **_UPDATED.params(events.pki_enrollment_updated(organization_id)),
             },
         )
         if row is None:
             raise NotFoundError()
-        state, *facts, accepted = row
+        state, *facts, accepted, _, _ = row
         if state is None:
             raise NotFoundError()
         if state != "SUBMITTED":

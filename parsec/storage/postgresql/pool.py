@@ -80,7 +80,7 @@ _log = Logger(namespace="parsec.storage.postgresql")
 psycopg2.extras.register_uuid()  # uuid.UUID <-> uuid columns, process-wide
 
 
-def _cast_bytes(value: str | None, cursor: Any) -> bytes | None:
+def _cast_bytes(value: str | bytes | None, cursor: Any) -> bytes | None:
     return None if value is None else bytes(psycopg2.BINARY(value, cursor))
 
 
@@ -305,8 +305,8 @@ class PostgreSQLPool:
         finally:
             self._opening -= count
             self._check_drained()
-        opened = [value for ok, value in results if ok]
-        failures = [value for ok, value in results if not ok]
+        opened = [value for _, value in results if isinstance(value, PgConnection)]
+        failures = [value for _, value in results if isinstance(value, Failure)]
         if failures or self._closed:
             for conn in opened:
                 conn.close()

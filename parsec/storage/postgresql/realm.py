@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from parsec.api.ids import user_of
+from parsec.backend import bus as events
 from parsec.backend import realm_rules as rules
 from parsec.backend.models import RealmGrant, RealmStats, RealmStatus
 from parsec.backend.realm_rules import RoleUpdateFacts
@@ -21,6 +22,7 @@ from parsec.backend.storage import (
     MessageBoxFullError,
 )
 from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.events import Notify, sql_bigint, sql_text
 from parsec.storage.postgresql.realm_common import (
     LOCK_REALM,
     PgRealmScopedStorage,
@@ -31,7 +33,17 @@ from parsec.storage.postgresql.realm_common import (
 
 __all__ = ["PgRealmStorage"]
 
-_REALM_CREATE = PreparedStatement("""
+# The events of these writes, published by the statements themselves (see
+# parsec.storage.postgresql.events): each is evaluated once per row of the CTE that wrote.
+_ROLES_UPDATED = Notify("roles")
+_MESSAGE_RECEIVED = Notify("msg", {"index": sql_bigint("message_count")})
+_MAINTENANCE = Notify("maintenance")
+# One per recipient (user ids are at most 32 characters: 128 UTF-8 bytes).
+_MESSAGES_RECEIVED = Notify(
+    "msgs", {"recipient": sql_text("user_id", 128), "index": sql_bigint("message_count")}
+)
+
+_REALM_CREATE = PreparedStatement(f"""
 WITH new_realm AS (
     INSERT INTO realm (organization_id, realm_id, created_on)
     VALUES (%(org)s::text, %(realm)s::uuid, %(ts)s::timestamptz)
@@ -51,7 +63,7 @@ WITH new_realm AS (
            CASE WHEN %(self_granted)s::boolean THEN created_on END
     FROM new_realm
 )
-SELECT EXISTS (SELECT 1 FROM new_realm)
+SELECT EXISTS (SELECT 1 FROM new_realm), (SELECT {_ROLES_UPDATED.sql} FROM new_realm)
 """)
 
 # realm_status, realm_stats, realm_get_role_certificates: the member check's facts, then the
@@ -73,7 +85,7 @@ LEFT JOIN realm_user AS ru
     ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
 """)
 
-_UPDATE_ROLES = LOCK_REALM + """
+_UPDATE_ROLES = LOCK_REALM + f"""
 WITH facts AS MATERIALIZED (
     SELECT target.profile AS target_profile,
            target.revoked_on IS NOT NULL AS target_revoked,
@@ -143,17 +155,18 @@ WITH facts AS MATERIALIZED (
     INSERT INTO message (organization_id, recipient, message_index, sender, sent_on, body)
     SELECT %(org)s, %(user)s, message_count, %(author)s, %(ts)s, %(message)s FROM inbox
 )
-SELECT facts.*, EXISTS (SELECT 1 FROM allowed), (SELECT message_count FROM inbox)
+SELECT facts.*, EXISTS (SELECT 1 FROM allowed), (SELECT message_count FROM inbox),
+       (SELECT {_ROLES_UPDATED.sql} FROM allowed), (SELECT {_MESSAGE_RECEIVED.sql} FROM inbox)
 FROM facts
 """
 
 # The recipients' user_ rows are locked in user-id order (ORDER BY runs before the row locks):
 # two re-encryptions of different realms sharing participants cannot deadlock.
-_START_REENCRYPTION = LOCK_REALM + """
+_START_REENCRYPTION = LOCK_REALM + f"""
 WITH facts AS MATERIALIZED (
     SELECT r.encryption_revision, r.maintenance_type, ru.role AS author_role,
            CASE WHEN r.realm_id IS NOT NULL THEN (
-               SELECT coalesce(array_agg(p.user_id), '{}') FROM realm_user AS p
+               SELECT coalesce(array_agg(p.user_id), '{{}}') FROM realm_user AS p
                JOIN user_ AS u ON u.organization_id = p.organization_id AND u.user_id = p.user_id
                WHERE p.organization_id = r.organization_id AND p.realm_id = r.realm_id
                  AND p.role IS NOT NULL AND (u.revoked_on IS NULL OR u.revoked_on > %(now)s)
@@ -210,13 +223,22 @@ WITH facts AS MATERIALIZED (
     SELECT %(org)s, inbox.user_id, inbox.message_count, %(author)s, %(ts)s, m.body
     FROM inbox
     JOIN unnest(%(recipients)s::text[], %(bodies)s::bytea[]) AS m (user_id, body) ON m.user_id = inbox.user_id
+), messages_received AS MATERIALIZED (
+    -- After realm.maintenance_started (evaluated first, in the final SELECT), in the order of
+    -- the request's recipients.
+    SELECT {_MESSAGES_RECEIVED.sql}
+    FROM (SELECT inbox.user_id, inbox.message_count FROM inbox
+          JOIN unnest(%(recipients)s::text[]) WITH ORDINALITY AS r (user_id, position)
+              ON r.user_id = inbox.user_id
+          ORDER BY r.position) AS ordered
 )
 SELECT facts.*, EXISTS (SELECT 1 FROM allowed),
-       (SELECT array_agg(user_id) FROM inbox), (SELECT array_agg(message_count) FROM inbox)
+       (SELECT array_agg(user_id) FROM inbox), (SELECT array_agg(message_count) FROM inbox),
+       (SELECT {_MAINTENANCE.sql} FROM allowed), (SELECT count(*) FROM messages_received)
 FROM facts
 """
 
-_FINISH_REENCRYPTION = LOCK_REALM + """
+_FINISH_REENCRYPTION = LOCK_REALM + f"""
 WITH facts AS MATERIALIZED (
     SELECT r.encryption_revision, r.maintenance_type, ru.role,
            -- Every version of revision N-1 has its copy at N (true without any vlob).
@@ -252,7 +274,7 @@ WITH facts AS MATERIALIZED (
     WHERE organization_id = %(org)s AND realm_id = %(realm)s AND encryption_revision = %(revision)s
       AND EXISTS (SELECT 1 FROM allowed)
 )
-SELECT facts.*, EXISTS (SELECT 1 FROM allowed) FROM facts
+SELECT facts.*, EXISTS (SELECT 1 FROM allowed), (SELECT {_MAINTENANCE.sql} FROM allowed) FROM facts
 """
 
 _REALMS_FOR_USER = PreparedStatement("""
@@ -261,11 +283,16 @@ WHERE organization_id = %(org)s::text AND user_id = %(user)s::text AND role IS N
 """)
 
 
+def _roles_updated(organization_id: str, grant: RealmGrant) -> events.BackendEvent:
+    return events.realm_roles_updated(organization_id, grant.granted_by, grant.realm_id, grant.user_id, grant.role)
+
+
 class PgRealmStorage(PgRealmScopedStorage):
     async def create(self, organization_id: str, grant: RealmGrant) -> None:
-        created, = await self._row(
+        created, _ = await self._row(
             _REALM_CREATE,
             {
+                **_ROLES_UPDATED.params(_roles_updated(organization_id, grant)),
                 "org": organization_id,
                 "realm": grant.realm_id,
                 "user": grant.user_id,
@@ -329,6 +356,10 @@ class PgRealmStorage(PgRealmScopedStorage):
         row = await self._row(
             _UPDATE_ROLES,
             {
+                **_ROLES_UPDATED.params(_roles_updated(organization_id, grant)),
+                **_MESSAGE_RECEIVED.params(
+                    events.message_received(organization_id, grant.granted_by, grant.user_id, 0)
+                ),
                 "org": organization_id,
                 "realm": grant.realm_id,
                 "user": grant.user_id,
@@ -361,6 +392,8 @@ class PgRealmStorage(PgRealmScopedStorage):
             inbox_ok,
             written,
             message_index,
+            _,
+            _,
         ) = row
         if written:
             return int(message_index) if message_index is not None else None
@@ -394,6 +427,12 @@ class PgRealmStorage(PgRealmScopedStorage):
         row = await self._row(
             _START_REENCRYPTION,
             {
+                **_MAINTENANCE.params(
+                    events.realm_maintenance(
+                        events.REALM_MAINTENANCE_STARTED, organization_id, author, realm_id, encryption_revision
+                    )
+                ),
+                **_MESSAGES_RECEIVED.params(events.message_received(organization_id, author, "", 0)),
                 "org": organization_id,
                 "realm": realm_id,
                 "author": author,
@@ -416,6 +455,8 @@ class PgRealmStorage(PgRealmScopedStorage):
             written,
             inbox_users,
             inbox_indexes,
+            _,
+            _,
         ) = row
         if written:
             indexes = dict(zip(inbox_users or [], inbox_indexes or [], strict=True))
@@ -430,9 +471,14 @@ class PgRealmStorage(PgRealmScopedStorage):
     async def finish_reencryption_maintenance(
         self, organization_id: str, author: str, realm_id: UUID, encryption_revision: int
     ) -> None:
-        revision, maintenance_type, role, over, written = await self._row(
+        revision, maintenance_type, role, over, written, _ = await self._row(
             _FINISH_REENCRYPTION,
             {
+                **_MAINTENANCE.params(
+                    events.realm_maintenance(
+                        events.REALM_MAINTENANCE_FINISHED, organization_id, author, realm_id, encryption_revision
+                    )
+                ),
                 "org": organization_id,
                 "realm": realm_id,
                 "author_user": user_of(author),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from parsec.backend import bus as events
 from parsec.backend.models import (
     AuthenticatedIdentity,
     Device,
@@ -30,9 +31,10 @@ from parsec.backend.storage import (
     AlreadyRevokedError,
     NotFoundError,
     UnstorableValueError,
+    human_handle_taken_reason,
 )
-from parsec.backend.user import human_handle_taken_reason
 from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.events import Notify
 from parsec.storage.postgresql.pool import PostgreSQLPool
 
 # ---- shared helpers ------------------------------------------------------------------------
@@ -263,6 +265,11 @@ def raise_new_user_refusal(facts: tuple[Any, ...], user: User, device: Device) -
 
 # ---- statements ----------------------------------------------------------------------------
 
+# The events of the writes, published by the write statements themselves.
+USER_CREATED = Notify("created")
+_DEVICE_CREATED = Notify("created")
+_USER_REVOKED = Notify("revoked")
+
 # The authenticated handshake, once per websocket connection: one statement, prepared.
 _GET_IDENTITY = PreparedStatement(
     f"""
@@ -281,12 +288,13 @@ _CREATE_USER = (
     + ","
     + insert_user_and_device("new_user_allowed")
     + f"""
-SELECT {NEW_USER_FACT_COLUMNS}, (SELECT count(*) FROM new_device) FROM new_user_facts f
+SELECT {NEW_USER_FACT_COLUMNS}, (SELECT count(*) FROM new_device), (SELECT {USER_CREATED.sql} FROM new_device)
+FROM new_user_facts f
 """
 )
 
 # No organization lock: nothing to count, the primary key settles concurrent creations.
-_CREATE_DEVICE = """
+_CREATE_DEVICE = f"""
 WITH owner AS (
     SELECT 1 FROM user_ WHERE organization_id = %(org)s AND user_id = %(user_id)s
 ), created AS (
@@ -298,12 +306,12 @@ WITH owner AS (
     ON CONFLICT (organization_id, device_id) DO NOTHING
     RETURNING 1
 )
-SELECT EXISTS (SELECT 1 FROM owner), EXISTS (SELECT 1 FROM created)
+SELECT EXISTS (SELECT 1 FROM owner), EXISTS (SELECT 1 FROM created), (SELECT {_DEVICE_CREATED.sql} FROM created)
 """
 
 _REVOKE_USER = (
     LOCK_ORGANIZATION
-    + """
+    + f"""
 WITH target AS (
     SELECT revoked_on FROM user_ WHERE organization_id = %(org)s AND user_id = %(user_id)s
 ), revoked AS (
@@ -312,7 +320,7 @@ WITH target AS (
     WHERE organization_id = %(org)s AND user_id = %(user_id)s AND revoked_on IS NULL
     RETURNING 1
 )
-SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM revoked)
+SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM revoked), (SELECT {_USER_REVOKED.sql} FROM revoked)
 """
 )
 
@@ -421,7 +429,12 @@ class PgUserStorage:
         )
 
     async def create_user(self, organization_id: str, user: User, device: Device, now: datetime) -> None:
-        params = {"org": organization_id, "now": now, **new_user_params(user, device)}
+        params = {
+            "org": organization_id,
+            "now": now,
+            **new_user_params(user, device),
+            **USER_CREATED.params(events.user_created(organization_id, user.user_id)),
+        }
         row = await self._pool.fetchrow(_CREATE_USER, params)
         if row is None:
             raise NotFoundError()
@@ -442,10 +455,11 @@ class PgUserStorage:
                 "redacted_device_certificate": device.redacted_device_certificate,
                 "device_certifier": device.device_certifier,
                 "created_on": device.created_on,
+                **_DEVICE_CREATED.params(events.device_created(organization_id, device.device_id)),
             },
         )
         assert row is not None
-        owner_exists, created = row
+        owner_exists, created, _ = row
         if not owner_exists:
             raise NotFoundError()
         if not created:
@@ -467,10 +481,11 @@ class PgUserStorage:
                 "revoked_on": revoked_on,
                 "certificate": revoked_user_certificate,
                 "certifier": revoked_user_certifier,
+                **_USER_REVOKED.params(events.user_revoked(organization_id, user_id, revoked_on)),
             },
         )
         assert row is not None
-        exists, revoked = row
+        exists, revoked, _ = row
         if not exists:
             raise NotFoundError()
         if not revoked:

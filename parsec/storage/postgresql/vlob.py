@@ -10,10 +10,12 @@ from datetime import datetime
 from uuid import UUID
 
 from parsec.api.ids import user_of
+from parsec.backend import bus as events
 from parsec.backend import realm_rules as rules
 from parsec.backend.models import ReencryptionBatchEntry, VlobChanges, VlobVersion, VlobWrite
 from parsec.backend.storage import BadVersionError
 from parsec.storage.postgresql.connection import PreparedStatement
+from parsec.storage.postgresql.events import Notify, sql_bigint, sql_uuid
 from parsec.storage.postgresql.realm_common import (
     INT4_MAX,
     LOCK_REALM,
@@ -26,10 +28,15 @@ from parsec.storage.postgresql.realm_common import (
 
 __all__ = ["PgVlobStorage"]
 
+# `realm.vlobs_updated`, published by the write statement itself with the checkpoint it
+# allocated (and, for an update, the vlob's realm it found).
+_CREATED = Notify("ev", {"checkpoint": sql_bigint("checkpoint")})
+_UPDATED = Notify("ev", {"checkpoint": sql_bigint("checkpoint"), "realm_id": sql_uuid("realm_id")})
+
 # The write lock of vlob writes, as the first CTEs of their statement: the realm row, then
 # the rows gated on it (a one-time EXISTS / scalar subquery on `realm_row` is evaluated before
 # their scan starts), each returned in its newest committed version.
-_VLOB_CREATE = PreparedStatement("""
+_VLOB_CREATE = PreparedStatement(f"""
 WITH realm_row AS MATERIALIZED (
     SELECT encryption_revision, maintenance_type FROM realm
     WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
@@ -82,11 +89,11 @@ WITH realm_row AS MATERIALIZED (
     WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
       AND EXISTS (SELECT 1 FROM new_vlob)
 )
-SELECT facts.*, EXISTS (SELECT 1 FROM allowed), (SELECT checkpoint FROM bump)
+SELECT facts.*, EXISTS (SELECT 1 FROM allowed), (SELECT checkpoint FROM bump), (SELECT {_CREATED.sql} FROM bump)
 FROM facts
 """)
 
-_VLOB_UPDATE = PreparedStatement("""
+_VLOB_UPDATE = PreparedStatement(f"""
 WITH realm_row AS MATERIALIZED (
     SELECT realm_id, encryption_revision, maintenance_type FROM realm
     WHERE organization_id = %(org)s::text
@@ -147,7 +154,7 @@ WITH realm_row AS MATERIALIZED (
     WHERE realm_user.organization_id = %(org)s::text AND realm_user.realm_id = new_version.realm_id
       AND realm_user.user_id = %(user)s::text
 )
-SELECT facts.*, (SELECT checkpoint FROM bump)
+SELECT facts.*, (SELECT checkpoint FROM bump), (SELECT {_UPDATED.sql} FROM bump)
 FROM facts
 """)
 
@@ -287,6 +294,9 @@ FROM facts AS f
 """
 
 
+_ANY_REALM = UUID(int=0)  # placeholder: the statement fills in the vlob's realm
+
+
 class PgVlobStorage(PgRealmScopedStorage):
     async def create(
         self,
@@ -301,6 +311,7 @@ class PgVlobStorage(PgRealmScopedStorage):
         row = await self._row(
             _VLOB_CREATE,
             {
+                **_CREATED.params(events.realm_vlobs_updated(organization_id, author, realm_id, 0, vlob_id, 1)),
                 "org": organization_id,
                 "realm": realm_id,
                 "user": user_of(author),
@@ -312,7 +323,7 @@ class PgVlobStorage(PgRealmScopedStorage):
                 "size": len(blob),
             },
         )
-        revision, maintenance_type, role, role_granted_on, vlob_used, allowed, checkpoint = row
+        revision, maintenance_type, role, role_granted_on, vlob_used, allowed, checkpoint, _ = row
         if checkpoint is not None:
             return VlobWrite(realm_id=realm_id, checkpoint=int(checkpoint))
         rules.check_vlob_create(
@@ -339,6 +350,9 @@ class PgVlobStorage(PgRealmScopedStorage):
         row = await self._row(
             _VLOB_UPDATE,
             {
+                **_UPDATED.params(
+                    events.realm_vlobs_updated(organization_id, author, _ANY_REALM, 0, vlob_id, version)
+                ),
                 "org": organization_id,
                 "user": user_of(author),
                 "author": author,
@@ -350,7 +364,7 @@ class PgVlobStorage(PgRealmScopedStorage):
                 "size": len(blob),
             },
         )
-        vlob_realm, revision, maintenance_type, role, role_granted_on, latest_version, latest_ts, checkpoint = row
+        vlob_realm, revision, maintenance_type, role, role_granted_on, latest_version, latest_ts, checkpoint, _ = row
         if checkpoint is not None:
             return VlobWrite(realm_id=vlob_realm, checkpoint=int(checkpoint))
         rules.check_vlob_update(

@@ -1,16 +1,16 @@
-"""VlobStorage + BlockStorage contract: the same scenarios on memory and PostgreSQL."""
+"""VlobStorage + BlockStorage contract (the events of each write included)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 import pytest_twisted
 
 from parsec.backend import storage as st
 from parsec.backend.models import RealmStats, ReencryptionBatchEntry, VlobChanges, VlobVersion, VlobWrite
-from tests.postgresql_realm.conftest import make_world
+from tests.storage_contract.conftest import make_world
 
 ok = pytest_twisted.ensureDeferred
 
@@ -447,3 +447,65 @@ async def test_block_record_rechecks_role_and_maintenance(world):
     for block_id in (lost_role, in_maintenance):
         with pytest.raises(st.BlockNotFoundError):
             await world.block.check_read(world.org, "alice", block_id)
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+@ok
+async def test_vlob_writes_publish_their_events(world):
+    realm_id = await world.create_realm("alice@dev1")
+    await world.share(realm_id, "alice@dev1", "bob", "CONTRIBUTOR")
+    vlob_id = uuid4()
+    create = world.vlob.create(world.org, "bob@dev2", realm_id, 1, vlob_id, world.ts(), b"v1")
+    assert await world.published(create) == (
+        VlobWrite(realm_id, 1),
+        [
+            (
+                "realm.vlobs_updated",
+                {"author": "bob@dev2", "realm_id": realm_id, "checkpoint": 1, "src_id": vlob_id, "src_version": 1},
+            )
+        ],
+    )
+    error, events = await world.published(
+        world.vlob.create(world.org, "bob@dev2", realm_id, 1, vlob_id, world.ts(), b"v1")
+    )
+    assert isinstance(error, st.AlreadyExistsError) and events == []
+    # The update finds the realm from the vlob.
+    update = world.vlob.update(world.org, "alice@dev1", 1, vlob_id, 2, world.ts(), b"v2")
+    assert await world.published(update) == (
+        VlobWrite(realm_id, 2),
+        [
+            (
+                "realm.vlobs_updated",
+                {"author": "alice@dev1", "realm_id": realm_id, "checkpoint": 2, "src_id": vlob_id, "src_version": 2},
+            )
+        ],
+    )
+    error, events = await world.published(world.vlob.update(world.org, "alice@dev1", 1, vlob_id, 2, world.ts(), b"x"))
+    assert isinstance(error, st.BadVersionError) and events == []
+
+    # Reads, block metadata and re-encryption batches publish nothing.
+    block_id = uuid4()
+    claim, events = await world.published(
+        world.block.claim_create(world.org, "bob@dev1", realm_id, block_id, world.ts(), CLAIM)
+    )
+    assert isinstance(claim, UUID) and events == []
+    for call in (
+        world.vlob.read(world.org, "bob", 1, vlob_id, None, None),
+        world.vlob.poll_changes(world.org, "bob", realm_id, 0),
+        world.vlob.list_versions(world.org, "bob", vlob_id),
+        world.block.record_create(world.org, "bob@dev1", realm_id, block_id, 4, world.ts(), claim),
+        world.block.check_read(world.org, "bob", block_id),
+    ):
+        result, events = await world.published(call)
+        assert not isinstance(result, Exception) and events == [], result
+    await start_reencryption(world, realm_id)
+    for call in (
+        world.vlob.get_reencryption_batch(world.org, "alice", realm_id, 2, 10),
+        world.vlob.save_reencryption_batch(
+            world.org, "alice", realm_id, 2, [ReencryptionBatchEntry(vlob_id, 1, b"r1")]
+        ),
+    ):
+        result, events = await world.published(call)
+        assert not isinstance(result, Exception) and events == [], result

@@ -1,8 +1,7 @@
-"""RealmStorage + MessageStorage contract: the same scenarios on memory and PostgreSQL."""
+"""RealmStorage + MessageStorage contract (the events of each write included)."""
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from datetime import timedelta
 from uuid import uuid4
@@ -13,34 +12,11 @@ import pytest_twisted
 from parsec.backend import realm_rules as rules
 from parsec.backend import storage as st
 from parsec.backend.models import Message, RealmStats, RealmStatus
-from parsec.storage.postgresql.block import PgBlockStorage
-from parsec.storage.postgresql.message import PgMessageStorage
-from parsec.storage.postgresql.realm import PgRealmStorage
-from parsec.storage.postgresql.vlob import PgVlobStorage
-from tests.postgresql_realm.conftest import make_world
+from tests.storage_contract.conftest import make_world
 
 ok = pytest_twisted.ensureDeferred
 
 ROLES = ["OWNER", "MANAGER", "CONTRIBUTOR", "READER", None]
-
-
-@pytest.mark.parametrize(
-    "domain,protocol",
-    [("realm", st.RealmStorage), ("vlob", st.VlobStorage), ("block", st.BlockStorage), ("message", st.MessageStorage)],
-)
-def test_same_signatures_as_protocol(domain, protocol):
-    implementation = {
-        "realm": PgRealmStorage,
-        "vlob": PgVlobStorage,
-        "block": PgBlockStorage,
-        "message": PgMessageStorage,
-    }[domain]
-    for name, value in vars(protocol).items():
-        if name.startswith("_") or not inspect.iscoroutinefunction(value):
-            continue
-        method = getattr(implementation, name)
-        assert inspect.iscoroutinefunction(method), name
-        assert list(inspect.signature(method).parameters) == list(inspect.signature(value).parameters), name
 
 
 # ---- creation and member reads -----------------------------------------------------------------
@@ -329,3 +305,75 @@ async def test_finish_reencryption(world):
         world.org, "alice@dev1", realm_id, 3, {"alice": b"a", "bob": b"b"}, now, now
     )
     assert await world.message.get(world.org, "bob", 1) == [Message(2, "alice@dev1", now, b"b")]
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+@ok
+async def test_realm_writes_publish_their_events(world):
+    """Each write publishes its events with the write (docs/protocol/events.md §4-§5, in that
+    order); a refused write publishes nothing."""
+    realm_id = uuid4()
+    grant = world.grant(realm_id, "alice@dev2", "alice", "OWNER")
+    assert await world.published(world.realm.create(world.org, grant)) == (
+        None,
+        [("realm.roles_updated", {"author": "alice@dev2", "realm_id": realm_id, "user": "alice", "role": "OWNER"})],
+    )
+    error, events = await world.published(world.realm.create(world.org, grant))
+    assert isinstance(error, st.AlreadyExistsError) and events == []
+
+    shared = world.grant(realm_id, "alice@dev1", "bob", "MANAGER")
+    assert await world.published(world.realm.update_roles(world.org, shared, b"welcome")) == (
+        1,
+        [
+            ("realm.roles_updated", {"author": "alice@dev1", "realm_id": realm_id, "user": "bob", "role": "MANAGER"}),
+            ("message.received", {"author": "alice@dev1", "recipient": "bob", "index": 1}),
+        ],
+    )
+    removed = world.grant(realm_id, "bob@dev2", "carol", "READER")
+    assert await world.published(world.realm.update_roles(world.org, removed, None)) == (
+        None,
+        [("realm.roles_updated", {"author": "bob@dev2", "realm_id": realm_id, "user": "carol", "role": "READER"})],
+    )
+    error, events = await world.published(world.realm.update_roles(world.org, removed, b"again"))
+    assert isinstance(error, st.AlreadyGrantedError) and events == []
+    assert await world.message.get(world.org, "carol", 0) == []
+
+    now = world.ts()
+    start = world.realm.start_reencryption_maintenance(
+        world.org, "alice@dev1", realm_id, 2, {"carol": b"c", "alice": b"a", "bob": b"b"}, now, now
+    )
+    assert await world.published(start) == (
+        [("carol", 1), ("alice", 1), ("bob", 2)],
+        [
+            ("realm.maintenance_started", {"author": "alice@dev1", "realm_id": realm_id, "encryption_revision": 2}),
+            ("message.received", {"author": "alice@dev1", "recipient": "carol", "index": 1}),
+            ("message.received", {"author": "alice@dev1", "recipient": "alice", "index": 1}),
+            ("message.received", {"author": "alice@dev1", "recipient": "bob", "index": 2}),
+        ],
+    )
+    error, events = await world.published(
+        world.realm.start_reencryption_maintenance(world.org, "alice@dev1", realm_id, 3, {}, now, now)
+    )
+    assert isinstance(error, st.InMaintenanceError) and events == []
+
+    error, events = await world.published(
+        world.realm.finish_reencryption_maintenance(world.org, "alice@dev1", realm_id, 3)
+    )
+    assert isinstance(error, st.BadEncryptionRevisionError) and events == []
+    assert await world.published(world.realm.finish_reencryption_maintenance(world.org, "alice@dev1", realm_id, 2)) == (
+        None,
+        [("realm.maintenance_finished", {"author": "alice@dev1", "realm_id": realm_id, "encryption_revision": 2})],
+    )
+
+    # Reads publish nothing.
+    for read in (
+        world.realm.get_status(world.org, "bob", realm_id),
+        world.realm.get_stats(world.org, "bob", realm_id),
+        world.realm.get_role_certificates(world.org, "bob", realm_id),
+        world.realm.get_realms_for_user(world.org, "bob"),
+        world.message.get(world.org, "bob", 0),
+    ):
+        _, events = await world.published(read)
+        assert events == []
