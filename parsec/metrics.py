@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError
 
 from parsec import limits
 from parsec.blockstore.base import BlockStore
@@ -63,8 +65,6 @@ if TYPE_CHECKING:
     from parsec.web.websocket import ParsecWebSocketFactory
 
 __all__ = ["NO_METRICS", "Metrics", "NoMetrics"]
-
-T = TypeVar("T")
 
 # Seconds; a command's usual answer is a few milliseconds, a block up to a second.
 COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -296,6 +296,14 @@ class BlockStoreOperationMetrics:
         self.cancelled = count.labels(backend, node, operation, "cancelled")
         self.seconds = seconds.labels(backend, node, operation)
 
+    def succeeded(self, started: float) -> None:
+        self.ok.inc()
+        self.seconds.observe(time.perf_counter() - started)
+
+    def failed(self, started: float) -> None:
+        self.error.inc()
+        self.seconds.observe(time.perf_counter() - started)
+
 
 class MeasuredBlockStore:
     """A BlockStore whose reads and creates are counted and timed (result: ok, error, cancelled)."""
@@ -312,10 +320,31 @@ class MeasuredBlockStore:
         return getattr(self.inner, name)  # description, nodes, raid_type...
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
-        return await _measured(self._read, self.inner.read(organization_id, block_id))
+        metrics = self._read
+        started = time.perf_counter()
+        try:
+            block = await self.inner.read(organization_id, block_id)
+        except CancelledError:
+            metrics.cancelled.inc()
+            raise
+        except BaseException:
+            metrics.failed(started)
+            raise
+        metrics.succeeded(started)
+        return block
 
     async def create(self, organization_id: str, block_id: uuid.UUID, block: bytes) -> None:
-        await _measured(self._create, self.inner.create(organization_id, block_id, block))
+        metrics = self._create
+        started = time.perf_counter()
+        try:
+            await self.inner.create(organization_id, block_id, block)
+        except CancelledError:
+            metrics.cancelled.inc()
+            raise
+        except BaseException:
+            metrics.failed(started)
+            raise
+        metrics.succeeded(started)
 
     async def start(self) -> None:
         await self.inner.start()
@@ -325,24 +354,6 @@ class MeasuredBlockStore:
 
     async def check(self) -> None:
         await self.inner.check()
-
-
-async def _measured(metrics: BlockStoreOperationMetrics, operation: Awaitable[T]) -> T:
-    from twisted.internet.defer import CancelledError
-
-    started = time.perf_counter()
-    try:
-        result = await operation
-    except CancelledError:
-        metrics.cancelled.inc()
-        raise
-    except BaseException:
-        metrics.error.inc()
-        metrics.seconds.observe(time.perf_counter() - started)
-        raise
-    metrics.ok.inc()
-    metrics.seconds.observe(time.perf_counter() - started)
-    return result
 
 
 # ---- collectors (read when Prometheus scrapes) ------------------------------------------------
