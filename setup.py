@@ -33,6 +33,8 @@ setup(
         "pynacl>=1.5",
         "attrs>=23.1",
         "botocore>=1.31",
+        # --metrics-listen: Prometheus text format and its Twisted resource (parsec.metrics).
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "sentry": ["sentry-sdk>=1.40"],
