@@ -19,7 +19,10 @@ setup(
     },
     include_package_data=True,
     install_requires=[
-        "twisted[tls]>=24.3",
+        # parsec/web/listener.py completes twisted.web's bare error status lines and relies on
+        # WebSocketResource swapping a ProtocolWrapper's protocol (tests/transport check both):
+        # a new Twisted year is admitted once the suite has run on it.
+        "twisted[tls]>=24.3,<27",
         # parsec.tls hands cryptography key and certificates to pyOpenSSL's Context.
         "pyOpenSSL>=24.3",
         "autobahn>=23.1",
@@ -30,6 +33,8 @@ setup(
         "pynacl>=1.5",
         "attrs>=23.1",
         "botocore>=1.31",
+        # --metrics-listen: Prometheus text format and its Twisted resource (parsec.metrics).
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "sentry": ["sentry-sdk>=1.40"],

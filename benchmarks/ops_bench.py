@@ -6,9 +6,10 @@
   from READY=1 to the first answered GET /ready;
 * GET /health and GET /ready: answers per second and latency percentiles, one client in a loop
   (each request on a new connection: the server closes after every answer), then 8 clients;
-* graceful stop: from SIGTERM to STOPPING=1 and to the exit, with no client and with
+* graceful stop: from SIGTERM to STOPPING=1 and to the exit, with no client, with
   `--websockets` idle websocket clients that close their socket when the server's Close frame
-  arrives.
+  arrives, and with as many that never read their socket (what a Parsec 2.x client does with
+  the connections of its pool: they never answer the server's Close).
 
 Loopback only; every process started is stopped.
 """
@@ -104,7 +105,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def idle_websocket(port: int) -> socket.socket:
+def idle_websocket(port: int, reading: bool = True) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
         b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -140,7 +141,8 @@ def idle_websocket(port: int) -> socket.socket:
         except OSError:
             return
 
-    threading.Thread(target=close_on_close_frame, daemon=True).start()
+    if reading:
+        threading.Thread(target=close_on_close_frame, daemon=True).start()
     return sock
 
 
@@ -178,14 +180,14 @@ def main() -> None:
     finally:
         server.close()
 
-    for count in (0, args.websockets):
+    for count, reading in ((0, True), (args.websockets, True), (args.websockets, False)):
         stops, exits = [], []
         for _ in range(args.runs):
             server = Server(workdir)
             sockets = []
             try:
                 server.wait_message("READY")
-                sockets = [idle_websocket(server.port) for _ in range(count)]
+                sockets = [idle_websocket(server.port, reading) for _ in range(count)]
                 time.sleep(0.2)  # let the server register them
                 sent = time.perf_counter()
                 server.proc.send_signal(signal.SIGTERM)
@@ -197,8 +199,9 @@ def main() -> None:
                 for sock in sockets:
                     sock.close()
                 server.close()
+        kind = "idle" if reading else "unread"
         print(
-            f"SIGTERM with {count:3} idle websocket(s): STOPPING=1 after {statistics.median(stops) * 1000:.1f} ms, "
+            f"SIGTERM with {count:3} {kind:6} websocket(s): STOPPING=1 after {statistics.median(stops) * 1000:.1f} ms, "
             f"exit 0 after {statistics.median(exits) * 1000:.0f} ms (median of {args.runs})"
         )
 

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -120,20 +120,35 @@ def _react(main: Callable[[Any], Coroutine[Any, Any, None]]) -> int:
 # backend run
 
 
-def backend_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    debug = debug_requested(argv, environ)
+_Config = TypeVar("_Config")
+
+
+def _parse_options(
+    parse: Callable[[Sequence[str], Mapping[str, str]], _Config],
+    command: str,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+) -> _Config | int:
+    """The subcommand's configuration, or the exit status once --help, --version or a
+    configuration error has been answered."""
     try:
-        config = parse_run_args(argv, environ)
+        return parse(argv, environ)
     except HelpRequested:
-        sys.stdout.write(render_help("run"))
+        sys.stdout.write(render_help(command))
         return 0
     except VersionRequested:
         sys.stdout.write(version_line())
         return 0
     except ConfigError as exc:
-        report_error(exc, debug=debug)
+        report_error(exc, debug=debug_requested(argv, environ))
         return 1
-    debug = debug or config.backend.debug
+
+
+def backend_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    config = _parse_options(parse_run_args, "run", argv, environ)
+    if isinstance(config, int):
+        return config
+    debug = debug_requested(argv, environ) or config.backend.debug
     # Not at the top, like every Twisted/server import of this module: see the note there.
     from parsec.logging import setup_logging
 
@@ -222,19 +237,10 @@ async def serve(reactor: Any, config: ServerConfig, outcome: _Outcome, *, debug:
 
 
 def backend_migrate(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    debug = debug_requested(argv, environ)
-    try:
-        config = parse_migrate_args(argv, environ)
-    except HelpRequested:
-        sys.stdout.write(render_help("migrate"))
-        return 0
-    except VersionRequested:
-        sys.stdout.write(version_line())
-        return 0
-    except ConfigError as exc:
-        report_error(exc, debug=debug)
-        return 1
-    debug = debug or config.debug
+    config = _parse_options(parse_migrate_args, "migrate", argv, environ)
+    if isinstance(config, int):
+        return config
+    debug = debug_requested(argv, environ) or config.debug
     try:
         # Not at the top, like every Twisted/server import of this module: see the note there.
         from parsec.logging import setup_logging

@@ -142,6 +142,8 @@ class ListenConfig:
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     endpoints: tuple[str, ...] = ()
+    # `--metrics-listen`: where Prometheus scrapes GET /metrics (tcp:, tcp6: or unix:); None: off.
+    metrics: str | None = None
 
     @property
     def tls(self) -> bool:

@@ -13,6 +13,7 @@ with a short fixed description: never a value of its own echoed back.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,6 +143,16 @@ TABLE: tuple[Limit, ...] = (
 )
 
 BY_NAME: dict[str, Limit] = {limit.name: limit for limit in TABLE}
+
+# How often each limit was reached in this process, by name (parsec.metrics reports them as
+# `parsec_limits_hit_total`). Process-wide: the checks live in every layer, down to the codec,
+# where no server object is at hand; one process serves one server in production.
+hits: Counter[str] = Counter()
+
+
+def hit(name: str) -> None:
+    """Count one time the limit `name` (a row of TABLE) was reached."""
+    hits[name] += 1
 
 
 def _default(name: str) -> Any:

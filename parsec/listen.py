@@ -22,7 +22,17 @@ import attrs
 
 from parsec.config import ConfigError, ListenConfig
 
-__all__ = ["ENDPOINT_TYPES", "ListenSpec", "TLSFiles", "check_endpoint", "listen_specs", "quote", "split_endpoint"]
+__all__ = [
+    "ENDPOINT_TYPES",
+    "ListenSpec",
+    "TLSFiles",
+    "check_endpoint",
+    "check_metrics_endpoint",
+    "listen_specs",
+    "metrics_spec",
+    "quote",
+    "split_endpoint",
+]
 
 ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd")
 # Keyword arguments each endpoint type accepts (Twisted's own, minus what TLS replaces).
@@ -124,6 +134,20 @@ def check_endpoint(raw: str) -> str:
     return raw
 
 
+METRICS_ENDPOINT_TYPES = ("tcp", "tcp6", "unix")
+
+
+def check_metrics_endpoint(raw: str) -> str:
+    """Value parser of `--metrics-listen`: a plain `tcp:`, `tcp6:` or `unix:` endpoint."""
+    kind, _ = split_endpoint(raw)
+    if kind not in METRICS_ENDPOINT_TYPES:
+        raise ValueError(
+            f"the metrics are served on {', '.join(t + ':' for t in METRICS_ENDPOINT_TYPES)} endpoints only "
+            "(plain HTTP: keep it on loopback or a private network, e.g. tcp:9200:interface=127.0.0.1)"
+        )
+    return raw
+
+
 @attrs.frozen
 class TLSFiles:
     """Where the TLS key and certificate chain come from, and which option named them."""
@@ -151,6 +175,13 @@ def _shorthand_tls(config: ListenConfig) -> TLSFiles | None:
     cert = config.ssl_certfile or config.ssl_keyfile
     assert key is not None and cert is not None
     return TLSFiles(key_file=key, cert_file=cert)
+
+
+def metrics_spec(config: ListenConfig) -> ListenSpec | None:
+    """The metrics listener (`--metrics-listen`), or None when off."""
+    if config.metrics is None:
+        return None
+    return ListenSpec(config.metrics, None, f"{config.metrics} (metrics)")
 
 
 def listen_specs(config: ListenConfig) -> list[ListenSpec]:

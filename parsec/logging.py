@@ -177,7 +177,10 @@ def _console_value(value: Any) -> str:
 
 
 def format_console(event: LogEvent, color: bool = False) -> str:
-    """`<timestamp> [<level>] <message> [<namespace>] key=value ...` (+ traceback lines)."""
+    """`<timestamp> [<level>] <message> [<namespace>] key=value ...` (+ traceback lines).
+
+    An event with `log_console_inline=True` already says everything in its message (the access
+    log, parsec.web.access): no key=value pairs (JSON still has every field)."""
     level = _level_name(event)
     shown_level = f"[{level:<8}]"
     if color:
@@ -186,7 +189,8 @@ def format_console(event: LogEvent, color: bool = False) -> str:
     namespace = event.get("log_namespace")
     if namespace:
         parts.append(f"[{namespace}]")
-    parts.extend(f"{name}={_console_value(value)}" for name, value in sorted(_fields(event).items()))
+    if not event.get("log_console_inline"):
+        parts.extend(f"{name}={_console_value(value)}" for name, value in sorted(_fields(event).items()))
     line = " ".join(parts)
     trace = _traceback(event)
     if trace is not None:

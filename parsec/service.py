@@ -1,6 +1,7 @@
 """Assembly: configuration -> the service tree, started in order and stopped in reverse.
 
     ParsecService                      (AsyncMultiService: children awaited one after the other)
+      ListenerService (--metrics-listen) Prometheus metrics (parsec.metrics), first up, last down
       StorageService                   memory, or PostgreSQL: pool + schema check
       EventFeedService                 PostgreSQL only: the LISTEN connection (events of every instance)
       BlockStoreService                start-up checks (bucket/container exists, RAID nodes)
@@ -44,6 +45,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from parsec.allocator import tune_allocator
 from parsec.backend.app import BackendApp
@@ -53,7 +55,8 @@ from parsec.blockstore.base import BlockStore
 from parsec.blockstore.factory import build_blockstore
 from parsec.config import BackendConfig, ConfigError, ServerConfig
 from parsec.daemon import SystemdNotifier, stop_reactor
-from parsec.listen import ListenSpec, listen_specs, split_endpoint
+from parsec.listen import ListenSpec, listen_specs, metrics_spec, split_endpoint
+from parsec.metrics import NO_METRICS, Metrics, NoMetrics, metrics_resource
 from parsec.readiness import Probe, Readiness, ReadyCheck
 from parsec.storage.memory import build_memory_storage
 from parsec.storage.postgresql.connection import DatabaseUnavailable
@@ -209,11 +212,12 @@ class SendersService(_AsyncService):
     `grace` seconds, then are cancelled.
     """
 
-    def __init__(self, config: BackendConfig, reactor: Any, grace: float) -> None:
+    def __init__(self, config: BackendConfig, reactor: Any, grace: float, metrics: NoMetrics = NO_METRICS) -> None:
         super().__init__()
         self._config = config
         self._reactor = reactor
         self._grace = grace
+        self._metrics = metrics
         self._trust_root: Any = None
         self._in_flight: set[defer.Deferred[Any]] = set()
 
@@ -237,14 +241,16 @@ class SendersService(_AsyncService):
 
         kwargs.setdefault("trust_root", self._trust_root)
         status: str = await self._tracked(defer.Deferred.fromCoroutine(send_invitation_email(**kwargs)))
+        self._metrics.email("sent" if status == "SUCCESS" else status.lower())
         return status
 
     async def webhook(self, payload: dict[str, Any]) -> None:
         url = self._config.organization_bootstrap_webhook
         assert url is not None
-        await self._tracked(
+        sent = await self._tracked(
             defer.Deferred.fromCoroutine(send_bootstrap_webhook(url, payload, reactor=self._reactor))
         )
+        self._metrics.webhook(bool(sent))
 
     async def stop(self) -> None:
         if not self._in_flight:
@@ -415,10 +421,16 @@ class ParsecService(AsyncMultiService):
         self.notifier = notifier if notifier is not None else SystemdNotifier(None)
         self.readiness = Readiness()
         backend = config.backend
+        # Measured only when served (--metrics-listen): otherwise nothing is counted.
+        self.metrics: NoMetrics = Metrics() if config.listen.metrics is not None else NO_METRICS
 
         storage, bus, pool = self._build_storage(backend)
-        self.blockstore: BlockStore = build_blockstore(backend.blockstore, reactor=self.reactor, pg_pool=pool)
-        self.senders = SendersService(backend, self.reactor, shutdown_grace)
+        self.blockstore: BlockStore = self.metrics.measure_blockstore(
+            build_blockstore(backend.blockstore, reactor=self.reactor, pg_pool=pool)
+        )
+        if pool is not None:
+            self.metrics.watch_pool(pool)
+        self.senders = SendersService(backend, self.reactor, shutdown_grace, self.metrics)
         self.app = BackendApp(
             backend,
             storage,
@@ -427,6 +439,7 @@ class ParsecService(AsyncMultiService):
             send_email=self.senders.send_email,
             webhook=self.senders.webhook if backend.organization_bootstrap_webhook else None,
             reactor=self.reactor,
+            metrics=self.metrics,
         )
         limits = backend.limits
         self.ws_factory = ParsecWebSocketFactory(self.app, limits, self.reactor)
@@ -451,9 +464,18 @@ class ParsecService(AsyncMultiService):
             trusted_proxies=backend.trusted_proxies,
             reactor=self.reactor,
         )
+        self.site.listener.metrics = self.metrics
+        self.metrics.watch_connections(self.site.listener, self.ws_factory)
         self._emfile_watch = EmfileWatch(self.reactor.seconds)
         self.drain = WebDrainService(self.ws_factory, self.site, self.http_requests, self.reactor, shutdown_grace)
 
+        self.metrics_listener: ListenerService | None = None
+        spec = metrics_spec(config.listen)
+        if isinstance(self.metrics, Metrics) and spec is not None:
+            site = Site(metrics_resource(self.metrics), reactor=self.reactor)
+            site.noisy = False
+            self.metrics_listener = ListenerService(spec, site, self.reactor)
+            self.metrics_listener.setServiceParent(self)
         StorageService(storage).setServiceParent(self)
         if isinstance(bus, PostgreSQLEventBus):
             EventFeedService(bus).setServiceParent(self)
@@ -506,8 +528,9 @@ class ParsecService(AsyncMultiService):
         await super()._stop_children()
         # The listeners bind in privilegedStartService: a start-up that failed before them
         # (or was stopped) never started them, but their ports are open.
-        for listener in self.listeners:
-            await defer.maybeDeferred(listener.close)
+        for listener in [*self.listeners, self.metrics_listener]:
+            if listener is not None:
+                await defer.maybeDeferred(listener.close)
 
     def stopService(self) -> defer.Deferred[None]:
         globalLogPublisher.removeObserver(self._emfile_watch)

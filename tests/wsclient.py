@@ -30,6 +30,12 @@ class _Protocol(WebSocketClientProtocol):
         self.opened: defer.Deferred[None] = defer.Deferred()
         self.closed: defer.Deferred[tuple[int | None, bool]] = defer.Deferred()
         self.close_reason: str | None = None  # of the peer's Close frame
+        # How the TCP connection ended: ConnectionDone (FIN) or ConnectionLost (a reset).
+        self.lost_reason: Any = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost_reason = reason
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.opened.callback(None)

@@ -29,6 +29,7 @@ import attrs
 import nacl.exceptions
 import nacl.signing
 
+from parsec import limits
 from parsec.api import ids
 from parsec.api.ballpark import timestamp_in_ballpark
 from parsec.api.codec import DecodeError, unpackb
@@ -449,6 +450,7 @@ def _decompress(data: bytes) -> bytes:
     except zlib.error as exc:
         raise CertificateError(str(exc)) from None
     if len(out) > MAX_DECOMPRESSED_SIZE:
+        limits.hit("decompressed_bytes")
         raise CertificateError(TOO_LARGE_ERROR)
     if not inflater.eof:
         # Output below the cap means every input byte was consumed: the stream is incomplete.

@@ -21,6 +21,7 @@ from uuid import UUID, SafeUUID
 
 import msgpack
 
+from parsec import limits
 from parsec.limits import DEFAULT as _LIMITS
 
 MAX_BIN_LEN = _LIMITS.msgpack_bin_bytes
@@ -36,6 +37,12 @@ _DOUBLE = struct.Struct(">d")
 
 class DecodeError(Exception):
     """The bytes are not a valid protocol message."""
+
+
+def _over(limit: str, message: str) -> DecodeError:
+    """The error of a document over the limit `limit` (counted: parsec.limits.hit)."""
+    limits.hit(limit)
+    return DecodeError(message)
 
 
 def datetime_from_timestamp(ts: float) -> datetime:
@@ -161,7 +168,7 @@ def scan(raw: bytes) -> None:
             return  # truncated
         objects += 1
         if objects > MAX_OBJECTS:
-            raise DecodeError("Invalid msgpack data: too many values")
+            raise _over("msgpack_objects", "Invalid msgpack data: too many values")
         b = raw[i]
         count = -1  # children of a container
         if b <= 0x7F or b >= 0xE0:
@@ -190,27 +197,27 @@ def scan(raw: bytes) -> None:
                 i += fixed
             elif kind == _STR:
                 if size > MAX_STR_LEN:
-                    raise DecodeError("Invalid msgpack data: str too long")
+                    raise _over("msgpack_str_bytes", "Invalid msgpack data: str too long")
                 i += size
             elif kind == _BIN:
                 if size > MAX_BIN_LEN:
-                    raise DecodeError("Invalid msgpack data: bin too long")
+                    raise _over("msgpack_bin_bytes", "Invalid msgpack data: bin too long")
                 i += size
             elif kind == _EXT:
                 i += fixed + size
             elif kind == _ARRAY:
                 if size > MAX_ARRAY_LEN:
-                    raise DecodeError("Invalid msgpack data: array too long")
+                    raise _over("msgpack_array_len", "Invalid msgpack data: array too long")
                 count = size
             else:
                 if size > MAX_MAP_LEN:
-                    raise DecodeError("Invalid msgpack data: map too long")
+                    raise _over("msgpack_map_len", "Invalid msgpack data: map too long")
                 count = 2 * size
         if i > end:
             return  # truncated
         if count > 0:
             if len(stack) >= MAX_DEPTH:
-                raise DecodeError("Invalid msgpack data: nested too deeply")
+                raise _over("msgpack_depth", "Invalid msgpack data: nested too deeply")
             stack.append(remaining - 1)
             remaining = count
             continue

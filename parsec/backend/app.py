@@ -74,6 +74,7 @@ from parsec.backend.user import UserComponent
 from parsec.backend.vlob import VlobComponent
 from parsec.blockstore.base import BlockStore
 from parsec.config import BackendAddr, BackendConfig, EmailConfig
+from parsec.metrics import NO_METRICS, NoMetrics
 
 _log = Logger()
 
@@ -132,6 +133,7 @@ class BackendApp:
         send_email: InvitationMailer | None = None,
         webhook: Webhook | None = None,
         reactor: Any = None,
+        metrics: NoMetrics = NO_METRICS,
     ) -> None:
         if reactor is None:
             # The global reactor only when none is given: importing it installs the default one.
@@ -146,6 +148,7 @@ class BackendApp:
         self.now = now
         self.send_email = send_email
         self.webhook = webhook
+        self.metrics = metrics  # parsec.metrics: counted by the transports and the events
         # Whether requests are served (the service clears it while starting and while the
         # event feed is down, with the reason given to refused requests).
         self.ready = True

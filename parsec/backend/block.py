@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from parsec import limits as limits_module
 from parsec.backend.command import AuthenticatedContext, Reply, api, error_reply, ok, status
 from parsec.backend.storage import (
     AlreadyExistsError,
@@ -142,6 +143,7 @@ class BlockComponent:
         except AlreadyExistsError:
             return status("already_exists")
         except BlockClaimedError:
+            limits_module.hit("block_create_claim")  # the write outlasted its claim
             return status(BLOCKSTORE_FAILURE)
         except StorageError as exc:
             return error_reply(exc)

@@ -11,13 +11,14 @@ one pending `events_listen(wait=true)`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from parsec import limits as limits_module
 from parsec.backend.bus import BackendEvent
 from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
 
@@ -35,9 +36,20 @@ def _size(reply: Reply) -> int:
     return size
 
 
+def _not_counted(event: str) -> None:
+    pass
+
+
 class Subscription:
-    def __init__(self, ctx: AuthenticatedContext, max_events: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        ctx: AuthenticatedContext,
+        max_events: int,
+        max_bytes: int,
+        delivered: Callable[[str], None] = _not_counted,
+    ) -> None:
         self.ctx = ctx
+        self.delivered = delivered  # counts each event handed to this connection (metrics)
         self.queue: deque[tuple[Reply, int]] = deque()  # (event, its size)
         self.queued_bytes = 0
         self.max_events = max_events
@@ -66,10 +78,12 @@ class Subscription:
     def push(self, reply: Reply) -> None:
         if self.waiter is not None:
             waiter, self.waiter = self.waiter, None
+            self.delivered(reply["event"])
             waiter.callback(reply)
             return
         size = _size(reply)
         if len(self.queue) >= self.max_events or self.queued_bytes + size > self.max_bytes:
+            limits_module.hit("event_queue_events" if len(self.queue) >= self.max_events else "event_queue_bytes")
             if self.dropped == 0:
                 _log.warn(
                     "Event queue full for {device_id} ({count} events, {size} bytes): events dropped",
@@ -79,6 +93,7 @@ class Subscription:
                 )
             self.dropped += 1
             return
+        self.delivered(reply["event"])
         self.queue.append((reply, size))
         self.queued_bytes += size
 
@@ -118,7 +133,9 @@ class EventsComponent:
         if ctx.conn_id in subs:
             return ok()
         limits = self._app.config.limits
-        sub = Subscription(ctx, limits.event_queue_events, limits.event_queue_bytes)
+        sub = Subscription(
+            ctx, limits.event_queue_events, limits.event_queue_bytes, self._app.metrics.event_delivered
+        )
         subs[ctx.conn_id] = sub
         # Realm roles changing from now on are tracked by `realm.roles_updated`; load the
         # current ones. A change heard while they load may be newer than what the load saw
@@ -148,6 +165,7 @@ class EventsComponent:
     # ---- routing -------------------------------------------------------------------------
 
     def _on_event(self, event: BackendEvent) -> None:
+        self._app.metrics.event_received(event.name)
         subs = self._by_org.get(event.organization_id)
         if not subs:
             return

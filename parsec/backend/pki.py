@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from parsec import limits as limits_module
 from parsec.api import certificates as certs
 from parsec.backend.command import (
     ANONYMOUS,
@@ -124,6 +125,7 @@ class PkiComponent:
         except EmailAlreadyUsedError:
             return status("email_already_used")
         except TooManyPendingEnrollmentsError:
+            limits_module.hit("pending_enrollments")
             # Bounded so that pki_enrollment_list always fits in one message; the real client
             # shows any status but ok as an error (docs/protocol/DECISIONS.md).
             return status("not_allowed", TOO_MANY_PENDING)

@@ -74,6 +74,37 @@ def _is_cancellation(exc: Exception) -> bool:
     return False
 
 
+def cancellation_wins(inner: defer.Deferred[T]) -> defer.Deferred[T]:
+    """`inner`, except that cancelling the result always fails it with CancelledError.
+
+    Cancelling a request of Twisted's Agent does not always surface as a cancellation: while
+    the connection still resolves the host name, HostnameEndpoint turns ANY failure of the
+    resolution (our cancellation included) into `DNSLookupError("Couldn't find the hostname
+    ...")`, and while it connects the failure is a `ConnectingCancelledError`. A RAID loser
+    cancelled in that phase must not be logged as a failing node, and a timeout then must be
+    labelled a timeout: whatever `inner` fails with once we cancelled it is consumed here.
+    """
+    cancelling = False
+
+    def cancel(outer: defer.Deferred[T]) -> None:
+        nonlocal cancelling
+        cancelling = True
+        inner.cancel()
+        if not outer.called:
+            outer.errback(defer.CancelledError())
+
+    outer: defer.Deferred[T] = defer.Deferred(cancel)
+
+    def settle(result: T | Failure) -> None:
+        if cancelling or outer.called:
+            return None  # consumed: we asked for this failure
+        outer.callback(result)  # a Failure errbacks
+        return None
+
+    inner.addBoth(settle)
+    return outer
+
+
 def _is_stale_connection(exc: Exception) -> bool:
     # The server closed an idle keep-alive connection just as we reused it: nothing was
     # answered, so sending again (on a new connection) is safe for our idempotent requests.
@@ -116,10 +147,10 @@ class HTTPBlockStore:
         """One HTTP exchange, body read in full. Transport errors become HTTPStoreFailure."""
         for attempt in (1, 2):
             try:
-                response = await self._http.request(
-                    method, url, headers=headers, data=body, allow_redirects=False
+                response = await cancellation_wins(
+                    self._http.request(method, url, headers=headers, data=body, allow_redirects=False)
                 )
-                content = await response.content()
+                content = await cancellation_wins(response.content())
             except defer.CancelledError:
                 raise
             except Exception as exc:

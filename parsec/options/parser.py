@@ -320,6 +320,7 @@ def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerCon
         ssl_keyfile=values["ssl_keyfile"],
         ssl_certfile=values["ssl_certfile"],
         endpoints=tuple(values["listen"]),
+        metrics=values["metrics_listen"],
     )
     return ServerConfig(backend=backend, listen=listen, log=_log_config(values, given))
 

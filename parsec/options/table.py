@@ -16,7 +16,7 @@ import attrs
 
 from parsec import limits
 from parsec.config import BackendAddr, ConfigError
-from parsec.listen import check_endpoint
+from parsec.listen import check_endpoint, check_metrics_endpoint
 
 __all__ = [
     "CMD_ARGS_ENV",
@@ -300,6 +300,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=None,
         default_help="--host:--port",
         multiple=True,
+        metavar="ENDPOINT",
+    ),
+    Option(
+        "--metrics-listen",
+        "metrics_listen",
+        "Serve Prometheus metrics (GET /metrics, plain HTTP) on this Twisted endpoint: "
+        "`tcp:<port>[:interface=<address>]`, `tcp6:...` or `unix:<path>`; keep it on loopback or "
+        "a private network. Off when unset",
+        check_metrics_endpoint,
+        env=("PARSEC_METRICS_LISTEN",),
+        default=None,
+        default_help="off",
         metavar="ENDPOINT",
     ),
     Option(

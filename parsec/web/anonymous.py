@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from parsec.api import ids
@@ -9,6 +10,7 @@ from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.backend.command import ANONYMOUS, AnonymousContext
 from parsec.backend.organization import OrganizationComponent
 from parsec.backend.storage import NotFoundError
+from parsec.metrics import UNKNOWN_COMMAND as UNKNOWN_COMMAND_LABEL
 from parsec.web.site import ParsecRequest, finish
 
 if TYPE_CHECKING:
@@ -59,8 +61,16 @@ class AnonymousResource:
             await organizations.spontaneous_create(organization_id)
         route = app.route(ANONYMOUS, cmd)
         if route is None:
+            app.metrics.command(UNKNOWN_COMMAND_LABEL).done("unknown_command", 0.0)
             _reply(request, 200, packb({"status": "unknown_command"}))
             return
         ctx = AnonymousContext(organization_id=organization_id, kind=ANONYMOUS, api_version=(2, 7))
-        reply = await app.dispatch(ctx, route, msg)
+        metrics = app.metrics.command(route.meta.name, route.meta.long_poll)
+        started = perf_counter()
+        try:
+            reply = await app.dispatch(ctx, route, msg)
+        except BaseException:
+            metrics.done("crashed", perf_counter() - started)
+            raise
+        metrics.done(str(reply.get("status")), perf_counter() - started)
         _reply(request, 200, packb(reply))

@@ -38,14 +38,17 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import interfaces
+from twisted.internet import abstract, interfaces
 from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import datetimeToString
 from zope.interface import directlyProvides, implementer, providedBy
 
+from parsec import limits as limits_module
 from parsec.limits import Limits
+from parsec.metrics import NO_METRICS, NoMetrics
+from parsec.web.access import Access
 
 _log = Logger()
 
@@ -115,7 +118,9 @@ class HttpGuard(ProtocolWrapper):
     def __init__(self, listener: Listener, channel: Any, address: str, counted: bool) -> None:
         # The listener plays the WrappingFactory part (registerProtocol/unregisterProtocol).
         super().__init__(listener, channel)  # type: ignore[arg-type]
+        self.peer = address  # the peer's address
         self.address = address  # the peer, or the forwarded client once known
+        self.access = Access(address)  # the access log line (parsec.web.access)
         self.counted = counted  # counted in the per-address table under `address`
         self._channel = channel
         self._head = bytearray()
@@ -153,14 +158,17 @@ class HttpGuard(ProtocolWrapper):
         self.gone = True
         self._cancel_deadline()
         super().connectionLost(reason)
+        self.access.emit()
+        self.factory.metrics.connection_closed(self.access)
 
     def upgraded(self) -> None:
         """The connection now speaks websocket: the HTTP channel is done with, let it go."""
         self._channel = None
 
-    def request_received(self) -> None:
+    def request_received(self, method: bytes, uri: bytes, forwarded_for: list[bytes] | None) -> None:
         """The channel has the whole request: the request deadline no longer applies."""
         self._cancel_deadline()
+        self.access.request(method, uri, self.factory.client_address(self.peer, forwarded_for))
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -169,6 +177,7 @@ class HttpGuard(ProtocolWrapper):
 
     def _expired(self) -> None:
         self._deadline = None
+        limits_module.hit("http_request_timeout")
         self._answer(408)
 
     def _answer(self, status: int) -> None:
@@ -177,13 +186,17 @@ class HttpGuard(ProtocolWrapper):
             return
         self._answered = True
         self._head = bytearray()
+        answer = error_answer(status, self.factory.server_header)
+        self.access.status = status
+        self.access.bytes_out += len(answer)
         transport: Any = self.transport
-        transport.write(error_answer(status, self.factory.server_header))
+        transport.write(answer)
         self.loseConnection()
 
     # ---- data ----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.access.bytes_in += len(data)
         if self._answered:
             return
         wrapped: Any = self.wrappedProtocol
@@ -199,9 +212,11 @@ class HttpGuard(ProtocolWrapper):
         end = self._head.find(_END_OF_HEAD, max(0, len(self._head) - len(data) - 3))
         if end < 0:
             if len(self._head) > limit:
+                limits_module.hit("http_head_bytes")
                 self._answer(431)
             return
         if end + len(_END_OF_HEAD) > limit:
+            limits_module.hit("http_head_bytes")
             self._answer(431)
             return
         self._in_head = False
@@ -215,10 +230,20 @@ class HttpGuard(ProtocolWrapper):
             # twisted.web refused the request with a status line and nothing else.
             status = int(data[9:12])
             self._answered = True
+            answer = error_answer(status, self.factory.server_header, data[13:-4])
+            self.access.status = status
+            self.access.bytes_out += len(answer)
             transport: Any = self.transport
-            transport.write(error_answer(status, self.factory.server_header, data[13:-4]))
+            transport.write(answer)
             return
+        self.access.bytes_out += len(data)
         super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        if self._answered:
+            return
+        self.access.bytes_out += sum(len(chunk) for chunk in data)
+        super().writeSequence(data)
 
     @staticmethod
     def _is_bare_error(data: bytes) -> bool:
@@ -228,6 +253,18 @@ class HttpGuard(ProtocolWrapper):
             and data.count(b"\r\n") == 2
             and data[9:12].isdigit()
         )
+
+
+def half_close(transport: Any) -> bool:
+    """FIN once the buffered bytes are sent, reading goes on: on a socket, directly or under
+    the guard. Not under TLS (Twisted's TLS transport cannot half-close, and shutting the
+    socket beneath it would cut the TLS stream): False, nothing done."""
+    if isinstance(transport, HttpGuard):
+        transport = transport.transport
+    if isinstance(transport, abstract.FileDescriptor):
+        transport.loseWriteConnection()
+        return True
+    return False
 
 
 @implementer(ILogObserver)
@@ -282,6 +319,7 @@ class Listener:
         self.limits = limits
         self.reactor = reactor
         self.server_header = b"parsec"
+        self.metrics: NoMetrics = NO_METRICS  # parsec.metrics, set by the service
         self._trusted = [_network(text) for text in trusted_proxies]
         self.protocols: set[HttpGuard] = set()
         self._per_address: Counter[str] = Counter()
@@ -304,6 +342,12 @@ class Listener:
             return False
         return any(address in network for network in self._trusted)
 
+    def client_address(self, peer: str, forwarded_for: list[bytes] | None) -> str:
+        """The client of a request: the peer, or the one a trusted proxy's X-Forwarded-For names."""
+        if not self.is_trusted_proxy(peer):
+            return peer
+        return self._client_of(forwarded_for) or peer
+
     def connections_from(self, address: str) -> int:
         return self._per_address[address]
 
@@ -320,6 +364,7 @@ class Listener:
             self._started_this_turn += 1
             return True
         self._waiting.append(guard)
+        limits_module.hit("connections_per_turn")
         return False
 
     def _schedule_turn(self) -> None:
@@ -368,9 +413,11 @@ class Listener:
         """The protocol of a new connection: a guard around `channel`, or a refusal."""
         host = str(getattr(addr, "host", ""))
         if len(self.protocols) >= self.limits.max_connections:
+            limits_module.hit("max_connections")
             return self._refusal(503, f"{self.limits.max_connections} connections open")
         counted = not self.is_trusted_proxy(host)
         if counted and self._per_address[host] >= self.limits.max_connections_per_address:
+            limits_module.hit("max_connections_per_address")
             return self._refusal(429, "too many connections from one address")
         return HttpGuard(self, channel, host, counted)
 
@@ -382,6 +429,7 @@ class Listener:
         if client is None:
             return True
         if self._per_address[client] >= self.limits.max_connections_per_address:
+            limits_module.hit("max_connections_per_address")
             self._refused(reason="too many connections from one forwarded address", open=len(self.protocols))
             return False
         guard.address = client

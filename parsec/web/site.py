@@ -29,6 +29,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 import parsec
+from parsec import limits as limits_module
 from parsec.limits import Limits
 from parsec.readiness import Readiness, ReadyCheck
 from parsec.web.drain import RequestTracker
@@ -66,10 +67,12 @@ class ParsecRequest(server.Request):
         # Head and body are in: the listener's request deadline stops here.
         request_received = getattr(self.transport, "request_received", None)
         if request_received is not None:
-            request_received()
+            request_received(command, path, self.requestHeaders.getRawHeaders(b"x-forwarded-for"))
         super().requestReceived(command, path, version)
 
     def gotLength(self, length: int | None) -> None:
+        if length is not None and length >= MAX_BODY_SIZE:
+            limits_module.hit("http_body_bytes")
         if length is None or length >= MAX_BODY_SIZE:
             # Chunked or too large: the body is treated as empty and not buffered.
             self._discard_body = True
@@ -90,6 +93,9 @@ class ParsecRequest(server.Request):
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             self.setHeader(b"server", self.site.server_header)  # type: ignore[union-attr]
+            access = getattr(self.transport, "access", None)
+            if access is not None:
+                access.status = self.code  # for the access log (parsec.web.access)
         super().write(data)
 
 
@@ -133,12 +139,7 @@ class ParsecSite(server.Site):
         return self.listener.build(super().buildProtocol(addr), addr)
 
     def log(self, request: Any) -> None:
-        _log.debug(
-            "Request {method} {path} -> {code}",
-            method=request.method.decode("latin1"),
-            path=request.path.decode("latin1"),
-            code=request.code,
-        )
+        """Nothing: the access log line is written when the connection closes (parsec.web.access)."""
 
 
 def finish(request: ParsecRequest, code: int, body: bytes = b"", content_type: bytes | None = None) -> None:

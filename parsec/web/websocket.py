@@ -25,6 +25,22 @@ Bounds (parsec.limits), whatever the peer does:
   above `outgoing_buffer_bytes`) no further request is processed and nothing is read;
 * a reply larger than `ws_message_bytes` is never handed to Autobahn (it would refuse
   it): the client gets `bad_message` "Reply too large" instead (docs/protocol/DECISIONS.md).
+
+Closing cleanly (no TCP reset in any normal case; a reverse proxy logs a reset as an error):
+
+* a Close the server starts (shutdown 1001, revocation or expiration 1000, protocol error,
+  handshake timeout) is followed at once by a TCP half-close (FIN) where the transport can
+  (plain TCP; our own TLS cannot): Parsec 2.x clients leave their pooled connections unread
+  for hours and never answer a Close there, while a proxy in between (nginx) takes the FIN as
+  the end of the upgraded connection and closes both sides at once. A peer that reads answers
+  our Close as usual;
+* once the peer has answered, the socket is closed in order (Autobahn, as a server, aborts
+  it, which sends a reset); a peer that does not answer within `closeHandshakeTimeout` (at
+  shutdown: `SHUTDOWN_CLOSE_WAIT`) gets an orderly close too, without Autobahn's warning: for
+  those clients it is the normal case (over our own TLS, which waits for the peer's
+  close_notify, the socket beneath is closed after one more wait);
+* Autobahn still aborts a connection it fails itself (a protocol violation, a frame over the
+  limit) or whose keep-alive pong never came: those are not normal cases.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ from __future__ import annotations
 import contextvars
 import struct
 from collections.abc import Coroutine
+from time import perf_counter
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
@@ -43,13 +60,16 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from parsec import limits as limits_module
 from parsec.api.codec import DecodeError, MessageTooLarge, pack_prefixed, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
-from parsec.backend.command import ClientContext
+from parsec.backend.command import AuthenticatedContext, ClientContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
 from parsec.logging import debug_enabled
-from parsec.web.listener import HttpGuard
+from parsec.metrics import UNKNOWN_COMMAND as UNKNOWN_COMMAND_LABEL
+from parsec.web.access import Access
+from parsec.web.listener import HttpGuard, half_close
 
 if TYPE_CHECKING:
     from parsec.backend.app import BackendApp
@@ -63,8 +83,13 @@ UNAVAILABLE_REASON = b"Service temporarily unavailable"
 INTERNAL_ERROR_REASON = b"Internal server error"
 REPLY_TOO_LARGE = {"status": "bad_message", "reason": "Reply too large"}
 CLOSE_POLICY_VIOLATION = 1008
+# Shutdown: how long the peers get to answer our Close(1001) before their sockets are closed
+# anyway (in order, after our FIN). A peer that reads its connection answers within a round
+# trip; a pooled connection its client does not read never answers (see the module docstring).
+SHUTDOWN_CLOSE_WAIT = 1.0
 
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
+
 
 _SHORT_FRAME = struct.Struct("!BBH")
 _LONG_FRAME = struct.Struct("!BBQ")
@@ -196,7 +221,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._output_blocked = False
         self._reading_paused = False
         self._deadline: Any = None
-        self._write: Any = None  # where replies go: the transport under the listener's guard
+        self.gone = False  # the TCP connection is gone
+        self._access: Access | None = None  # the connection's access log line, when served by our site
+        self._gone_waiters: list[defer.Deferred[None]] = []
 
     @property
     def limits(self) -> Limits:
@@ -210,21 +237,32 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.handshake_bytes
         transport: Any = self.transport  # a TCP/TLS transport: also a consumer and a producer
         assert transport is not None
+        if isinstance(transport, HttpGuard):
+            self._access = transport.access
+            self._access.websocket = True
         # The HTTP channel that answered the upgrade was the transport's producer: we are now.
         transport.unregisterProducer()
         transport.registerProducer(_OutputWatch(self), True)
         lowest = _lowest_transport(transport)
         if isinstance(lowest, abstract.FileDescriptor):
             lowest.bufferSize = self.limits.outgoing_buffer_bytes
-        # Once upgraded the guard only passes bytes through: replies skip it (two calls less
-        # per reply). Under TLS, its transport is the TLS layer, which the replies do go through.
-        below: Any = transport.transport if isinstance(transport, HttpGuard) else transport
-        self._write = below.write
         self._deadline = self.factory.reactor.callLater(self.limits.handshake_timeout, self._handshake_expired)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
         super().connectionLost(reason)
+        self.gone = True
+        waiters, self._gone_waiters = self._gone_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_gone(self) -> defer.Deferred[None]:
+        """Fires once the TCP connection is gone (cancelling it changes nothing else)."""
+        if self.gone:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._gone_waiters.append(waiter)
+        return waiter
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -235,6 +273,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._deadline = None
         if self._state in (_HANDSHAKE, _HANDSHAKE_BUSY):
             _log.info("Connection closed: no handshake within {timeout} s", timeout=self.limits.handshake_timeout)
+            limits_module.hit("handshake_timeout")
+            self.factory.app.metrics.handshake("timeout")
             self._state = _CLOSED
             # Policy violation; Autobahn drops the TCP connection if the peer does not answer
             # the close within closeHandshakeTimeout.
@@ -260,6 +300,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._reading_paused = pause
         if pause:
+            if self._output_blocked:
+                limits_module.hit("outgoing_buffer_bytes")
+            elif len(self._incoming) >= limits.pipeline_requests:
+                limits_module.hit("pipeline_requests")
+            else:
+                limits_module.hit("pipeline_bytes")
             transport.pauseProducing()
         else:
             transport.resumeProducing()
@@ -268,6 +314,49 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def queued_requests(self) -> tuple[int, int]:
         """(requests, bytes) read ahead and waiting (tests, benchmarks)."""
         return len(self._incoming), self._incoming_bytes
+
+    # ---- closing cleanly (see the module docstring) -------------------------------------
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+        starting = not isReply and self.state == self.STATE_OPEN
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+        if starting:
+            # Nothing follows our Close: half-close (FIN once it is sent), keep reading the answer.
+            half_close(self.transport)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if abort and self.wasClean:
+            # Autobahn aborts (TCP reset) a server connection whose peer has just answered the
+            # Close we sent: the closing handshake is complete, close in order.
+            abort = False
+        super().dropConnection(abort=abort)
+
+    def onCloseHandshakeTimeout(self) -> None:
+        """The peer did not answer our Close in time: close in order, quietly (Autobahn would
+        abort the connection and log a warning; for a pooled connection of a Parsec 2.x client
+        it is the normal case)."""
+        self.closeHandshakeTimeoutCall = None
+        self.close_unanswered()
+
+    def close_unanswered(self) -> None:
+        if self.state == self.STATE_CLOSED:
+            return
+        # Clean for Autobahn's log line only: onClose (when the socket is gone) sees the truth.
+        self.wasClean = True
+        super().dropConnection(abort=False)
+        self.wasClean = False
+        self.wasNotCleanReason = "the peer did not answer the Close frame"
+        self.wasCloseHandshakeTimeout = True
+
+    @property
+    def kind(self) -> str:
+        """The connection's kind (`authenticated`, ...), `handshake` until the handshake is done."""
+        return self._ctx.kind if self._ctx is not None else "handshake"
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        # Autobahn's hook for a frame or message over maxFramePayloadSize/maxMessagePayloadSize.
+        limits_module.hit("ws_message_bytes" if self._ctx is not None else "handshake_bytes")
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     # ---- autobahn callbacks --------------------------------------------------------------
     #
@@ -288,6 +377,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
     def onOpen(self) -> None:
+        if self._access is not None:
+            self._access.status = 101
         # The upgrade request is done with: what Autobahn parsed of it, and the HTTP channel and
         # request the listener's guard still holds (over 2 KiB per idle connection).
         self.http_request_data = b""
@@ -324,6 +415,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._update_reading()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._access is not None:
+            self._note_close(self._access)
         self._state = _CLOSED
         self._cancel_deadline()
         # Autobahn cancels its close-handshake timer only when the peer answers our Close: a
@@ -341,6 +434,17 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             self.factory.app.unregister(ctx)
+
+    def _note_close(self, access: Access) -> None:
+        """Who closed, with which code (the first Close frame), for the access log."""
+        local: Any = self.localCloseCode  # Autobahn annotates both None
+        remote: Any = self.remoteCloseCode
+        if self.closedByMe and local is not None:
+            access.closed_by, access.close_code = "server", local
+        elif remote is not None:
+            access.closed_by, access.close_code = "client", remote
+        else:  # the TCP connection ended without a Close frame
+            access.closed_by = "server" if self.droppedByMe else "client"
 
     # ---- handshake -----------------------------------------------------------------------
 
@@ -368,6 +472,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             ctx = await app.handshake(self._hs, payload)
         except HandshakeFailed as exc:
+            app.metrics.handshake(exc.result)
+            if self._access is not None:
+                self._access.handshake = exc.result
             help = exc.help[: self.limits.handshake_help_chars]
             _log.info("Connection dropped: bad handshake ({result}: {help})", result=exc.result, help=help)
             if self._state != _CLOSED:
@@ -380,6 +487,14 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._cancel_deadline()
         self._hs = None  # its challenge is answered
+        app.metrics.handshake("ok")
+        if self._access is not None:
+            access = self._access
+            access.handshake = "ok"
+            access.kind = ctx.kind
+            access.organization_id = ctx.organization_id
+            if isinstance(ctx, AuthenticatedContext):
+                access.device_id = ctx.device_id
         ctx.close = self._server_close
         app.register(ctx)
         self._ctx = ctx
@@ -438,31 +553,43 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         cmd = msg.get("cmd")
         route = app.route(ctx.kind, cmd)
         if route is None:
+            app.metrics.command(UNKNOWN_COMMAND_LABEL).done("unknown_command", 0.0)
             self._send_reply(UNKNOWN_COMMAND)
             return None
+        metrics = app.metrics.command(route.meta.name, route.meta.long_poll)
+        started = perf_counter()
         coro = app.dispatch(ctx, route, msg)
         context = contextvars.copy_context()
         try:
             awaited = context.run(coro.send, None)
         except StopIteration as done:
-            self._answered(cmd, done.value)
+            reply = done.value
+            metrics.done(str(reply.get("status")), perf_counter() - started)
+            self._answered(cmd, reply)
             return None
+        except BaseException:
+            metrics.done("crashed", perf_counter() - started)
+            raise
         d = _Resumed(coro, context, awaited).deferred
         self._current = d
         self._current_cancellable = route.meta.cancellable
         self._current_long_poll = route.meta.long_poll
         if self._current_cancellable and self._incoming:
             d.cancel()
-        return d.addBoth(self._settled, cmd)
+        return d.addBoth(self._settled, cmd, metrics, started)
 
-    def _settled(self, result: Any, cmd: object) -> Failure | None:
+    def _settled(self, result: Any, cmd: object, metrics: Any, started: float) -> Failure | None:
         self._current = None
         self._current_cancellable = False
         self._current_long_poll = False
         if isinstance(result, Failure):
             if not result.check(defer.CancelledError):
+                metrics.done("crashed", perf_counter() - started)
                 return result
+            metrics.done("cancelled", perf_counter() - started)
             result = None  # abandoned: no reply
+        else:
+            metrics.done(str(result.get("status")), perf_counter() - started)
         self._answered(cmd, result)
         return None
 
@@ -484,13 +611,15 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if frame is None:
             # Autobahn would refuse it (and the feeds are bounded so that honest use never
             # gets here): the protocol's own error status instead, one warning.
+            limits_module.hit("ws_message_bytes")
             _log.warn(
                 "Reply over the {limit}-byte message limit: answered bad_message",
                 limit=self.maxMessagePayloadSize,
             )
             frame = binary_frame(REPLY_TOO_LARGE, self.maxMessagePayloadSize)
             assert frame is not None
-        self._write(frame)
+        transport: Any = self.transport  # through the listener's guard, which counts the bytes
+        transport.write(frame)
 
     def _protocol_error(self) -> None:
         self._state = _CLOSED
@@ -567,10 +696,9 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         )
         self.protocol = _with_options(ParsecServerProtocol, self)
 
-
-    async def close_all(self, grace: float = 5.0, timeout: float = 5.0) -> None:
+    async def close_all(self, grace: float = 5.0, timeout: float = SHUTDOWN_CLOSE_WAIT) -> None:
         """Shutdown: drain every connection (requests get `grace` seconds), then wait for the
-        close handshakes (`timeout` seconds) before dropping whatever is left."""
+        close handshakes (`timeout` seconds) before closing whatever is left (in order)."""
         # The global reactor, as the connections use it; not imported at the top, where
         # importing it would install the default reactor.
         from twisted.internet import reactor
@@ -581,13 +709,39 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         await defer.DeferredList(
             [defer.ensureDeferred(p.shutdown(grace, reactor)) for p in protocols], consumeErrors=True
         )
-        done = defer.DeferredList([p.is_closed for p in protocols], consumeErrors=True)
-        done.addTimeout(timeout, reactor)
-        try:
-            await done
-        except defer.TimeoutError:
-            for proto in list(self.connections):
-                proto.dropConnection(abort=True)
+        left = await self._wait_gone(protocols, timeout, reactor)
+        for proto in left:
+            proto.close_unanswered()
+        # Over our own TLS, closing waits for the peer's close_notify, which a client that does
+        # not read never sends: close the socket beneath (in order, our close_notify is out).
+        left = await self._wait_gone(left, timeout, reactor)
+        for proto in left:
+            socket = _lowest_transport(proto.transport)
+            if socket is not None:
+                socket.loseConnection()
+        # A peer that reads nothing at all (its window full, our FIN stuck behind the data):
+        # only an abort frees the socket.
+        left = await self._wait_gone(left, timeout, reactor)
+        for proto in left:
+            transport: Any = proto.transport  # TCP, TLS or the listener's guard: all can abort
+            if transport is not None:
+                transport.abortConnection()
+        await self._wait_gone(left, timeout, reactor)  # gone at the next turn
+
+    @staticmethod
+    async def _wait_gone(
+        protocols: list[ParsecServerProtocol], timeout: float, reactor: Any
+    ) -> list[ParsecServerProtocol]:
+        """Wait (at most `timeout` seconds) until the connections are gone; those left."""
+        waiting = [proto for proto in protocols if not proto.gone]
+        if waiting:
+            done = defer.DeferredList([proto.when_gone() for proto in waiting], consumeErrors=True)
+            done.addTimeout(timeout, reactor)
+            try:
+                await done
+            except defer.TimeoutError:
+                pass
+        return [proto for proto in waiting if not proto.gone]
 
 
 def _with_options(protocol: type[ParsecServerProtocol], factory: WebSocketServerFactory) -> Any:

@@ -141,6 +141,7 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
         ("unix:/run/parsec/parsec.sock",),
     ),
     ("--trusted-proxy", "PARSEC_TRUSTED_PROXY", "10.0.0.0/8", lambda c: c.backend.trusted_proxies, ("10.0.0.0/8",)),
+    ("--metrics-listen", "PARSEC_METRICS_LISTEN", "tcp:9200:interface=127.0.0.1", lambda c: c.listen.metrics, "tcp:9200:interface=127.0.0.1"),
     ("--http-request-timeout", "PARSEC_HTTP_REQUEST_TIMEOUT", "12.5", lambda c: c.backend.limits.http_request_timeout, 12.5),
     ("--max-connections", "PARSEC_MAX_CONNECTIONS", "500", lambda c: c.backend.limits.max_connections, 500),
     (
@@ -582,3 +583,21 @@ def test_listen_syntax_errors(value: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_run_args(["--listen", value], REQUIRED_ENV)
     assert str(info.value) == f"Invalid value for '--listen': {reason}"
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("tcp", "a tcp: endpoint needs a port number (e.g. tcp:6777)"),
+        (
+            "ssl:443:privateKey=key.pem",
+            "the metrics are served on tcp:, tcp6:, unix: endpoints only (plain HTTP: keep it on "
+            "loopback or a private network, e.g. tcp:9200:interface=127.0.0.1)",
+        ),
+    ],
+)
+def test_metrics_listen_errors(value: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_run_args(["--metrics-listen", value], REQUIRED_ENV)
+    assert str(info.value) == f"Invalid value for '--metrics-listen': {reason}"
+    assert parse_run_args([], REQUIRED_ENV).listen.metrics is None  # off by default

@@ -210,8 +210,8 @@ def summarize_wire_log(lines: Sequence[str]) -> WireSummary:
         if not isinstance(entry, dict):
             continue
         event = str(entry.get("event", ""))
-        # Reference: event "Request" plus fields. Ours: event "Request <what> -> <status>" plus
-        # the same fields (cmd/status, or method/path/code).
+        # Reference: event "Request" plus fields. Ours: event "Request <cmd> -> <status>" plus
+        # the same fields (cmd/status), and the access log (namespace parsec.access) for HTTP.
         if event.startswith("Request") and "cmd" in entry:
             if "device_id" in entry:
                 kind = "authenticated"
@@ -223,6 +223,9 @@ def summarize_wire_log(lines: Sequence[str]) -> WireSummary:
                 kind = "ws"  # the log line does not say which connection kind
             summary.commands[f"{kind} {entry['cmd']}"] += 1
             summary.statuses[f"{entry['cmd']} -> {entry.get('status')}"] += 1
+        elif entry.get("namespace") == "parsec.access":
+            if "kind" not in entry:  # an HTTP request (a websocket is summarized by its commands)
+                summary.http[f"{entry.get('method')} {_normalize_path(str(entry['path']))} {entry.get('status')}"] += 1
         elif event.startswith("Request") and "path" in entry:
             status = entry.get("status", entry.get("code"))
             summary.http[f"{entry.get('method')} {_normalize_path(str(entry['path']))} {status}"] += 1

@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
+from parsec import limits
+
 __all__ = [
     "DatabaseTimeout",
     "DatabaseUnavailable",
@@ -294,6 +296,7 @@ class PgConnection:
             if not self._closing:
                 # Not ours: txpostgres reports PostgreSQL's QueryCanceled (statement_timeout)
                 # as a CancelledError. The session is fine.
+                limits.hit("db_statement_timeout")
                 raise DatabaseTimeout("database did not answer in time: statement timeout") from None
             self.broken = True
             raise
@@ -304,6 +307,7 @@ class PgConnection:
                 raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
             if isinstance(exc, _TIMEOUT_ERRORS):
                 # The session survives (a transaction is left aborted: rolled back by its owner).
+                limits.hit("db_lock_timeout" if isinstance(exc, psycopg2.errors.LockNotAvailable) else "db_statement_timeout")
                 raise DatabaseTimeout(f"database did not answer in time: {error_summary(exc)}") from exc
             raise
         finally:

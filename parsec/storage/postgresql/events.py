@@ -44,6 +44,7 @@ import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from parsec import limits as limits_module
 from parsec.api import codec
 from parsec.backend.bus import BackendEvent, Listener, ListenerSet
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
@@ -299,6 +300,7 @@ class PostgreSQLEventBus:
             _log.warn("Event {name} dropped: {error}", name=event.name, error=str(exc))
             return
         if self._unsent_size + len(payload) > self.outbox_bytes:
+            limits_module.hit("event_outbox_bytes")
             if self._dropped == 0:
                 _log.warn(
                     "Event outbox full ({size} bytes wait for the database): events dropped",

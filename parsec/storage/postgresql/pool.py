@@ -38,7 +38,7 @@ a name the local resolver answers at once (/etc/hosts).
 from __future__ import annotations
 
 import contextvars
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -51,6 +51,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from parsec import limits
 from parsec.storage.postgresql.connection import (
     DatabaseTimeout,
     DatabaseUnavailable,
@@ -245,6 +246,10 @@ class PostgreSQLPool:
         self._start_d: defer.Deferred[None] | None = None
         self._drained: defer.Deferred[None] | None = None
         self._refill_call: Any = None  # IDelayedCall of a scheduled refill
+        # Failures by kind, for the metrics: `connect` (a connection could not be opened),
+        # `lost` (an open one was lost), `timeout` (no free connection in time, or too many
+        # requests waiting for one).
+        self.errors: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"PostgreSQLPool({self.description}, size={self.size}/{self.max_connections})"
@@ -365,6 +370,7 @@ class PostgreSQLPool:
             raise
         except Exception as exc:
             conn.close()
+            self.errors["connect"] += 1
             if timed_out:
                 raise DatabaseUnavailable(
                     f"cannot connect to {self.description}: timed out after {self.connect_timeout} s"
@@ -387,6 +393,7 @@ class PostgreSQLPool:
         return await self._open_raw()
 
     def _connection_lost(self, conn: PgConnection, reason: Failure) -> None:
+        self.errors["lost"] += 1
         # Any loss usually means a database restart: retire every connection opened before it.
         if conn.generation == self._generation:
             self._generation += 1
@@ -458,6 +465,8 @@ class PostgreSQLPool:
 
     async def _wait_for_connection(self) -> PgConnection:
         if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+            self.errors["timeout"] += 1
+            limits.hit("db_max_waiters")
             raise DatabaseTimeout(
                 f"database busy: {len(self._waiters)} requests already wait for a connection"
             )
@@ -468,6 +477,8 @@ class PostgreSQLPool:
 
         def expire() -> None:
             if not waiter.called:
+                self.errors["timeout"] += 1
+                limits.hit("db_acquire_timeout")
                 self._cancel_waiter(waiter)
                 waiter.errback(
                     DatabaseTimeout(f"database busy: no connection free within {self.acquire_timeout:g} s")
