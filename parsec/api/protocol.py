@@ -569,7 +569,7 @@ _AUTHENTICATED = (
             "not_found": WITH_REASON,
             "in_maintenance": EMPTY,
             "bad_encryption_revision": EMPTY,
-            # with a reason when a recipient has too many unread messages (DECISIONS.md)
+            # with a reason when a recipient has too many unread messages (docs/protocol/DECISIONS.md)
             "not_allowed": OPTIONAL_REASON,
             "participants_mismatch": WITH_REASON,
         },
