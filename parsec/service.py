@@ -47,6 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from parsec.allocator import tune_allocator
 from parsec.backend.app import BackendApp
 from parsec.backend.bus import EventBus, MemoryEventBus
 from parsec.backend.storage import Storage
@@ -594,7 +595,9 @@ def make_service(
 ) -> ParsecService:
     """The server of `config` for a front end (which handles signals, the start-up line and
     exit statuses); systemd is notified when `$NOTIFY_SOCKET` is set. Only in the front ends'
-    process: the objects of the start-up are frozen out of the garbage collector once serving."""
+    process: the objects of the start-up are frozen out of the garbage collector once serving,
+    and the C allocator keeps block-sized buffers (parsec.allocator)."""
+    tune_allocator()
     return ParsecService(
         config,
         reactor=reactor,

@@ -14,9 +14,10 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 import msgpack
 
@@ -48,6 +49,21 @@ def datetime_from_timestamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_UNKNOWN_SAFETY = SafeUUID.unknown
+
+
+def uuid_from_bytes(data: bytes) -> UUID:
+    """`UUID(bytes=data)` for exactly 16 bytes, without `UUID.__init__`'s argument checks: a
+    request carries several ids and the generic constructor was 3 % of a `vlob_create`
+    (benchmarks/server_bench.py). Sets the same two slots `__init__` would."""
+    value = _new_object(UUID)
+    _set_slot(value, "int", int.from_bytes(data, "big"))
+    _set_slot(value, "is_safe", _UNKNOWN_SAFETY)
+    return value
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_DATETIME:
         if len(data) != 8:
@@ -59,7 +75,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_UUID:
         if len(data) != 16:
             raise DecodeError("Invalid UUID ext payload")
-        return UUID(bytes=data)
+        return uuid_from_bytes(data)
     return msgpack.ExtType(code, data)
 
 
@@ -78,6 +94,43 @@ def _default(obj: Any) -> Any:
 def packb(data: Any) -> bytes:
     packed: bytes = msgpack.packb(data, default=_default, use_bin_type=True, datetime=False)
     return packed
+
+
+class MessageTooLarge(ValueError):
+    """Raised by a `pack_prefixed` prefix function to refuse the message (nothing is copied)."""
+
+
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_default, use_bin_type=True, datetime=False, autoreset=False)
+
+
+_packer = _new_packer()
+# A buffer grown past this is dropped after use rather than kept for the next message.
+_PACKER_KEEP = 2 * 1024 * 1024
+
+
+def pack_prefixed(data: Any, prefix: Callable[[int], bytes]) -> bytes:
+    """`prefix(size) + packb(data)` as one bytes object, `size` being the packed length.
+
+    The message is packed into a buffer kept from one message to the next, then copied once,
+    behind its prefix (e.g. a websocket frame header). `packb` then a concatenation would copy
+    a 512 KiB block twice more and allocate fresh memory for each message (page faults): about
+    30 % of the server CPU of a 512 KiB `block_read` (benchmarks/server_bench.py,
+    block_read_512k). `prefix` may raise MessageTooLarge, then nothing is copied.
+    """
+    global _packer
+    packer = _packer
+    size = 0
+    try:
+        packer.pack(data)
+        with packer.getbuffer() as view:
+            size = len(view)
+            framed: bytes = prefix(size) + view
+            return framed
+    finally:
+        packer.reset()
+        if size > _PACKER_KEEP:
+            _packer = _new_packer()
 
 
 # Headers of the msgpack format (https://github.com/msgpack/msgpack/blob/master/spec.md):

@@ -46,7 +46,7 @@ class PostgreSQLBlockStore:
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
         try:
-            row = await self._pool.fetchrow(_READ, (organization_id, block_id))
+            row = await self._pool.fetchrow_bytea_views(_READ, (organization_id, block_id))
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             error = BlockStoreError(self.description, _reason(exc))
             log_block_error("read", error, organization_id, block_id)

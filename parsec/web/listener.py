@@ -161,6 +161,10 @@ class HttpGuard(ProtocolWrapper):
         self.access.emit()
         self.factory.metrics.connection_closed(self.access)
 
+    def upgraded(self) -> None:
+        """The connection now speaks websocket: the HTTP channel is done with, let it go."""
+        self._channel = None
+
     def request_received(self, method: bytes, uri: bytes, forwarded_for: list[bytes] | None) -> None:
         """The channel has the whole request: the request deadline no longer applies."""
         self._cancel_deadline()

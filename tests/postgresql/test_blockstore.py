@@ -91,3 +91,20 @@ async def test_caller_holding_a_connection_is_refused(pool: PostgreSQLPool, uniq
         await tx.execute("SELECT 1")
         with pytest.raises(PoolReentryError):
             await store.create(unique_org, uuid.uuid4(), b"x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_block_read_leaves_the_sessions_bytea_conversion_in_place(pool: PostgreSQLPool, unique_org: str) -> None:
+    # The read converts its bytea with psycopg2's own conversion while it runs; every later
+    # statement on the same sessions gets `bytes` again, as the storages expect.
+    store = PostgreSQLBlockStore(pool)
+    block_id = uuid.uuid4()
+    await store.create(unique_org, block_id, b"\x00\x01" * 1000)
+    for _ in range(pool.max_connections + 1):  # whichever session served the read
+        block = await store.read(unique_org, block_id)
+        assert type(block) is bytes and block == b"\x00\x01" * 1000
+        value = await pool.fetchval("SELECT '\\x0102'::bytea")
+        assert type(value) is bytes and value == b"\x01\x02"
+    row = await pool.fetchrow_bytea_views("SELECT '\\x0102'::bytea")
+    assert row is not None and isinstance(row[0], memoryview) and bytes(row[0]) == b"\x01\x02"
+    assert type(await pool.fetchval("SELECT '\\x03'::bytea")) is bytes

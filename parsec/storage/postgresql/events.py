@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
-import msgpack
 import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -80,37 +80,53 @@ class EventDecodeError(ValueError):
     pass
 
 
+# `__id__`: unique per publication, without a uuid4 (os.urandom) per event: a random prefix
+# drawn once per process, then a counter (32 hex digits in all).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count()
+
+
 def _static_items(event: BackendEvent) -> dict[str, Any]:
     for key in event.data:
         if key in _RESERVED:
             raise ValueError(f"event field {key!r} is reserved")
     return {
-        "__id__": uuid.uuid4().hex,
+        "__id__": f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFF_FFFF_FFFF_FFFF:016x}",
         "__signal__": event.name,
         "organization_id": event.organization_id,
         **event.data,
     }
 
 
-def _fit(event: BackendEvent, items: dict[str, Any], extra: int) -> dict[str, Any]:
-    """Drop bytes fields (certificates of internal events) if the payload would be too big:
-    an event must never make its write fail."""
-    raw_size = len(codec.packb(items)) + extra
+def _fit(event: BackendEvent, items: dict[str, Any], extra: int) -> tuple[dict[str, Any], bytes]:
+    """`items` and their msgpack form, with the bytes fields (certificates of internal events)
+    dropped if the payload would be too big: an event must never make its write fail."""
+    packed = codec.packb(items)
+    raw_size = len(packed) + extra
     if (raw_size + 2) // 3 * 4 <= MAX_PAYLOAD:
-        return items
+        return items, packed
     stripped = {key: (None if isinstance(value, bytes) else value) for key, value in items.items()}
     _log.warn(
         "Event {name} too large for NOTIFY ({size} bytes): its binary fields are dropped",
         name=event.name, size=raw_size,
     )
-    if (len(codec.packb(stripped)) + extra + 2) // 3 * 4 > MAX_PAYLOAD:
+    packed = codec.packb(stripped)
+    if (len(packed) + extra + 2) // 3 * 4 > MAX_PAYLOAD:
         raise ValueError(f"event {event.name} does not fit in a NOTIFY payload")
-    return stripped
+    return stripped, packed
+
+
+def _map_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 65536:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
 
 
 def encode_event(event: BackendEvent) -> str:
-    items = _fit(event, _static_items(event), 0)
-    return base64.b64encode(codec.packb(items)).decode("ascii")
+    _, packed = _fit(event, _static_items(event), 0)
+    return base64.b64encode(packed).decode("ascii")
 
 
 def decode_event(payload: str) -> BackendEvent:
@@ -203,18 +219,21 @@ class Notify:
             f"pg_notify(%({prefix}_channel)s, "
             f"translate(encode({' || '.join(parts)}, 'base64'), E'\\n', ''))"
         )
+        # The parameters that are the same for every event (packed once, not per write).
+        self._constant_params: dict[str, Any] = {f"{prefix}_channel": CHANNEL}
+        for index, key in enumerate(self.computed):
+            self._constant_params[f"{prefix}_k{index}"] = codec.packb(key)
 
     def params(self, event: BackendEvent) -> dict[str, Any]:
+        computed = self.computed
         static = BackendEvent(
-            event.name, event.organization_id, {k: v for k, v in event.data.items() if k not in self.computed}
+            event.name, event.organization_id, {k: v for k, v in event.data.items() if k not in computed}
         )
-        items = _fit(static, _static_items(static), self._extra)
-        packer = msgpack.Packer(use_bin_type=True)
-        head = packer.pack_map_header(len(items) + len(self.computed))
-        head += b"".join(codec.packb(key) + codec.packb(value) for key, value in items.items())
-        params: dict[str, Any] = {f"{self.prefix}_channel": CHANNEL, f"{self.prefix}_head": head}
-        for index, key in enumerate(self.computed):
-            params[f"{self.prefix}_k{index}"] = codec.packb(key)
+        items, packed = _fit(static, _static_items(static), self._extra)
+        # The static pairs as packed above, behind a map header counting the computed ones too.
+        head = _map_header(len(items) + len(computed)) + packed[len(_map_header(len(items))) :]
+        params = dict(self._constant_params)
+        params[f"{self.prefix}_head"] = head
         return params
 
 

@@ -381,6 +381,7 @@ class PostgreSQLPool:
                 timer.cancel()
         psycopg2.extensions.register_type(_BYTES, raw._connection)
         psycopg2.extensions.register_type(_BYTES_ARRAY, raw._connection)
+        conn.bytea_caster = _BYTES
         conn.established = True
         conn.generation = self._generation
         return conn
@@ -652,6 +653,11 @@ class PostgreSQLPool:
     async def fetchval(self, sql: Query, params: Params = None) -> Any:
         async with self.connection() as conn:
             return await conn.fetchval(sql, params)
+
+    async def fetchrow_bytea_views(self, sql: str, params: Params = None) -> tuple[Any, ...] | None:
+        """`fetchrow`, bytea values as memoryviews (PgConnection.fetchrow_bytea_views)."""
+        async with self.connection() as conn:
+            return await conn.fetchrow_bytea_views(sql, params)
 
     async def execute(self, sql: Query, params: Params = None) -> int:
         async with self.connection() as conn:

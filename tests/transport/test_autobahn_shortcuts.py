@@ -1,0 +1,76 @@
+"""The Autobahn internals parsec.web.websocket relies on to skip per-message work.
+
+`ParsecServerProtocol.dataReceived` and `onMessageEnd` replace Autobahn's own with what remains
+of them once its debug formatting and its "message" observer event are left out. These tests
+fail when Autobahn changes what those methods do or the attributes they use, so that the
+shortcuts are re-checked against the new version rather than silently diverging.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from parsec.web.websocket import ParsecServerProtocol, ParsecWebSocketFactory
+
+
+def _body(function: object) -> str:
+    """The statements of a function, without its docstring and comments."""
+    source = inspect.getsource(function)  # type: ignore[arg-type]
+    lines = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            lines.append(stripped)
+    text = "\n".join(lines)
+    if '"""' in text:
+        head, _, rest = text.partition('"""')
+        _, _, tail = rest.partition('"""')
+        text = head + tail
+    return text
+
+
+def test_data_received_only_logs_then_hands_over() -> None:
+    body = _body(WebSocketAdapterProtocol.dataReceived)
+    calls = [line for line in body.splitlines() if line.startswith("self.") and "(" in line]
+    assert calls == ["self.log.debug(", "self._dataReceived(data)"], body
+
+
+def test_message_end_joins_calls_on_message_and_fires_the_observer_event() -> None:
+    body = _body(WebSocketProtocol.onMessageEnd)
+    assert "if not self.failedByMe:" in body
+    assert 'payload = b"".join(self.message_data)' in body
+    assert "self._onMessage(payload, self.message_is_binary)" in body
+    assert 'self.fire("message"' in body
+    assert "self.message_data = None" in body
+    # What the Twisted adapter's _onMessage does: call onMessage.
+    assert _body(WebSocketAdapterProtocol._onMessage).splitlines()[-1] == "self.onMessage(payload, isBinary)"
+
+
+def test_the_shortcuts_are_in_use() -> None:
+    assert ParsecServerProtocol.dataReceived is not WebSocketServerProtocol.dataReceived
+    assert ParsecServerProtocol.onMessageEnd is not WebSocketServerProtocol.onMessageEnd
+    # message_is_binary and message_data are set when a message begins.
+    begin = _body(WebSocketProtocol.onMessageBegin)
+    assert "self.message_is_binary = isBinary" in begin
+    assert "self.message_data" in begin
+
+
+def test_connection_made_copies_only_the_listed_options() -> None:
+    body = _body(WebSocketProtocol._connectionMade)
+    assert "for configAttr in self.CONFIG_ATTRS:" in body
+    assert "if not hasattr(self, configAttr):" in body
+    assert "setattr(self, configAttr, getattr(self.factory, configAttr))" in body
+
+
+def test_the_factory_protocol_holds_the_options() -> None:
+    factory = ParsecWebSocketFactory(app=None)  # type: ignore[arg-type]  # never connected
+    protocol_class = factory.protocol
+    assert issubclass(protocol_class, ParsecServerProtocol)
+    assert protocol_class.CONFIG_ATTRS == ()
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        assert getattr(protocol_class(), name) == getattr(factory, name), name
+    # A function option stays a plain function, as it is on the factory.
+    assert protocol_class().perMessageCompressionAccept([]) is None
