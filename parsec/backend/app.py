@@ -294,7 +294,7 @@ class BackendApp:
         elif event.name == events.INVITE_STATUS_CHANGED and event["status"] == "DELETED":
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, InvitedContext) and ctx.token == event["token"]:
-                    ctx.close()
+                    ctx.close_when_idle()
 
     # ---- handshake -----------------------------------------------------------------------
 

@@ -81,6 +81,9 @@ class InvitedContext:
     conn_id: int = 0
     kind: str = INVITED
     close: Callable[[], None] = lambda: None
+    # Called when the invitation is deleted: closes the connection once its in-flight request
+    # (if any) is answered (the claimer's last exchange may have its answer already).
+    close_when_idle: Callable[[], None] = lambda: None
 
 
 @attrs.define(eq=False)

@@ -67,6 +67,18 @@ def conduit_talk(conduit: ConduitSlots, is_greeter: bool, state: str, payload: b
     return ConduitListenCtx(is_greeter, state, payload, peers)
 
 
+def answer_after_deletion(conduit: ConduitSlots, ctx: ConduitListenCtx) -> bytes | None:
+    """The conduit of a deleted invitation is frozen, but a listener whose peer had spoken
+    before the deletion still gets that answer (nothing is written): the greeter deletes the
+    invitation right after its last exchange, possibly before the claimer has read it.
+    None: the listener would still have to wait, so the deletion ends its exchange."""
+    try:
+        peer_payload, _ = conduit_listen(attrs.evolve(conduit), ctx)
+    except InvalidStateError:
+        return None
+    return peer_payload
+
+
 def conduit_listen(conduit: ConduitSlots, ctx: ConduitListenCtx) -> tuple[bytes | None, bool]:
     """Returns (peer payload or None if still waiting, whether the conduit changed)."""
     ours, peers = _slots(conduit, ctx.is_greeter)

@@ -63,7 +63,7 @@ from zope.interface import implementer
 from parsec import limits as limits_module
 from parsec.api.codec import DecodeError, MessageTooLarge, pack_prefixed, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
-from parsec.backend.command import AuthenticatedContext, ClientContext
+from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
 from parsec.logging import debug_enabled
@@ -218,6 +218,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._current_long_poll = False
         self._running = False
         self._idle_waiters: list[defer.Deferred[None]] = []
+        self._close_when_idle = False
         self._output_blocked = False
         self._reading_paused = False
         self._deadline: Any = None
@@ -496,6 +497,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             if isinstance(ctx, AuthenticatedContext):
                 access.device_id = ctx.device_id
         ctx.close = self._server_close
+        if isinstance(ctx, InvitedContext):
+            ctx.close_when_idle = self._server_close_when_idle
         app.register(ctx)
         self._ctx = ctx
         self._state = _READY
@@ -598,6 +601,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             if debug_enabled():
                 _log.debug("Request {cmd} -> {status}", cmd=cmd, status=reply.get("status"))
             self._send_reply(reply)
+        if self._close_when_idle:
+            self._server_close()
         # After the reply: a draining shutdown waits for it before closing.
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
@@ -627,6 +632,15 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self.sendMessage(INVALID_MSG_FORMAT, isBinary=True)
             self.sendClose(code=1000)
         self._update_reading()  # read the peer's close answer
+
+    def _server_close_when_idle(self) -> None:
+        """Server-side termination once the in-flight request is answered (invitation deleted:
+        the claimer's exchange may already have its answer, docs/protocol/DECISIONS.md); its
+        exchange is woken by the same event and ends either way."""
+        if self._current is None:
+            self._server_close()
+        else:
+            self._close_when_idle = True
 
     def _server_close(self) -> None:
         """Server-side termination (revocation, expiration, invitation deleted)."""

@@ -605,6 +605,54 @@ async def test_delete_during_a_conduit_step(org: InviteEnv, waiter: str, point: 
 
 
 @ok
+async def test_claimer_gets_its_last_answer_when_the_greeter_deletes_right_away(org: InviteEnv) -> None:
+    """The greeter spoke first in step 4; the claimer answers and waits for the greeter to take
+    its payload; the greeter does, gets its reply and deletes the invitation (FINISHED) before
+    the claimer's woken exchange re-reads the conduit. The claimer still gets the greeter's
+    payload, then its connection is closed (docs/protocol/DECISIONS.md)."""
+    from twisted.internet import defer
+
+    ex = await setup(org)
+    await ex.step1()
+    await ex.step2()
+    await ex.step3a()
+    await ex.step3b()
+    send_greeter(ex.greeter, "4", ex.token, payload=b"greeter's last")
+    await org.blocked(ex.token, "greeter", "4_COMMUNICATE")
+    # Let the claimer's first read of the conduit through (it must wait), hold its re-read.
+    storage = org.server.app.storage.invite
+    gate: defer.Deferred[None] = defer.Deferred()
+    real_listen = storage.conduit_listen
+    claimer_reads: list[uuid.UUID] = []
+
+    async def gated_listen(organization_id: str, token: uuid.UUID, greeter: str | None, ctx: Any) -> Any:
+        if greeter is None:
+            claimer_reads.append(token)
+            if len(claimer_reads) > 1:
+                await gate
+        return await real_listen(organization_id, token, greeter, ctx)
+
+    storage.conduit_listen = gated_listen
+    try:
+        send_claimer(ex.claimer, "4", payload=b"claimer's last")
+        assert await ex.greeter.recv() == {"status": "ok", "payload": b"claimer's last"}
+        assert await ex.greeter.cmd("invite_delete", token=ex.token, reason="FINISHED") == {"status": "ok"}
+        # (In memory the claimer's first read may already come after the greeter's: nothing
+        # to hold then, its answer is on its way.)
+        await until(lambda: len(claimer_reads) == 2 or bool(ex.claimer.client.proto.inbox), "claimer woken")
+        if len(claimer_reads) == 2:
+            await no_reply_yet(ex.claimer)
+            assert not ex.claimer.closed  # its request is still in flight
+    finally:
+        del storage.conduit_listen
+        gate.callback(None)
+    assert await ex.claimer.recv() == {"status": "ok", "payload": b"greeter's last"}
+    code, _ = await ex.claimer.client.wait_closed()
+    assert code == 1000
+    await org.assert_no_leak()
+
+
+@ok
 async def test_claimer_wait_peer_cancelled_by_a_retry(org: InviteEnv) -> None:
     # The client gives up waiting and sends step 1 again on the same connection.
     ex = await setup(org)

@@ -157,6 +157,31 @@ async def test_conduit_errors(world: World) -> None:
 
 
 @ok
+async def test_deleted_conduit_still_answers_a_listener_whose_peer_spoke(world: World) -> None:
+    """docs/protocol/DECISIONS.md: the greeter may delete the invitation right after taking the
+    claimer's last payload, before the claimer has read the greeter's."""
+    invite, org = world.invite, world.org
+    token = (await invite.new(org, "alice", HANDLE, "DEVICE", None, world.ts())).token
+    greeter_ctx = await invite.conduit_talk(org, token, "alice", FIRST_STEP, b"g1")
+    claimer_ctx = await invite.conduit_talk(org, token, None, FIRST_STEP, b"c1")
+    assert await invite.conduit_listen(org, token, None, claimer_ctx) == (None, False)
+    assert await invite.conduit_listen(org, token, "alice", greeter_ctx) == (b"c1", True)
+    await invite.delete(org, "alice", token, world.ts(), "FINISHED")
+    # Frozen: the claimer reads its answer, nothing is written nor published, again and again.
+    for _ in range(2):
+        assert await world.published(invite.conduit_listen(org, token, None, claimer_ctx)) == ((b"g1", False), [])
+    # Another greeter's invitation stays unknown.
+    with pytest.raises(NotFoundError):
+        await invite.conduit_listen(org, token, "bob", greeter_ctx)
+    # A listener that would still have to wait gets AlreadyDeletedError.
+    token = (await invite.new(org, "alice", HANDLE, "DEVICE", None, world.ts())).token
+    greeter_ctx = await invite.conduit_talk(org, token, "alice", FIRST_STEP, b"g1")
+    await invite.delete(org, "alice", token, world.ts(), "CANCELLED")
+    with pytest.raises(AlreadyDeletedError):
+        await invite.conduit_listen(org, token, "alice", greeter_ctx)
+
+
+@ok
 async def test_reads_publish_nothing(world: World) -> None:
     invite, org = world.invite, world.org
     token = (await invite.new(org, "alice", HANDLE, "DEVICE", None, world.ts())).token

@@ -8,7 +8,13 @@ from uuid import UUID, uuid4
 import attrs
 
 from parsec.backend import bus as events
-from parsec.backend.conduit import ConduitListenCtx, ConduitSlots, conduit_listen, conduit_talk
+from parsec.backend.conduit import (
+    ConduitListenCtx,
+    ConduitSlots,
+    answer_after_deletion,
+    conduit_listen,
+    conduit_talk,
+)
 from parsec.backend.models import HumanHandle, Invitation
 from parsec.backend.storage import (
     AlreadyDeletedError,
@@ -98,14 +104,16 @@ class MemoryInviteStorage:
         ]
         return sorted(invitations, key=lambda inv: inv.created_on)
 
-    def _locate(self, organization_id: str, token: UUID, greeter_user_id: str | None) -> _Entry:
+    def _locate(
+        self, organization_id: str, token: UUID, greeter_user_id: str | None, *, deleted_ok: bool = False
+    ) -> _Entry:
         try:
             entry = self._entries(organization_id)[token]
         except (KeyError, NotFoundError):
             raise NotFoundError() from None
         if greeter_user_id is not None and entry.invitation.greeter_user_id != greeter_user_id:
             raise NotFoundError()
-        if entry.invitation.is_deleted:
+        if entry.invitation.is_deleted and not deleted_ok:
             raise AlreadyDeletedError()
         return entry
 
@@ -125,7 +133,12 @@ class MemoryInviteStorage:
     async def conduit_listen(
         self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
     ) -> tuple[bytes | None, bool]:
-        entry = self._locate(organization_id, token, greeter_user_id)
+        entry = self._locate(organization_id, token, greeter_user_id, deleted_ok=True)
+        if entry.invitation.is_deleted:
+            answer = answer_after_deletion(entry.conduit, ctx)
+            if answer is None:
+                raise AlreadyDeletedError()
+            return answer, False
         peer_payload, changed = conduit_listen(entry.conduit, ctx)
         if changed:
             self._store.publish(events.invite_conduit_updated(organization_id, token))

@@ -20,7 +20,13 @@ from uuid import UUID, uuid4
 import attrs
 
 from parsec.backend import bus as events
-from parsec.backend.conduit import ConduitListenCtx, ConduitSlots, conduit_listen, conduit_talk
+from parsec.backend.conduit import (
+    ConduitListenCtx,
+    ConduitSlots,
+    answer_after_deletion,
+    conduit_listen,
+    conduit_talk,
+)
 from parsec.backend.models import HumanHandle, Invitation
 from parsec.backend.storage import AlreadyDeletedError, AlreadyMemberError, NotFoundError
 from parsec.storage.postgresql.connection import PgConnection, PreparedStatement
@@ -143,6 +149,24 @@ def _slots(row: tuple[Any, ...] | None, greeter_user_id: str | None) -> ConduitS
     if deleted_on is not None:
         raise AlreadyDeletedError()
     return ConduitSlots(state=state, greeter_payload=greeter_payload, claimer_payload=claimer_payload)
+
+
+def _answer_if_deleted(
+    row: tuple[Any, ...] | None, greeter_user_id: str | None, ctx: ConduitListenCtx
+) -> bytes | None:
+    """For a deleted invitation: what its frozen conduit still answers this listener
+    (`answer_after_deletion`), else AlreadyDeletedError. None when the row is not a deleted
+    invitation of this greeter (`_slots` then decides)."""
+    if row is None:
+        return None
+    greeter, deleted_on, state, greeter_payload, claimer_payload = row
+    if deleted_on is None or (greeter_user_id is not None and greeter != greeter_user_id):
+        return None
+    slots = ConduitSlots(state=state, greeter_payload=greeter_payload, claimer_payload=claimer_payload)
+    answer = answer_after_deletion(slots, ctx)
+    if answer is None:
+        raise AlreadyDeletedError()
+    return answer
 
 
 class PgInviteStorage:
@@ -276,18 +300,25 @@ class PgInviteStorage:
         self, organization_id: str, token: UUID, greeter_user_id: str | None, ctx: ConduitListenCtx
     ) -> tuple[bytes | None, bool]:
         row = await self._pool.fetchrow(_CONDUIT_READ, {"org": organization_id, "token": token})
+        answer = _answer_if_deleted(row, greeter_user_id, ctx)
+        if answer is not None:
+            return answer, False
         slots = _slots(row, greeter_user_id)
         snapshot = attrs.evolve(slots)
         result = conduit_listen(snapshot, ctx)
         if snapshot == slots:
             return result  # nothing to write: decided from the committed state
-        return await self._locked(
-            organization_id,
-            token,
-            greeter_user_id,
-            lambda locked: conduit_listen(locked, ctx),
-            lambda result: result[1],  # the conduit changed
-        )
+        try:
+            return await self._locked(
+                organization_id,
+                token,
+                greeter_user_id,
+                lambda locked: conduit_listen(locked, ctx),
+                lambda result: result[1],  # the conduit changed
+            )
+        except AlreadyDeletedError:
+            # Deleted between the read and the lock: its frozen conduit may still answer.
+            return await self.conduit_listen(organization_id, token, greeter_user_id, ctx)
 
 
 async def _rollback(conn: PgConnection) -> None:
