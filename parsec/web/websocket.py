@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextvars
 import struct
+from collections import deque
 from collections.abc import Coroutine
 from time import perf_counter
 from types import FunctionType
@@ -89,6 +90,8 @@ CLOSE_POLICY_VIOLATION = 1008
 SHUTDOWN_CLOSE_WAIT = 1.0
 
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
+# Stands for Autobahn's empty send queue (see `onOpen`): only its length is read.
+_NO_SEND_QUEUE: tuple[()] = ()
 
 
 _SHORT_FRAME = struct.Struct("!BBH")
@@ -162,7 +165,11 @@ class _Resumed:
             else:
                 awaited = self._context.run(self._coro.send, None)
         except StopIteration as done:
-            if not self.deferred.called:
+            if isinstance(done.value, defer.Deferred):
+                # The command returned the Deferred of its reply (parsec.backend.command.Answer).
+                self._awaited = done.value
+                done.value.addBoth(self._deliver)
+            elif not self.deferred.called:
                 self.deferred.callback(done.value)
             return None
         except BaseException:
@@ -171,6 +178,14 @@ class _Resumed:
             return None
         self._wait(awaited)
         return None
+
+    def _deliver(self, result: object) -> None:
+        self._awaited = None
+        if not self.deferred.called:
+            if isinstance(result, Failure):
+                self.deferred.errback(result)
+            else:
+                self.deferred.callback(result)
 
     def _cancel(self, _: defer.Deferred[Any]) -> None:
         if self._awaited is not None:
@@ -384,6 +399,11 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # request the listener's guard still holds (over 2 KiB per idle connection).
         self.http_request_data = b""
         self.http_headers = {}
+        self.http_response_data = None  # type: ignore[assignment]  # our 101 answer, sent
+        # Autobahn's queue of chopped or synchronous sends, which we never make: an empty
+        # deque is 624 bytes per connection; `sendData` brings one back if ever needed
+        # (benchmarks/server_bench.py, idle).
+        self.send_queue = _NO_SEND_QUEUE  # type: ignore[assignment]
         guard: Any = self.transport
         if isinstance(guard, HttpGuard):
             guard.upgraded()
@@ -394,6 +414,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("Cannot start the handshake")
             self.sendCloseFrame(code=1011, isReply=False)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        queue: Any = self.send_queue  # Autobahn annotates it a deque
+        if (sync or chopsize) and queue is _NO_SEND_QUEUE:
+            self.send_queue = deque()
+        super().sendData(data, sync, chopsize)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._state in (_CLOSED, _DRAINING):
@@ -526,25 +552,23 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             payload = self._incoming.pop(0)
             self._incoming_bytes -= len(payload)
             try:
-                pending = self._start(payload)
+                waiting = self._start(payload)
             except Exception:
                 self._internal_error(Failure())
                 break
-            if pending is not None:
-                pending.addErrback(self._internal_error)
-                pending.addBoth(self._resume)
+            if waiting:
                 self._update_reading()
                 return
         self._running = False
         self._update_reading()
 
-    def _resume(self, _: object) -> None:
+    def _resume(self) -> None:
         self._running = False
         self._pump()
         self._update_reading()
 
-    def _start(self, payload: bytes) -> defer.Deferred[None] | None:
-        """Process one request; a Deferred (fired once it is answered) if it has to wait."""
+    def _start(self, payload: bytes) -> bool:
+        """Process one request; True if it has to wait (`_settled` resumes the pump)."""
         app = self.factory.app
         ctx = self._ctx
         assert ctx is not None
@@ -552,49 +576,62 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             msg = unpackb(payload)
         except DecodeError:
             self._protocol_error()
-            return None
+            return False
         cmd = msg.get("cmd")
         route = app.route(ctx.kind, cmd)
         if route is None:
             app.metrics.command(UNKNOWN_COMMAND_LABEL).done("unknown_command", 0.0)
             self._send_reply(UNKNOWN_COMMAND)
-            return None
+            return False
         metrics = app.metrics.command(route.meta.name, route.meta.long_poll)
         started = perf_counter()
         coro = app.dispatch(ctx, route, msg)
         context = contextvars.copy_context()
+        d: defer.Deferred[Any]
         try:
             awaited = context.run(coro.send, None)
         except StopIteration as done:
-            reply = done.value
-            metrics.done(str(reply.get("status")), perf_counter() - started)
-            self._answered(cmd, reply)
-            return None
+            answer = done.value
+            if not isinstance(answer, defer.Deferred):
+                metrics.done(str(answer.get("status")), perf_counter() - started)
+                self._answered(cmd, answer)
+                return False
+            # The command returned the Deferred of its reply (parsec.backend.command.Answer):
+            # nothing to drive.
+            d = answer
         except BaseException:
             metrics.done("crashed", perf_counter() - started)
             raise
-        d = _Resumed(coro, context, awaited).deferred
+        else:
+            d = _Resumed(coro, context, awaited).deferred
         self._current = d
         self._current_cancellable = route.meta.cancellable
         self._current_long_poll = route.meta.long_poll
         if self._current_cancellable and self._incoming:
             d.cancel()
-        return d.addBoth(self._settled, cmd, metrics, started)
+        # One callback does everything once the command ends (answer, errors, resuming the
+        # pump): each further one would stay allocated on every waiting connection.
+        d.addBoth(self._settled, cmd, metrics, started)
+        return True
 
-    def _settled(self, result: Any, cmd: object, metrics: Any, started: float) -> Failure | None:
+    def _settled(self, result: Any, cmd: object, metrics: Any, started: float) -> None:
         self._current = None
         self._current_cancellable = False
         self._current_long_poll = False
-        if isinstance(result, Failure):
-            if not result.check(defer.CancelledError):
-                metrics.done("crashed", perf_counter() - started)
-                return result
-            metrics.done("cancelled", perf_counter() - started)
-            result = None  # abandoned: no reply
-        else:
-            metrics.done(str(result.get("status")), perf_counter() - started)
-        self._answered(cmd, result)
-        return None
+        try:
+            if isinstance(result, Failure):
+                if result.check(defer.CancelledError):
+                    metrics.done("cancelled", perf_counter() - started)
+                    self._answered(cmd, None)  # abandoned: no reply
+                else:
+                    metrics.done("crashed", perf_counter() - started)
+                    self._internal_error(result)
+            else:
+                metrics.done(str(result.get("status")), perf_counter() - started)
+                self._answered(cmd, result)
+        except Exception:
+            self._internal_error(Failure())
+        self._resume()
 
     def _answered(self, cmd: object, reply: dict[str, Any] | None) -> None:
         if reply is not None:
