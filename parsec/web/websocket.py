@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from parsec import limits as limits_module
-from parsec.api.codec import DecodeError, MessageTooLarge, pack_prefixed, packb, unpackb
+from parsec.api.codec import DecodeError, MessageTooLarge, pack_pieces, packb, unpackb
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
@@ -98,13 +98,15 @@ _SHORT_FRAME = struct.Struct("!BBH")
 _LONG_FRAME = struct.Struct("!BBQ")
 
 
-def binary_frame(message: dict[str, Any], limit: int) -> bytes | None:
+def binary_frame(message: dict[str, Any], limit: int) -> list[bytes] | None:
     """One final binary websocket frame carrying `message` in msgpack (RFC 6455 §5.2; a
-    server's frames are not masked), or None if the message is over `limit` bytes.
+    server's frames are not masked), as the pieces to write in order, or None if the message
+    is over `limit` bytes.
 
     Built here rather than by Autobahn's `sendMessage`, which checks options we never use
     (compression, fragmentation, masking) and joins header and payload into a further copy:
-    this costs one copy of the message (`pack_prefixed`) and one transport write.
+    this costs one copy of the message (`pack_prefixed`), none of a large bytes value in it
+    (`pack_pieces`: a block), and one transport write.
     """
 
     def header(size: int) -> bytes:
@@ -117,7 +119,7 @@ def binary_frame(message: dict[str, Any], limit: int) -> bytes | None:
         return _LONG_FRAME.pack(0x82, 127, size)
 
     try:
-        return pack_prefixed(message, header)
+        return pack_pieces(message, header)
     except MessageTooLarge:
         return None
 
@@ -661,7 +663,10 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             frame = binary_frame(REPLY_TOO_LARGE, self.maxMessagePayloadSize)
             assert frame is not None
         transport: Any = self.transport  # through the listener's guard, which counts the bytes
-        transport.write(frame)
+        if len(frame) == 1:
+            transport.write(frame[0])
+        else:
+            transport.writeSequence(frame)
 
     def _protocol_error(self) -> None:
         self._state = _CLOSED
