@@ -147,6 +147,14 @@ def _bin_header(size: int) -> bytes:
     return _BIN32.pack(0xC6, size)
 
 
+def has_large_bytes(data: dict[str, Any], split: int = SPLIT_BYTES) -> bool:
+    """Whether `pack_pieces` would split `data` (a plain loop: it runs for every reply)."""
+    for value in data.values():
+        if type(value) is bytes and len(value) >= split:
+            return True
+    return False
+
+
 def pack_pieces(data: dict[str, Any], prefix: Callable[[int], bytes], split: int = SPLIT_BYTES) -> list[bytes]:
     """`pack_prefixed(data, prefix)` as pieces to be sent in order, each bytes value of `split`
     bytes or more being a piece of its own: the value itself, not a copy.
@@ -155,9 +163,10 @@ def pack_pieces(data: dict[str, Any], prefix: Callable[[int], bytes], split: int
     is then the frame header with the map's head, and the block: msgpack no longer copies the
     block into its buffer, nor the frame its buffer (the transport joins the pieces once, when
     it sends them): 2 copies of the block -> 1 (benchmarks/server_bench.py, block_read_512k).
-    A map without such a value takes `pack_prefixed` (one piece).
+    For a map without such a value, `pack_prefixed` costs less (one piece); see
+    `has_large_bytes`.
     """
-    if len(data) > 15 or not any(type(value) is bytes and len(value) >= split for value in data.values()):
+    if len(data) > 15:  # beyond a fixmap: not worth a case of its own
         return [pack_prefixed(data, prefix)]
     pieces: list[bytes] = []
     head = [bytes((0x80 | len(data),))]  # fixmap
