@@ -69,9 +69,21 @@ TABLE: tuple[Limit, ...] = (
           "length of the `help` text of a refused handshake (fixed texts, never client values)"),
     # ---- websocket after the handshake --------------------------------------------------
     _tunable("ws_message_bytes", 16 * MiB, "bytes",
-             "websocket frame and message, both directions, after the handshake; a larger "
-             "request: close 1009; a larger reply: the command's error status instead",
+             "websocket frame and message after the handshake: requests of authenticated "
+             "connections, replies to all; a larger request: close 1009; a larger reply: the "
+             "command's error status instead",
              "--ws-max-message-size"),
+    Limit("unauthenticated_message_bytes", 1 * MiB, "bytes",
+          "websocket frame and message from an anonymous or invited connection after its "
+          "handshake (their largest request, a bootstrap or an enrollment, is a few hundred "
+          "KiB; never above ws_message_bytes); larger: close 1009"),
+    Limit("ws_message_frames", 1024, "count",
+          "pieces of one websocket message: its frames (a frame read in several parts counts "
+          "each part); more: close 1009 (each piece costs the server a hundred bytes and more)"),
+    Limit("ws_frames_per_turn", 128, "count",
+          "frame parsing steps (a header, a payload) of one connection per turn of the event "
+          "loop; the rest of what was read waits, reading paused, for the next turns (a read "
+          "full of tiny frames cannot stall the other connections)"),
     Limit("pipeline_requests", 8, "count",
           "requests read ahead while one is processed; beyond it the server stops reading "
           "the connection until the queue drains"),
@@ -173,6 +185,9 @@ class Limits:
     handshake_timeout: float = _default("handshake_timeout")
     handshake_help_chars: int = _default("handshake_help_chars")
     ws_message_bytes: int = _default("ws_message_bytes")
+    unauthenticated_message_bytes: int = _default("unauthenticated_message_bytes")
+    ws_message_frames: int = _default("ws_message_frames")
+    ws_frames_per_turn: int = _default("ws_frames_per_turn")
     pipeline_requests: int = _default("pipeline_requests")
     pipeline_bytes: int = _default("pipeline_bytes")
     outgoing_buffer_bytes: int = _default("outgoing_buffer_bytes")

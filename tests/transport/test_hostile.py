@@ -519,3 +519,120 @@ async def test_keepalive_without_timeout_never_cuts(server_factory):
     alice.proto.transport.resumeProducing()
     assert await alice.cmd("ping", ping="still") == {"status": "ok", "pong": "still"}
     await alice.close()
+
+
+# ---- found by the audit: fragments, control-frame floods, unfinished messages -------------
+
+
+def _masked(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
+    """A client frame with a zero masking key (the payload goes as it is), under 126 bytes."""
+    assert len(payload) < 126
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
+
+
+def _in_pieces(message: bytes, pieces: int) -> bytes:
+    """`message` as one binary websocket message in `pieces` frames (the last one the rest)."""
+    assert len(message) >= pieces
+    out = bytearray()
+    for index in range(pieces - 1):
+        out += _masked(0x2 if index == 0 else 0x0, message[index : index + 1], fin=False)
+    rest = message[pieces - 1 :]
+    head = bytes((0x80 | (0x2 if pieces == 1 else 0x0),))
+    if len(rest) < 126:
+        head += bytes((0x80 | len(rest),))
+    elif len(rest) < 65536:
+        head += bytes((0x80 | 126,)) + len(rest).to_bytes(2, "big")
+    else:
+        head += bytes((0x80 | 127,)) + len(rest).to_bytes(8, "big")
+    out += head + b"\x00\x00\x00\x00" + rest
+    return bytes(out)
+
+
+@ok
+async def test_message_in_too_many_frames_is_refused(server):
+    from parsec import limits as limits_module
+
+    org = await bootstrap_organization(server)
+    alice = await org.connect("alice@dev1")
+    limit = LIMITS.ws_message_frames
+    message = packb({"cmd": "ping", "ping": "frames", "pad": b"\x00" * (2 * limit)})
+    # At the limit: reassembled and answered.
+    alice.proto.transport.write(_in_pieces(message, limit))
+    assert await alice.recv() == {"status": "ok", "pong": "frames"}
+    # One piece more: refused before the message is complete (each piece costs memory).
+    hits = limits_module.hits["ws_message_frames"]
+    alice.proto.transport.write(_in_pieces(message, limit + 1))
+    code, _ = await alice.wait_closed()
+    assert code in (1009, 1006)
+    assert limits_module.hits["ws_message_frames"] == hits + 1
+    await until(lambda: not server_protocols(server))
+    # Before the handshake too (the limit is on pieces, whatever the message's size).
+    from tests.fuzz.wsraw import RawWs
+
+    raw = await RawWs.connect(server.port)
+    assert await raw.next_frame() is not None  # the challenge
+    raw.write(_in_pieces(b"\x00" * (limit + 1), limit + 1))
+    assert await raw.wait_lost()
+    assert limits_module.hits["ws_message_frames"] == hits + 2
+
+
+@ok
+async def test_tiny_frames_are_parsed_a_few_per_turn(server):
+    from parsec import limits as limits_module
+
+    org = await bootstrap_organization(server)
+    flooder = await org.connect("alice@dev1")
+    other = await org.connect("alice@dev1")
+    hits = limits_module.hits["ws_frames_per_turn"]
+    # 20,000 empty pings in one write, then a request: Autobahn copies the rest of its buffer
+    # for each frame, so the server parses a few per turn and lets the others through.
+    count = 20_000
+    flooder.proto.transport.write(_masked(0x9) * count + _masked(0x2, packb({"cmd": "ping", "ping": "flood"})))
+    other.send({"cmd": "ping", "ping": "other"})
+    assert await other.recv() == {"status": "ok", "pong": "other"}
+    # The other connection was answered while the flood was still being parsed.
+    assert any(p._unparsed for p in server_protocols(server))
+    assert not flooder.proto.inbox
+    assert await flooder.recv() == {"status": "ok", "pong": "flood"}
+    # Two steps (header, empty payload) per ping.
+    assert limits_module.hits["ws_frames_per_turn"] - hits >= 2 * count // LIMITS.ws_frames_per_turn - 10
+    await flooder.close()
+    await other.close()
+
+
+@ok
+async def test_unauthenticated_message_limit(server):
+    from parsec import limits as limits_module
+
+    org = await bootstrap_organization(server)
+    limit = LIMITS.unauthenticated_message_bytes
+    assert limit < LIMITS.ws_message_bytes
+
+    # Anonymous: under the limit, answered; over it, closed before the message is held.
+    anonymous = await WsClient.connect(server.port)
+    assert (await anonymous.handshake_anonymous_v1(org.organization_id))["result"] == "ok"
+    half = (limit - 1024) // 2  # two bin values: each stays under msgpack_bin_bytes
+    under = packb({"cmd": "ping", "ping": "anonymous", "a": b"\x00" * half, "b": b"\x00" * half})
+    assert limit - 1024 <= len(under) <= limit
+    anonymous.send_raw(under)
+    assert await anonymous.recv() == {"status": "ok", "pong": "anonymous"}
+    hits = limits_module.hits["unauthenticated_message_bytes"]
+    anonymous.send_raw(b"\x00" * (limit + 1))
+    code, _ = await anonymous.wait_closed()
+    assert code in (1009, 1006)
+    assert limits_module.hits["unauthenticated_message_bytes"] == hits + 1
+    # Invited: the same limit.
+    alice = await org.connect("alice@dev1")
+    token = (await alice.cmd("invite_new", type="DEVICE", send_email=False))["token"]
+    invited = await WsClient.connect(server.port)
+    assert (await invited.handshake_invited(org.organization_id, "DEVICE", token))["result"] == "ok"
+    invited.send_raw(b"\x00" * (limit + 1))
+    code, _ = await invited.wait_closed()
+    assert code in (1009, 1006)
+    assert limits_module.hits["unauthenticated_message_bytes"] == hits + 2
+    # Authenticated: the full message limit.
+    big = packb({"cmd": "ping", "ping": "big", "a": b"\x00" * (limit - 64), "b": b"\x00" * (limit - 64)})
+    assert len(big) > limit + 1024
+    alice.send_raw(big)
+    assert await alice.recv() == {"status": "ok", "pong": "big"}
+    await alice.close()
