@@ -11,7 +11,11 @@ Every accepted connection goes through `Listener.build` (called by `ParsecSite.b
   the channel, and a request not received within `http_request_timeout` gets `408`.
   The channel's own refusals (a bare ``HTTP/1.1 400 Bad Request`` status line without
   any header) are completed on their way out with `Date`, `Content-Length: 0` and
-  `Connection: close` (docs/protocol/transport.md §2);
+  `Connection: close` (docs/protocol/transport.md §2). Over our own TLS, closing waits for
+  the peer (its close_notify; mid-handshake, the end of the handshake, before our answer can
+  even be encrypted): after its own answer the guard closes the socket beneath in order, so
+  a peer that never completes the TLS handshake, or stops there, is gone after
+  `http_request_timeout` like any other;
 * at most `connections_per_turn` new connections start being read per turn of the event
   loop; the others are paused (`pauseProducing`) and resumed over the next turns, so a
   burst of new connections (each costs about a millisecond: HTTP, upgrade, challenge)
@@ -192,6 +196,13 @@ class HttpGuard(ProtocolWrapper):
         transport: Any = self.transport
         transport.write(answer)
         self.loseConnection()
+        if interfaces.ISSLTransport.providedBy(transport):
+            # TLS would wait for the peer (see the module docstring): our close_notify, if the
+            # handshake was done, is already in the socket's buffer; close the socket in order.
+            lowest = transport
+            while isinstance(lowest, ProtocolWrapper):
+                lowest = lowest.transport
+            lowest.loseConnection()
 
     # ---- data ----------------------------------------------------------------------------
 

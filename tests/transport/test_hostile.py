@@ -636,3 +636,36 @@ async def test_unauthenticated_message_limit(server):
     alice.send_raw(big)
     assert await alice.recv() == {"status": "ok", "pong": "big"}
     await alice.close()
+
+
+# ---- over our own TLS: a handshake never completed, a request never finished ------------------
+
+
+@ok
+async def test_tls_peer_that_stalls_is_closed_after_the_request_timeout(server_factory, tmp_path):
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+
+    from parsec.config import ListenConfig
+    from tests.tlsutil import client_options, make_self_signed
+
+    key, cert = make_self_signed(tmp_path)
+    listen = ListenConfig(host="127.0.0.1", port=0, ssl_keyfile=str(key), ssl_certfile=str(cert))
+    server = await server_factory(config(http_request_timeout=0.5), listen=listen)
+    listener = server.service.site.listener
+    # No ClientHello at all, and half a ClientHello: no answer can be encrypted, the
+    # connection is closed.
+    silent = await raw_connect(server.port)
+    partial = await raw_connect(server.port)
+    partial.transport.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    assert await raw_closed(silent) == b""
+    assert await raw_closed(partial) == b""
+    # TLS done, half a request, then the peer reads nothing more (it never answers our
+    # close_notify): it gets its 408 and the server lets the connection go.
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", server.port, client_options(cert))
+    stalled = await endpoint.connect(protocol.Factory.forProtocol(_Raw))
+    stalled.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+    await until(lambda: any(guard.access.bytes_in for guard in listener.protocols))
+    stalled.transport.pauseProducing()
+    await until(lambda: not listener.protocols)
+    stalled.transport.resumeProducing()
+    assert (await raw_closed(stalled)).startswith(b"HTTP/1.1 408 ")
