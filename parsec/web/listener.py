@@ -199,7 +199,7 @@ class HttpGuard(ProtocolWrapper):
         if interfaces.ISSLTransport.providedBy(transport):
             # TLS would wait for the peer (see the module docstring): our close_notify, if the
             # handshake was done, is already in the socket's buffer; close the socket in order.
-            lowest = transport
+            lowest: Any = transport
             while isinstance(lowest, ProtocolWrapper):
                 lowest = lowest.transport
             lowest.loseConnection()
