@@ -77,6 +77,10 @@ TABLE: tuple[Limit, ...] = (
           "websocket frame and message from an anonymous or invited connection after its "
           "handshake (their largest request, a bootstrap or an enrollment, is a few hundred "
           "KiB; never above ws_message_bytes); larger: close 1009"),
+    Limit("unauthenticated_pending_bytes", 32 * MiB, "bytes",
+          "unfinished messages held by all anonymous and invited connections together; the "
+          "connection whose bytes would go over it is closed (1013, try again later): "
+          "authenticated connections are never refused for it"),
     Limit("ws_message_frames", 1024, "count",
           "pieces of one websocket message: its frames (a frame read in several parts counts "
           "each part); more: close 1009 (each piece costs the server a hundred bytes and more)"),
@@ -186,6 +190,7 @@ class Limits:
     handshake_help_chars: int = _default("handshake_help_chars")
     ws_message_bytes: int = _default("ws_message_bytes")
     unauthenticated_message_bytes: int = _default("unauthenticated_message_bytes")
+    unauthenticated_pending_bytes: int = _default("unauthenticated_pending_bytes")
     ws_message_frames: int = _default("ws_message_frames")
     ws_frames_per_turn: int = _default("ws_frames_per_turn")
     pipeline_requests: int = _default("pipeline_requests")

@@ -19,7 +19,9 @@ Bounds (parsec.limits), whatever the peer does:
   `handshake_bytes` (Autobahn closes 1009 above it), and the whole handshake must end
   within `handshake_timeout` (close 1008); afterwards `ws_message_bytes` applies to
   authenticated connections and `unauthenticated_message_bytes` to anonymous and invited
-  ones (what they may send is small; the large limit would let each hold 16 MiB unfinished);
+  ones (what they may send is small; the large limit would let each hold 16 MiB unfinished),
+  and together these hold at most `unauthenticated_pending_bytes` of unfinished messages
+  (the connection that would go over it is closed, 1013);
 * a message in more than `ws_message_frames` pieces is refused (close 1009): each piece
   costs Autobahn a hundred bytes and more, one-byte fragments would turn 13 MiB on the wire
   into 275 MiB held;
@@ -233,6 +235,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._deadline: Any = None
         self._backlog: Any = None  # the call that parses the rest of the buffer, next turn
         self._unparsed = False  # parsing stopped by `ws_frames_per_turn`, to go on later
+        self._pending: int | None = None  # anonymous, invited: bytes of the unfinished message
         self.gone = False  # the TCP connection is gone
         self._access: Access | None = None  # the connection's access log line, when served by our site
         self._gone_waiters: list[defer.Deferred[None]] = []
@@ -414,6 +417,24 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             limits_module.hit("unauthenticated_message_bytes")
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if self._pending is not None and not self.failedByMe:
+            # Anonymous or invited: the bytes held count against the shared budget.
+            factory = self.factory
+            self._pending += len(payload)
+            factory.unauthenticated_pending += len(payload)
+            if factory.unauthenticated_pending > self.limits.unauthenticated_pending_bytes:
+                limits_module.hit("unauthenticated_pending_bytes")
+                self._release_pending()
+                self._fail_connection(1013, "Try again later")
+                return
+        super().onMessageFrameData(payload)
+
+    def _release_pending(self) -> None:
+        if self._pending:
+            self.factory.unauthenticated_pending -= self._pending
+            self._pending = 0
+
     def onMessageFrameBegin(self, length: int) -> None:
         # `message_data` holds a piece per frame (per read of a frame read in several).
         if len(self.message_data) >= self.limits.ws_message_frames and not self.failedByMe:
@@ -436,6 +457,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._dataReceived(data)
 
     def onMessageEnd(self) -> None:
+        if self._pending:
+            self._release_pending()
         if not self.failedByMe:
             self.onMessage(b"".join(self.message_data), self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
@@ -491,6 +514,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             pending.cancel()
             self.closeHandshakeTimeoutCall = None
         self.factory.connections.discard(self)
+        self._release_pending()
         self._incoming.clear()
         self._incoming_bytes = 0
         if self._current is not None:
@@ -570,6 +594,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         else:
             limit = min(self.limits.unauthenticated_message_bytes, self.limits.ws_message_bytes)
             self.maxFramePayloadSize = self.maxMessagePayloadSize = limit
+            self._pending = 0
         self.sendMessage(ServerHandshake.build_result("ok"), isBinary=True)
         app.on_handshake_done(ctx)
         self._pump()
@@ -759,6 +784,8 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         self.limits = limits
         self.reactor = reactor
         self.connections: set[ParsecServerProtocol] = set()
+        # Bytes of unfinished messages held by anonymous and invited connections.
+        self.unauthenticated_pending = 0
         self.server = None  # no Server header on the 101 answer
         self.setProtocolOptions(
             # Lowered to `handshake_bytes` on each connection until its handshake succeeds.

@@ -669,3 +669,54 @@ async def test_tls_peer_that_stalls_is_closed_after_the_request_timeout(server_f
     await until(lambda: not listener.protocols)
     stalled.transport.resumeProducing()
     assert (await raw_closed(stalled)).startswith(b"HTTP/1.1 408 ")
+
+
+def _binary_head(length: int) -> bytes:
+    """The header of one final binary client frame of `length` bytes (zero masking key)."""
+    if length < 126:
+        return bytes((0x82, 0x80 | length)) + b"\x00\x00\x00\x00"
+    if length < 65536:
+        return bytes((0x82, 0x80 | 126)) + length.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+    return bytes((0x82, 0x80 | 127)) + length.to_bytes(8, "big") + b"\x00\x00\x00\x00"
+
+
+@ok
+async def test_unfinished_unauthenticated_messages_share_one_budget(server_factory):
+    from parsec import limits as limits_module
+
+    held = 60 * 1024
+    # Room for three held and the rest of one, not for a fourth.
+    server = await server_factory(config(unauthenticated_pending_bytes=3 * held + 50 * 1024))
+    factory = server.service.ws_factory
+    org = await bootstrap_organization(server)
+    message = packb({"cmd": "ping", "ping": "late", "pad": b"\x00" * (100 * 1024)})
+    # Three anonymous connections each hold 60 KiB of a message they do not finish.
+    holders = []
+    for _ in range(3):
+        client = await WsClient.connect(server.port)
+        assert (await client.handshake_anonymous_v1(org.organization_id))["result"] == "ok"
+        client.proto.transport.write(_binary_head(len(message)) + message[:held])
+        holders.append(client)
+    await until(lambda: factory.unauthenticated_pending == 3 * held)
+    # A fourth goes over the budget: closed, the others kept.
+    hits = limits_module.hits["unauthenticated_pending_bytes"]
+    fourth = await WsClient.connect(server.port)
+    assert (await fourth.handshake_anonymous_v1(org.organization_id))["result"] == "ok"
+    fourth.proto.transport.write(_binary_head(len(message)) + message[:held])
+    code, _ = await fourth.wait_closed()
+    assert code in (1013, 1006)
+    assert limits_module.hits["unauthenticated_pending_bytes"] == hits + 1
+    assert factory.unauthenticated_pending == 3 * held
+    # Authenticated connections do not count: a large message goes through.
+    alice = await org.connect("alice@dev1")
+    assert await alice.cmd("ping", ping="alice", pad=b"\x00" * (512 * 1024)) == {"status": "ok", "pong": "alice"}
+    # A holder that finishes its message is answered and gives its share back...
+    holders[0].proto.transport.write(message[held:])
+    assert await holders[0].recv() == {"status": "ok", "pong": "late"}
+    assert factory.unauthenticated_pending == 2 * held
+    # ... and one that leaves gives it back too.
+    holders[1].proto.transport.abortConnection()
+    await until(lambda: factory.unauthenticated_pending == held)
+    for client in (holders[0], holders[2], alice):
+        client.proto.transport.abortConnection()
+    await until(lambda: factory.unauthenticated_pending == 0 and not server_protocols(server))
