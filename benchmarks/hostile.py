@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/hostile.py                    # every attack, then the soak
     .venv/bin/python benchmarks/hostile.py --only bomb,idle   # some attacks, no soak
     .venv/bin/python benchmarks/hostile.py --soak-only --soak-clients 1000 --soak-duration 60
+    .venv/bin/python benchmarks/hostile.py --storage postgresql  # on a throwaway cluster
 
 The script starts `<repo>/.venv/bin/twistd -n --pidfile= parsec --dev --port P` (extra options
 with `--server-args`), bootstraps an organization, then plays each attack of the hostile-clients
@@ -60,6 +61,7 @@ import json
 import os
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -767,21 +769,34 @@ def raise_fd_limit() -> None:
 async def run(args: argparse.Namespace) -> int:
     raise_fd_limit()
     port = sb.free_port()
-    log_path = Path(tempfile.mkdtemp(prefix="parsec-hostile-")) / "server.log"
+    work_dir = Path(tempfile.mkdtemp(prefix="parsec-hostile-"))
+    log_path = work_dir / "server.log"
+    cluster = None
+    storage: list[str] = []
+    if args.storage == "postgresql":
+        from tests.pg_cluster import start_cluster
+
+        cluster = start_cluster(work_dir / "pg")
+        storage = ["--db", cluster.dsn, "--blockstore", "POSTGRESQL"]
+        subprocess.run([str(REPO / ".venv/bin/parsec"), "backend", "migrate", "--db", cluster.dsn],
+                       check=True, stdout=subprocess.DEVNULL)
     spec = sb.ServerSpec(
         "ours",
-        [str(REPO / ".venv/bin/twistd"), "-n", "--pidfile=", "parsec", "--dev", "--port", str(port),
+        [str(REPO / ".venv/bin/twistd"), "-n", "--pidfile=", "parsec", "--dev", "--port", str(port), *storage,
          "--trusted-proxy", f"{PROXY}/32", *args.server_args.split()],
         None,
     )
     server = sb.ServerProcess(spec, port, log_path, None)
-    server.start()
     try:
+        server.start()
         org = await asyncio.to_thread(sb.bootstrap_organization, port)
         pinger = Pinger()
         await pinger.start(port, org.organization_id)
         ctx = Context(port, server.pid, org, pinger)
-        print(f"server pid {server.pid} on 127.0.0.1:{port}, log {log_path}, RSS {rss(server.pid) / MiB:.0f} MiB")
+        print(
+            f"server pid {server.pid} on 127.0.0.1:{port} ({args.storage}), log {log_path}, "
+            f"RSS {rss(server.pid) / MiB:.0f} MiB"
+        )
         if not args.soak_only:
             print(f"{'attack':<10} {'RSS +MiB':>8} {'worst ping':>10} {'CPU s':>6}  outcome")
             selected = args.only.split(",") if args.only else list(ATTACKS)
@@ -808,6 +823,8 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
+        if cluster is not None:
+            cluster.destroy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,6 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-clients", type=int, default=1000)
     parser.add_argument("--soak-duration", type=float, default=60.0)
     parser.add_argument("--server-args", default="", help="extra `twistd parsec` options")
+    parser.add_argument(
+        "--storage", choices=("memory", "postgresql"), default="memory",
+        help="postgresql: the server on a throwaway PostgreSQL cluster (tests/pg_cluster.py), "
+        "metadata and blocks in it (RSS and CPU are the server's, not PostgreSQL's)",
+    )
     parser.add_argument("--pinger", nargs=2, metavar=("PORT", "ORG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pinger:
