@@ -27,7 +27,7 @@ MiB = 1024 * KiB
 class Limit:
     name: str
     default: int | float
-    unit: str  # "bytes", "seconds", "count", "characters"
+    unit: str  # "bytes", "seconds", "count", "characters", "bits"
     meaning: str
     option: str | None = None  # e.g. "--handshake-timeout"
     env: str | None = None  # e.g. "PARSEC_HANDSHAKE_TIMEOUT"
@@ -55,6 +55,10 @@ TABLE: tuple[Limit, ...] = (
     _tunable("max_connections_per_address", 200, "count",
              "open client connections from one source address (the X-Forwarded-For address "
              "behind a --trusted-proxy); above it: 429 and close", "--max-connections-per-address"),
+    _tunable("ipv6_prefix_bits", 64, "bits",
+             "IPv6 clients are counted for max_connections_per_address by network of this "
+             "prefix length (one subscriber commonly holds a whole /64); 128: by address",
+             "--ipv6-prefix-bits"),
     Limit("connections_per_turn", 16, "count",
           "new connections whose first bytes are read in one turn of the event loop; the others "
           "wait, unread, for the next turns (a burst of connections cannot stall the others)"),
@@ -184,6 +188,7 @@ class Limits:
     http_request_timeout: float = _default("http_request_timeout")
     max_connections: int = _default("max_connections")
     max_connections_per_address: int = _default("max_connections_per_address")
+    ipv6_prefix_bits: int = _default("ipv6_prefix_bits")
     connections_per_turn: int = _default("connections_per_turn")
     handshake_bytes: int = _default("handshake_bytes")
     handshake_timeout: float = _default("handshake_timeout")

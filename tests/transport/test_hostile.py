@@ -720,3 +720,33 @@ async def test_unfinished_unauthenticated_messages_share_one_budget(server_facto
     for client in (holders[0], holders[2], alice):
         client.proto.transport.abortConnection()
     await until(lambda: factory.unauthenticated_pending == 0 and not server_protocols(server))
+
+
+@ok
+async def test_ipv6_clients_are_capped_by_network(server_factory):
+    # One subscriber commonly holds a whole /64: as many caps as addresses otherwise.
+    base = config(max_connections_per_address=2)
+    server = await server_factory(attrs.evolve(base, trusted_proxies=("127.0.0.0/8",)))
+    listener = server.service.site.listener
+
+    async def upgrade(forwarded: bytes) -> _Raw:
+        conn = await raw_connect(server.port)
+        conn.transport.write(upgrade_request(b"X-Forwarded-For: " + forwarded + b"\r\n"))
+        await until(lambda: b"\r\n\r\n" in conn.data or conn.lost.called)
+        return conn
+
+    first = [await upgrade(b"2001:db8:0:1::1"), await upgrade(b"2001:db8:0:1:ffff::2")]
+    assert all(c.data.startswith(b"HTTP/1.1 101") for c in first)
+    assert listener.connections_from("2001:db8:0:1::1234") == 2
+    refused = await upgrade(b"2001:db8:0:1::3")
+    assert_complete_answer(await raw_closed(refused), 429)
+    other = await upgrade(b"2001:db8:0:2::1")  # the next /64
+    assert other.data.startswith(b"HTTP/1.1 101")
+    mapped = await upgrade(b"::ffff:203.0.113.7")  # an IPv4 client, counted as such
+    assert mapped.data.startswith(b"HTTP/1.1 101")
+    assert listener.connections_from("203.0.113.7") == 1
+    for conn in [*first, other, mapped]:
+        conn.transport.abortConnection()
+        await raw_closed(conn)
+    await until(lambda: not listener.protocols)
+    assert listener.connections_from("2001:db8:0:1::1") == 0
