@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/hostile.py                    # every attack, then the soak
     .venv/bin/python benchmarks/hostile.py --only bomb,idle   # some attacks, no soak
     .venv/bin/python benchmarks/hostile.py --soak-only --soak-clients 1000 --soak-duration 60
+    .venv/bin/python benchmarks/hostile.py --storage postgresql  # on a throwaway cluster
 
 The script starts `<repo>/.venv/bin/twistd -n --pidfile= parsec --dev --port P` (extra options
 with `--server-args`), bootstraps an organization, then plays each attack of the hostile-clients
@@ -31,6 +32,17 @@ server CPU it cost, and the outcome (replies, close codes, refusals):
               reading once its pipeline is full)
   noread      200 pipelined block_read of a 1 MiB block from a client that never reads
 
+and attacks found later (an audit of the finished work):
+
+  fragments   one 2 MiB message sent in one-byte frames (13 MiB on the wire)
+  pingflood   200,000 empty websocket pings in one write before any handshake, once read
+              by the client and once never read (the pongs pile up)
+  slowmsg     8 anonymous websockets announce a 16 MiB message; then 200 from one address
+              each send all but the last byte of a message just under the anonymous limit
+  adminflood  2,000 administration requests with a wrong token, 50 at a time; CPU per request
+  xff         1,000 requests from the trusted proxy with a 7 KiB X-Forwarded-For of 700 hops
+  listenchurn 20,000 events_listen(wait) each abandoned by a ping (RSS after the first 1,000)
+
 Then the soak: `--soak-clients` authenticated websockets (spread over loopback addresses
 127.0.1.1-127.0.1.10 so that the per-address cap holds) each loop on a realistic mix (vlob
 create/update/read, 4 KiB block create/read, events_listen without wait, ping) with a random
@@ -49,6 +61,7 @@ import json
 import os
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +85,7 @@ from tests.api.certgen import LocalDevice, new_user_certificates  # noqa: E402
 SOURCES = [f"127.0.0.{i}" for i in range(1, 6)]  # the idle attack: 5 x the per-address cap
 SOAK_SOURCES = [f"127.0.1.{i}" for i in range(1, 11)]  # the soak: 100 clients per address
 HONEST = "127.0.2.1"
+SLOW = "127.0.4.1"  # the slowmsg attack: one address, up to its cap
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -452,6 +466,183 @@ async def attack_noread(ctx: Context) -> str:
     return f"200 block_read of 1 MiB unread for 3 s; then all read back: {got}/200 ok"
 
 
+
+# ---- attacks the issue did not list ------------------------------------------------------
+
+
+async def anonymous_v1(port: int, organization_id: str, source: str = "127.0.0.1") -> sb.WsClientProtocol:
+    """An APIv1 anonymous websocket: no account, only an organization's id (it is in every
+    invitation link); after its handshake the full message limit applies."""
+    conn = await ws_connect(port, source)
+    await asyncio.wait_for(conn.recv(), sb.CONNECT_TIMEOUT)
+    answer = {"handshake": "answer", "type": "anonymous", "client_api_version": [1, 3], "organization_id": organization_id}
+    result = await asyncio.wait_for(conn.request(packb(answer)), sb.CONNECT_TIMEOUT)
+    if result.get("result") != "ok":
+        raise RuntimeError(f"anonymous handshake refused: {result}")
+    return conn
+
+
+_NO_MASK = b"\x00\x00\x00\x00"  # a zero masking key: the payload goes as it is
+
+
+def one_byte_frames(message: bytes) -> bytes:
+    """`message` as one websocket message fragmented into frames of one byte each."""
+    last = len(message) - 1
+    out = bytearray()
+    for index, byte in enumerate(message):
+        opcode = 0x2 if index == 0 else 0x0
+        fin = 0x80 if index == last else 0x00
+        out += bytes((fin | opcode, 0x81)) + _NO_MASK + bytes((byte,))
+    return bytes(out)
+
+
+async def attack_fragments(ctx: Context) -> str:
+    size = 2 * MiB
+    message = packb({"cmd": "organization_bootstrap", "pad": bytes(size - 64)})
+    wire = one_byte_frames(message)
+    conn = await anonymous_v1(ctx.port, ctx.org.organization_id)
+    assert conn.transport is not None
+    reply_waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    conn.waiters.append(reply_waiter)
+    conn.transport.write(wire)
+    try:
+        reply = unpackb(await asyncio.wait_for(reply_waiter, 120))
+        outcome = f"reply {reply.get('status')}"
+    except Exception as exc:
+        outcome = f"{conn.close_reason or exc!r}"
+    conn.close()
+    return f"one {len(message) // KiB} KiB message in {len(message)} one-byte frames ({len(wire) // MiB} MiB on the wire): {outcome}"
+
+
+async def attack_pingflood(ctx: Context) -> str:
+    count = 200_000
+    pings = (bytes((0x89, 0x80)) + _NO_MASK) * count
+    # Before any handshake: only a websocket upgrade.
+    conn = await ws_connect(ctx.port)
+    await asyncio.wait_for(conn.recv(), sb.CONNECT_TIMEOUT)  # the challenge
+    assert conn.transport is not None
+    conn.transport.write(pings)
+    await asyncio.sleep(3.0)
+    reading = f"read: {'closed: ' + conn.close_reason if conn.closed else 'open'}"
+    conn.close()
+    # The same, never reading the pongs.
+    conn = await ws_connect(ctx.port)
+    await asyncio.wait_for(conn.recv(), sb.CONNECT_TIMEOUT)
+    assert conn.transport is not None
+    conn.transport.pause_reading()
+    conn.transport.write(pings)
+    await asyncio.sleep(3.0)
+    unsent = conn.transport.get_write_buffer_size()
+    conn.close()
+    return f"{count} pings before the handshake, pongs {reading}; pongs unread: {unsent // KiB} KiB of pings left unread by the server"
+
+
+async def attack_slowmsg(ctx: Context) -> str:
+    # 8 anonymous websockets announce a 16 MiB message (over unauthenticated_message_bytes).
+    head16 = bytes((0x82, 0x80 | 127)) + (16 * MiB).to_bytes(8, "big") + _NO_MASK
+    big = [await anonymous_v1(ctx.port, ctx.org.organization_id, SOURCES[i % len(SOURCES)]) for i in range(8)]
+    for conn in big:
+        assert conn.transport is not None
+        conn.transport.write(head16 + bytes(MiB))  # one write: nothing more is sent
+    # 200 (the per-address cap) each send all but the last byte of a message just under it.
+    size = MiB - KiB
+    head = bytes((0x82, 0x80 | 127)) + size.to_bytes(8, "big") + _NO_MASK
+    many = [await anonymous_v1(ctx.port, ctx.org.organization_id, SLOW) for _ in range(200)]
+    for conn in many:
+        assert conn.transport is not None
+        conn.transport.write(head + bytes(size - 1))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(5.0)
+    big_open = sum(1 for c in big if not c.closed)
+    many_open = sum(1 for c in many if not c.closed)
+    codes = sorted({str(c.close_reason) for c in many if c.closed})
+    for conn in big + many:
+        conn.close()
+    return (
+        f"8 anonymous websockets announce a 16 MiB message: {big_open} still open; 200 from one address "
+        f"each hold {size // KiB} KiB but its last byte for 5 s: {many_open} held, {200 - many_open} closed "
+        f"({', '.join(codes)[:80]})"
+    )
+
+
+async def raw_http(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+async def attack_adminflood(ctx: Context) -> str:
+    count = 2000
+    body = json.dumps({"organization_id": "Nope"}).encode()
+    request = (
+        b"POST /administration/organizations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-token\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    statuses: dict[str, int] = {}
+    cpu0 = sb.process_cpu(ctx.pid)
+    semaphore = asyncio.Semaphore(50)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            raw = await raw_http(ctx.port, request, SOURCES[i % len(SOURCES)])
+        key = raw.split(b"\r\n", 1)[0].decode(errors="replace")[9:]
+        statuses[key] = statuses.get(key, 0) + 1
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    per_request = (sb.process_cpu(ctx.pid) - cpu0) / count
+    return f"{count} admin requests with a wrong token (50 at a time): {statuses}, {per_request * 1000:.2f} ms server CPU each"
+
+
+PROXY = "127.0.3.1"  # the benchmark's server trusts this address as a reverse proxy
+
+
+async def attack_xff(ctx: Context) -> str:
+    hops = ",".join(f"10.{i // 250}.{i % 250}.1" for i in range(700))
+    request = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: " + hops.encode()[:7900] + b"\r\n\r\n"
+    )
+    count = 1000
+    statuses: dict[str, int] = {}
+    cpu0 = sb.process_cpu(ctx.pid)
+    semaphore = asyncio.Semaphore(50)
+
+    async def one() -> None:
+        async with semaphore:
+            raw = await raw_http(ctx.port, request, PROXY)
+        key = raw.split(b"\r\n", 1)[0].decode(errors="replace")[9:]
+        statuses[key] = statuses.get(key, 0) + 1
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    per_request = (sb.process_cpu(ctx.pid) - cpu0) / count
+    return (
+        f"{count} requests from the trusted proxy, {len(request) // KiB} KiB head of ~{hops[:7900].count(',') + 1} "
+        f"X-Forwarded-For hops: {statuses}, {per_request * 1000:.2f} ms server CPU each"
+    )
+
+
+async def attack_listenchurn(ctx: Context) -> str:
+    conn = await authenticated(ctx.port, ctx.org)
+    rep = await conn.request(packb({"cmd": "events_subscribe"}))
+    assert rep["status"] == "ok", rep
+    cycles = 20_000
+    listen = packb({"cmd": "events_listen", "wait": True})
+    ping = packb({"cmd": "ping", "ping": "c"})
+    rss_after_warmup = 0
+    for index in range(cycles):
+        conn.send_only(listen)  # abandoned by the next message, without a reply
+        rep = await conn.request(ping)
+        if rep.get("status") != "ok":
+            return f"cycle {index}: {rep}"
+        if index == 1000:
+            rss_after_warmup = rss(ctx.pid)
+    growth = rss(ctx.pid) - rss_after_warmup
+    conn.close()
+    return f"{cycles} events_listen(wait) each abandoned by a ping: all answered; RSS +{growth / MiB:.1f} MiB after the first 1,000"
+
+
 ATTACKS: dict[str, Callable[[Context], Awaitable[str]]] = {
     "handshake": attack_handshake,
     "bomb": attack_bomb,
@@ -461,6 +652,12 @@ ATTACKS: dict[str, Callable[[Context], Awaitable[str]]] = {
     "inbox": attack_inbox,
     "pipeline": attack_pipeline,
     "noread": attack_noread,
+    "fragments": attack_fragments,
+    "pingflood": attack_pingflood,
+    "slowmsg": attack_slowmsg,
+    "adminflood": attack_adminflood,
+    "xff": attack_xff,
+    "listenchurn": attack_listenchurn,
 }
 
 
@@ -572,20 +769,34 @@ def raise_fd_limit() -> None:
 async def run(args: argparse.Namespace) -> int:
     raise_fd_limit()
     port = sb.free_port()
-    log_path = Path(tempfile.mkdtemp(prefix="parsec-hostile-")) / "server.log"
+    work_dir = Path(tempfile.mkdtemp(prefix="parsec-hostile-"))
+    log_path = work_dir / "server.log"
+    cluster = None
+    storage: list[str] = []
+    if args.storage == "postgresql":
+        from tests.pg_cluster import start_cluster
+
+        cluster = start_cluster(work_dir / "pg")
+        storage = ["--db", cluster.dsn, "--blockstore", "POSTGRESQL"]
+        subprocess.run([str(REPO / ".venv/bin/parsec"), "backend", "migrate", "--db", cluster.dsn],
+                       check=True, stdout=subprocess.DEVNULL)
     spec = sb.ServerSpec(
         "ours",
-        [str(REPO / ".venv/bin/twistd"), "-n", "--pidfile=", "parsec", "--dev", "--port", str(port), *args.server_args.split()],
+        [str(REPO / ".venv/bin/twistd"), "-n", "--pidfile=", "parsec", "--dev", "--port", str(port), *storage,
+         "--trusted-proxy", f"{PROXY}/32", *args.server_args.split()],
         None,
     )
     server = sb.ServerProcess(spec, port, log_path, None)
-    server.start()
     try:
+        server.start()
         org = await asyncio.to_thread(sb.bootstrap_organization, port)
         pinger = Pinger()
         await pinger.start(port, org.organization_id)
         ctx = Context(port, server.pid, org, pinger)
-        print(f"server pid {server.pid} on 127.0.0.1:{port}, log {log_path}, RSS {rss(server.pid) / MiB:.0f} MiB")
+        print(
+            f"server pid {server.pid} on 127.0.0.1:{port} ({args.storage}), log {log_path}, "
+            f"RSS {rss(server.pid) / MiB:.0f} MiB"
+        )
         if not args.soak_only:
             print(f"{'attack':<10} {'RSS +MiB':>8} {'worst ping':>10} {'CPU s':>6}  outcome")
             selected = args.only.split(",") if args.only else list(ATTACKS)
@@ -612,6 +823,8 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
+        if cluster is not None:
+            cluster.destroy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,6 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-clients", type=int, default=1000)
     parser.add_argument("--soak-duration", type=float, default=60.0)
     parser.add_argument("--server-args", default="", help="extra `twistd parsec` options")
+    parser.add_argument(
+        "--storage", choices=("memory", "postgresql"), default="memory",
+        help="postgresql: the server on a throwaway PostgreSQL cluster (tests/pg_cluster.py), "
+        "metadata and blocks in it (RSS and CPU are the server's, not PostgreSQL's)",
+    )
     parser.add_argument("--pinger", nargs=2, metavar=("PORT", "ORG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pinger:

@@ -27,7 +27,7 @@ MiB = 1024 * KiB
 class Limit:
     name: str
     default: int | float
-    unit: str  # "bytes", "seconds", "count", "characters"
+    unit: str  # "bytes", "seconds", "count", "characters", "bits"
     meaning: str
     option: str | None = None  # e.g. "--handshake-timeout"
     env: str | None = None  # e.g. "PARSEC_HANDSHAKE_TIMEOUT"
@@ -55,6 +55,10 @@ TABLE: tuple[Limit, ...] = (
     _tunable("max_connections_per_address", 200, "count",
              "open client connections from one source address (the X-Forwarded-For address "
              "behind a --trusted-proxy); above it: 429 and close", "--max-connections-per-address"),
+    _tunable("ipv6_prefix_bits", 64, "bits",
+             "IPv6 clients are counted for max_connections_per_address by network of this "
+             "prefix length (one subscriber commonly holds a whole /64); 128: by address",
+             "--ipv6-prefix-bits"),
     Limit("connections_per_turn", 16, "count",
           "new connections whose first bytes are read in one turn of the event loop; the others "
           "wait, unread, for the next turns (a burst of connections cannot stall the others)"),
@@ -69,9 +73,25 @@ TABLE: tuple[Limit, ...] = (
           "length of the `help` text of a refused handshake (fixed texts, never client values)"),
     # ---- websocket after the handshake --------------------------------------------------
     _tunable("ws_message_bytes", 16 * MiB, "bytes",
-             "websocket frame and message, both directions, after the handshake; a larger "
-             "request: close 1009; a larger reply: the command's error status instead",
+             "websocket frame and message after the handshake: requests of authenticated "
+             "connections, replies to all; a larger request: close 1009; a larger reply: the "
+             "command's error status instead",
              "--ws-max-message-size"),
+    Limit("unauthenticated_message_bytes", 1 * MiB, "bytes",
+          "websocket frame and message from an anonymous or invited connection after its "
+          "handshake (their largest request, a bootstrap or an enrollment, is a few hundred "
+          "KiB; never above ws_message_bytes); larger: close 1009"),
+    Limit("unauthenticated_pending_bytes", 32 * MiB, "bytes",
+          "unfinished messages held by all anonymous and invited connections together; the "
+          "connection whose bytes would go over it is closed (1013, try again later): "
+          "authenticated connections are never refused for it"),
+    Limit("ws_message_frames", 1024, "count",
+          "pieces of one websocket message: its frames (a frame read in several parts counts "
+          "each part); more: close 1009 (each piece costs the server a hundred bytes and more)"),
+    Limit("ws_frames_per_turn", 128, "count",
+          "frame parsing steps (a header, a payload) of one connection per turn of the event "
+          "loop; the rest of what was read waits, reading paused, for the next turns (a read "
+          "full of tiny frames cannot stall the other connections)"),
     Limit("pipeline_requests", 8, "count",
           "requests read ahead while one is processed; beyond it the server stops reading "
           "the connection until the queue drains"),
@@ -168,11 +188,16 @@ class Limits:
     http_request_timeout: float = _default("http_request_timeout")
     max_connections: int = _default("max_connections")
     max_connections_per_address: int = _default("max_connections_per_address")
+    ipv6_prefix_bits: int = _default("ipv6_prefix_bits")
     connections_per_turn: int = _default("connections_per_turn")
     handshake_bytes: int = _default("handshake_bytes")
     handshake_timeout: float = _default("handshake_timeout")
     handshake_help_chars: int = _default("handshake_help_chars")
     ws_message_bytes: int = _default("ws_message_bytes")
+    unauthenticated_message_bytes: int = _default("unauthenticated_message_bytes")
+    unauthenticated_pending_bytes: int = _default("unauthenticated_pending_bytes")
+    ws_message_frames: int = _default("ws_message_frames")
+    ws_frames_per_turn: int = _default("ws_frames_per_turn")
     pipeline_requests: int = _default("pipeline_requests")
     pipeline_bytes: int = _default("pipeline_bytes")
     outgoing_buffer_bytes: int = _default("outgoing_buffer_bytes")

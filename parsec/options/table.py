@@ -125,7 +125,7 @@ def _limit_options() -> list[Option]:
                 limit.option,
                 limit.name,
                 limit.meaning[:1].upper() + limit.meaning[1:],
-                _int_parser(minimum=0) if is_int else _float_parser(minimum=0),
+                _int_parser(minimum=0, maximum=128 if limit.unit == "bits" else None) if is_int else _float_parser(minimum=0),
                 env=(limit.env,),
                 default=limit.default,
                 metavar={"seconds": "SECONDS", "bytes": "BYTES"}.get(limit.unit, "N"),

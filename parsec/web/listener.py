@@ -11,7 +11,11 @@ Every accepted connection goes through `Listener.build` (called by `ParsecSite.b
   the channel, and a request not received within `http_request_timeout` gets `408`.
   The channel's own refusals (a bare ``HTTP/1.1 400 Bad Request`` status line without
   any header) are completed on their way out with `Date`, `Content-Length: 0` and
-  `Connection: close` (docs/protocol/transport.md §2);
+  `Connection: close` (docs/protocol/transport.md §2). Over our own TLS, closing waits for
+  the peer (its close_notify; mid-handshake, the end of the handshake, before our answer can
+  even be encrypted): after its own answer the guard closes the socket beneath in order, so
+  a peer that never completes the TLS handshake, or stops there, is gone after
+  `http_request_timeout` like any other;
 * at most `connections_per_turn` new connections start being read per turn of the event
   loop; the others are paused (`pauseProducing`) and resumed over the next turns, so a
   burst of new connections (each costs about a millisecond: HTTP, upgrade, challenge)
@@ -23,7 +27,8 @@ Every accepted connection goes through `Listener.build` (called by `ParsecSite.b
 Behind a reverse proxy listed in `--trusted-proxy`, the per-address cap applies to the
 client named by the last `X-Forwarded-For` entry that is not itself a trusted proxy
 (`Listener.admit_forwarded`, called for each request); from any other peer the header is
-ignored.
+ignored. IPv6 clients are counted by network (`ipv6_prefix_bits`, a /64): one subscriber
+commonly holds a whole /64, and would otherwise have as many caps as addresses.
 
 EMFILE: `EmfileWatch` turns Twisted's INFO lines about refused accepts into one WARNING per
 minute (a log observer: the structured `acceptError` field of the `twisted.internet.tcp`
@@ -192,6 +197,13 @@ class HttpGuard(ProtocolWrapper):
         transport: Any = self.transport
         transport.write(answer)
         self.loseConnection()
+        if interfaces.ISSLTransport.providedBy(transport):
+            # TLS would wait for the peer (see the module docstring): our close_notify, if the
+            # handshake was done, is already in the socket's buffer; close the socket in order.
+            lowest: Any = transport
+            while isinstance(lowest, ProtocolWrapper):
+                lowest = lowest.transport
+            lowest.loseConnection()
 
     # ---- data ----------------------------------------------------------------------------
 
@@ -349,7 +361,19 @@ class Listener:
         return self._client_of(forwarded_for) or peer
 
     def connections_from(self, address: str) -> int:
-        return self._per_address[address]
+        return self._per_address[self.count_key(address)]
+
+    def count_key(self, address: str) -> str:
+        """What the per-address cap counts `address` under: itself, or its IPv6 network."""
+        if ":" not in address:
+            return address  # IPv4 (or no address at all)
+        try:
+            ip = ipaddress.IPv6Address(address)
+        except ValueError:
+            return address
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, self.limits.ipv6_prefix_bits), strict=False))
 
     # ---- new connections, a few per turn ------------------------------------------------
 
@@ -392,7 +416,7 @@ class Listener:
     def registerProtocol(self, guard: HttpGuard) -> None:
         self.protocols.add(guard)
         if guard.counted:
-            self._per_address[guard.address] += 1
+            self._per_address[self.count_key(guard.address)] += 1
 
     def unregisterProtocol(self, guard: HttpGuard) -> None:
         self.protocols.discard(guard)
@@ -401,9 +425,10 @@ class Listener:
     def _release(self, guard: HttpGuard) -> None:
         if guard.counted:
             guard.counted = False
-            self._per_address[guard.address] -= 1
-            if self._per_address[guard.address] <= 0:
-                del self._per_address[guard.address]
+            key = self.count_key(guard.address)
+            self._per_address[key] -= 1
+            if self._per_address[key] <= 0:
+                del self._per_address[key]
 
     def _refusal(self, status: int, reason: str) -> Protocol:
         self._refused(reason=reason, open=len(self.protocols))
@@ -416,7 +441,7 @@ class Listener:
             limits_module.hit("max_connections")
             return self._refusal(503, f"{self.limits.max_connections} connections open")
         counted = not self.is_trusted_proxy(host)
-        if counted and self._per_address[host] >= self.limits.max_connections_per_address:
+        if counted and self._per_address[self.count_key(host)] >= self.limits.max_connections_per_address:
             limits_module.hit("max_connections_per_address")
             return self._refusal(429, "too many connections from one address")
         return HttpGuard(self, channel, host, counted)
@@ -428,13 +453,14 @@ class Listener:
         client = self._client_of(forwarded_for)
         if client is None:
             return True
-        if self._per_address[client] >= self.limits.max_connections_per_address:
+        key = self.count_key(client)
+        if self._per_address[key] >= self.limits.max_connections_per_address:
             limits_module.hit("max_connections_per_address")
             self._refused(reason="too many connections from one forwarded address", open=len(self.protocols))
             return False
         guard.address = client
         guard.counted = True
-        self._per_address[client] += 1
+        self._per_address[key] += 1
         return True
 
     def _client_of(self, forwarded_for: list[bytes] | None) -> str | None:

@@ -17,7 +17,18 @@ Bounds (parsec.limits), whatever the peer does:
 
 * until the handshake result `ok`, frames and messages are limited to
   `handshake_bytes` (Autobahn closes 1009 above it), and the whole handshake must end
-  within `handshake_timeout` (close 1008); afterwards `ws_message_bytes` applies;
+  within `handshake_timeout` (close 1008); afterwards `ws_message_bytes` applies to
+  authenticated connections and `unauthenticated_message_bytes` to anonymous and invited
+  ones (what they may send is small; the large limit would let each hold 16 MiB unfinished),
+  and together these hold at most `unauthenticated_pending_bytes` of unfinished messages
+  (the connection that would go over it is closed, 1013);
+* a message in more than `ws_message_frames` pieces is refused (close 1009): each piece
+  costs Autobahn a hundred bytes and more, one-byte fragments would turn 13 MiB on the wire
+  into 275 MiB held;
+* at most `ws_frames_per_turn` frame steps of one connection are parsed per turn of the
+  event loop; the rest of what was read waits (reading paused) for the next turn. Autobahn
+  copies its buffer's remainder for every frame: a read full of tiny frames (pings, one-byte
+  fragments) is quadratic and would stall every other connection;
 * back-pressure the Twisted way: while a request is processed, at most
   `pipeline_requests` / `pipeline_bytes` further requests are read, then the transport
   stops reading (`pauseProducing`) until the queue drains; the protocol registers a push
@@ -251,6 +262,9 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._output_blocked = False
         self._reading_paused = False
         self._deadline: Any = None
+        self._backlog: Any = None  # the call that parses the rest of the buffer, next turn
+        self._unparsed = False  # parsing stopped by `ws_frames_per_turn`, to go on later
+        self._pending: int | None = None  # anonymous, invited: bytes of the unfinished message
         self.gone = False  # the TCP connection is gone
         self._access: Access | None = None  # the connection's access log line, when served by our site
         self._gone_waiters: list[defer.Deferred[None]] = []
@@ -280,6 +294,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
+        self._cancel_backlog()
         super().connectionLost(reason)
         self.gone = True
         waiters, self._gone_waiters = self._gone_waiters, []
@@ -316,6 +331,42 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._update_reading()
         if not blocked:
             self._pump()
+            if self._unparsed and self._backlog is None:
+                self._schedule_backlog()
+
+    # ---- parsing, a bounded number of frame steps per turn ------------------------------
+
+    def consumeData(self) -> None:
+        if self.state != self.STATE_OPEN and self.state != self.STATE_CLOSING:
+            super().consumeData()  # the opening handshake, or nothing once closed
+            return
+        if self._backlog is not None:
+            return  # the rest is parsed in its turn (the buffer keeps the order)
+        self._unparsed = False
+        budget = self.limits.ws_frames_per_turn
+        while self.processData() and self.state != self.STATE_CLOSED:
+            budget -= 1
+            if budget <= 0:
+                # More to parse: in a later turn, once the peer reads what we wrote.
+                limits_module.hit("ws_frames_per_turn")
+                self._unparsed = True
+                if not self._output_blocked:
+                    self._schedule_backlog()
+                self._update_reading()
+                return
+
+    def _schedule_backlog(self) -> None:
+        self._backlog = self.factory.reactor.callLater(0, self._parse_backlog)
+
+    def _parse_backlog(self) -> None:
+        self._backlog = None
+        self.consumeData()
+        self._update_reading()
+
+    def _cancel_backlog(self) -> None:
+        if self._backlog is not None and self._backlog.active():
+            self._backlog.cancel()
+        self._backlog = None
 
     def _update_reading(self) -> None:
         """Read from the peer only while the pipeline has room and the peer reads replies."""
@@ -324,7 +375,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         full = busy and (
             len(self._incoming) >= limits.pipeline_requests or self._incoming_bytes >= limits.pipeline_bytes
         )
-        pause = (full or self._output_blocked) and self._state != _CLOSED
+        pause = (full or self._output_blocked or self._unparsed) and self._state != _CLOSED
         transport: Any = self.transport  # a TCP/TLS transport: also a producer
         if pause == self._reading_paused or transport is None:
             return
@@ -332,6 +383,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if pause:
             if self._output_blocked:
                 limits_module.hit("outgoing_buffer_bytes")
+            elif not full:
+                pass  # parsing what was read over the next turns (counted in consumeData)
             elif len(self._incoming) >= limits.pipeline_requests:
                 limits_module.hit("pipeline_requests")
             else:
@@ -385,8 +438,39 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         # Autobahn's hook for a frame or message over maxFramePayloadSize/maxMessagePayloadSize.
-        limits_module.hit("ws_message_bytes" if self._ctx is not None else "handshake_bytes")
+        if self._ctx is None:
+            limits_module.hit("handshake_bytes")
+        elif isinstance(self._ctx, AuthenticatedContext):
+            limits_module.hit("ws_message_bytes")
+        else:
+            limits_module.hit("unauthenticated_message_bytes")
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if self._pending is not None and not self.failedByMe:
+            # Anonymous or invited: the bytes held count against the shared budget.
+            factory = self.factory
+            self._pending += len(payload)
+            factory.unauthenticated_pending += len(payload)
+            if factory.unauthenticated_pending > self.limits.unauthenticated_pending_bytes:
+                limits_module.hit("unauthenticated_pending_bytes")
+                self._release_pending()
+                self._fail_connection(1013, "Try again later")
+                return
+        super().onMessageFrameData(payload)
+
+    def _release_pending(self) -> None:
+        if self._pending:
+            self.factory.unauthenticated_pending -= self._pending
+            self._pending = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        # `message_data` holds a piece per frame (per read of a frame read in several).
+        if len(self.message_data) >= self.limits.ws_message_frames and not self.failedByMe:
+            limits_module.hit("ws_message_frames")
+            self._fail_connection(self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG, "Message in too many frames")
+            return
+        super().onMessageFrameBegin(length)
 
     # ---- autobahn callbacks --------------------------------------------------------------
     #
@@ -402,6 +486,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._dataReceived(data)
 
     def onMessageEnd(self) -> None:
+        if self._pending:
+            self._release_pending()
         if not self.failedByMe:
             self.onMessage(b"".join(self.message_data), self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
@@ -468,6 +554,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             pending.cancel()
             self.closeHandshakeTimeoutCall = None
         self.factory.connections.discard(self)
+        self._release_pending()
         self._incoming.clear()
         self._incoming_bytes = 0
         if self._current is not None:
@@ -542,7 +629,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         app.register(ctx)
         self._ctx = ctx
         self._state = _READY
-        self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.ws_message_bytes
+        if isinstance(ctx, AuthenticatedContext):
+            self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.ws_message_bytes
+        else:
+            limit = min(self.limits.unauthenticated_message_bytes, self.limits.ws_message_bytes)
+            self.maxFramePayloadSize = self.maxMessagePayloadSize = limit
+            self._pending = 0
         self.sendMessage(ServerHandshake.build_result("ok"), isBinary=True)
         app.on_handshake_done(ctx)
         self._pump()
@@ -666,16 +758,16 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # While draining for shutdown, the in-flight request still gets its reply.
         if self._state not in (_READY, _DRAINING) or self.state != self.STATE_OPEN:
             return
-        frame = binary_frame(reply, self.maxMessagePayloadSize)
+        frame = binary_frame(reply, self.limits.ws_message_bytes)
         if frame is None:
             # Autobahn would refuse it (and the feeds are bounded so that honest use never
             # gets here): the protocol's own error status instead, one warning.
             limits_module.hit("ws_message_bytes")
             _log.warn(
                 "Reply over the {limit}-byte message limit: answered bad_message",
-                limit=self.maxMessagePayloadSize,
+                limit=self.limits.ws_message_bytes,
             )
-            frame = binary_frame(REPLY_TOO_LARGE, self.maxMessagePayloadSize)
+            frame = binary_frame(REPLY_TOO_LARGE, self.limits.ws_message_bytes)
             assert frame is not None
         transport: Any = self.transport  # through the listener's guard, which counts the bytes
         if type(frame) is bytes:
@@ -749,6 +841,8 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         self.limits = limits
         self.reactor = reactor
         self.connections: set[ParsecServerProtocol] = set()
+        # Bytes of unfinished messages held by anonymous and invited connections.
+        self.unauthenticated_pending = 0
         self.server = None  # no Server header on the 101 answer
         self.setProtocolOptions(
             # Lowered to `handshake_bytes` on each connection until its handshake succeeds.

@@ -151,6 +151,7 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
         lambda c: c.backend.limits.max_connections_per_address,
         20,
     ),
+    ("--ipv6-prefix-bits", "PARSEC_IPV6_PREFIX_BITS", "56", lambda c: c.backend.limits.ipv6_prefix_bits, 56),
     ("--handshake-timeout", "PARSEC_HANDSHAKE_TIMEOUT", "5", lambda c: c.backend.limits.handshake_timeout, 5.0),
     ("--ws-max-message-size", "PARSEC_WS_MAX_MESSAGE_SIZE", "1048576", lambda c: c.backend.limits.ws_message_bytes, 1048576),
     ("--ws-keepalive-interval", "PARSEC_WS_KEEPALIVE_INTERVAL", "0", lambda c: c.backend.limits.ws_keepalive_interval, 0.0),
@@ -601,3 +602,8 @@ def test_metrics_listen_errors(value: str, reason: str) -> None:
         parse_run_args(["--metrics-listen", value], REQUIRED_ENV)
     assert str(info.value) == f"Invalid value for '--metrics-listen': {reason}"
     assert parse_run_args([], REQUIRED_ENV).listen.metrics is None  # off by default
+
+
+def test_ipv6_prefix_is_a_prefix_length() -> None:
+    with pytest.raises(ConfigError, match="129 is bigger than the maximum 128"):
+        parse_run_args(["--ipv6-prefix-bits", "129"], REQUIRED_ENV)

@@ -4,7 +4,8 @@ sessions, and the reply oracle of one fuzzed websocket message.
 Oracle for one binary message sent on a ready connection (docs/protocol/transport.md §6), followed at
 once by a `ping` with a unique text:
 
-* larger than the websocket message limit (16 MiB): the connection is closed;
+* larger than the websocket message limit (16 MiB; 1 MiB on anonymous and invited
+  connections): the connection is closed;
 * undecodable per the spec (`mpack.decodable`): `invalid_msg_format` with its reason, then a
   Close(1000); the ping is never answered;
 * `cmd` missing, not a str, or not a command of the connection type: `unknown_command`;
@@ -29,6 +30,7 @@ import attrs
 from parsec.api import protocol
 from parsec.api import schema as s
 from parsec.api.codec import DecodeError, unpackb
+from parsec.limits import DEFAULT as LIMITS
 from tests import httpclient
 from tests.api.certgen import LocalDevice, pki_accept_payload, pki_submit_payload
 from tests.fuzz import mpack
@@ -41,7 +43,8 @@ UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
 # Commands abandoned without a reply when the next request arrives (docs/protocol/transport.md §6.1).
 CANCELLABLE = {"events_listen", "invite_1_claimer_wait_peer"}
 # Autobahn refuses bigger messages (1009) before the protocol sees them (web/websocket.py).
-MAX_WS_MESSAGE = 16 * 1024 * 1024
+MAX_WS_MESSAGE = LIMITS.ws_message_bytes
+MAX_UNAUTHENTICATED_MESSAGE = LIMITS.unauthenticated_message_bytes
 # Refused on the profile before the schema is looked at (docs/protocol/commands.md §2).
 PROFILE_GATED = {
     "user_create", "user_revoke", "human_find", "realm_update_roles",
@@ -232,6 +235,7 @@ async def ws_exchange(
     context: str,
     *,
     ping_tag: str,
+    max_message: int = MAX_WS_MESSAGE,
 ) -> dict[str, Any] | None:
     """Send one fuzzed message then a ping; check both against the oracle (module docstring).
 
@@ -240,7 +244,7 @@ async def ws_exchange(
     client.send_raw(payload)
     client.send({"cmd": "ping", "ping": ping_tag})
     pong = {"status": "ok", "pong": ping_tag}
-    if len(payload) > MAX_WS_MESSAGE:
+    if len(payload) > max_message:
         code, _ = await client.wait_closed()
         assert code in (1009, 1006), context + f" -> close code {code}"
         record("<too big>", "closed")

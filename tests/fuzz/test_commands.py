@@ -17,6 +17,8 @@ from parsec.limits import DEFAULT as LIMITS
 from tests import httpclient
 from tests.fuzz import mpack
 from tests.fuzz.common import (
+    MAX_UNAUTHENTICATED_MESSAGE,
+    MAX_WS_MESSAGE,
     Session,
     World,
     build_world,
@@ -41,12 +43,15 @@ async def fuzz_ws_commands(
     name: str, session: Session, specs: dict[str, protocol.CommandSpec], kind: str, gen: Gen, count: int
 ) -> None:
     case = 0
+    max_message = MAX_WS_MESSAGE if kind == "authenticated" else MAX_UNAUTHENTICATED_MESSAGE
     for spec in specs.values():
         for _ in range(count):
             case += 1
             msg = gen.request(spec, kind)
             payload = mpack.pack(msg, gen.rng if gen.chance(0.5) else None)
-            await ws_exchange(session, specs, payload, where(name, case, msg), ping_tag=f"tag-{case}")
+            await ws_exchange(
+                session, specs, payload, where(name, case, msg), ping_tag=f"tag-{case}", max_message=max_message
+            )
 
 
 async def still_serving(world: World, device_id: str = "alice@dev1") -> None:

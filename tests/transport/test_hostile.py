@@ -519,3 +519,234 @@ async def test_keepalive_without_timeout_never_cuts(server_factory):
     alice.proto.transport.resumeProducing()
     assert await alice.cmd("ping", ping="still") == {"status": "ok", "pong": "still"}
     await alice.close()
+
+
+# ---- found by the audit: fragments, control-frame floods, unfinished messages -------------
+
+
+def _masked(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
+    """A client frame with a zero masking key (the payload goes as it is), under 126 bytes."""
+    assert len(payload) < 126
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
+
+
+def _in_pieces(message: bytes, pieces: int) -> bytes:
+    """`message` as one binary websocket message in `pieces` frames (the last one the rest)."""
+    assert len(message) >= pieces
+    out = bytearray()
+    for index in range(pieces - 1):
+        out += _masked(0x2 if index == 0 else 0x0, message[index : index + 1], fin=False)
+    rest = message[pieces - 1 :]
+    head = bytes((0x80 | (0x2 if pieces == 1 else 0x0),))
+    if len(rest) < 126:
+        head += bytes((0x80 | len(rest),))
+    elif len(rest) < 65536:
+        head += bytes((0x80 | 126,)) + len(rest).to_bytes(2, "big")
+    else:
+        head += bytes((0x80 | 127,)) + len(rest).to_bytes(8, "big")
+    out += head + b"\x00\x00\x00\x00" + rest
+    return bytes(out)
+
+
+@ok
+async def test_message_in_too_many_frames_is_refused(server):
+    from parsec import limits as limits_module
+
+    org = await bootstrap_organization(server)
+    alice = await org.connect("alice@dev1")
+    limit = LIMITS.ws_message_frames
+    message = packb({"cmd": "ping", "ping": "frames", "pad": b"\x00" * (2 * limit)})
+    # At the limit: reassembled and answered.
+    alice.proto.transport.write(_in_pieces(message, limit))
+    assert await alice.recv() == {"status": "ok", "pong": "frames"}
+    # One piece more: refused before the message is complete (each piece costs memory).
+    hits = limits_module.hits["ws_message_frames"]
+    alice.proto.transport.write(_in_pieces(message, limit + 1))
+    code, _ = await alice.wait_closed()
+    assert code in (1009, 1006)
+    assert limits_module.hits["ws_message_frames"] == hits + 1
+    await until(lambda: not server_protocols(server))
+    # Before the handshake too (the limit is on pieces, whatever the message's size).
+    from tests.fuzz.wsraw import RawWs
+
+    raw = await RawWs.connect(server.port)
+    assert await raw.next_frame() is not None  # the challenge
+    raw.write(_in_pieces(b"\x00" * (limit + 1), limit + 1))
+    assert await raw.wait_lost()
+    assert limits_module.hits["ws_message_frames"] == hits + 2
+
+
+@ok
+async def test_tiny_frames_are_parsed_a_few_per_turn(server):
+    from parsec import limits as limits_module
+
+    org = await bootstrap_organization(server)
+    flooder = await org.connect("alice@dev1")
+    other = await org.connect("alice@dev1")
+    hits = limits_module.hits["ws_frames_per_turn"]
+    # 20,000 empty pings in one write, then a request: Autobahn copies the rest of its buffer
+    # for each frame, so the server parses a few per turn and lets the others through.
+    count = 20_000
+    flooder.proto.transport.write(_masked(0x9) * count + _masked(0x2, packb({"cmd": "ping", "ping": "flood"})))
+    other.send({"cmd": "ping", "ping": "other"})
+    assert await other.recv() == {"status": "ok", "pong": "other"}
+    # The other connection was answered while the flood was still being parsed.
+    assert any(p._unparsed for p in server_protocols(server))
+    assert not flooder.proto.inbox
+    assert await flooder.recv() == {"status": "ok", "pong": "flood"}
+    # Two steps (header, empty payload) per ping.
+    assert limits_module.hits["ws_frames_per_turn"] - hits >= 2 * count // LIMITS.ws_frames_per_turn - 10
+    await flooder.close()
+    await other.close()
+
+
+@ok
+async def test_unauthenticated_message_limit(server):
+    from parsec import limits as limits_module
+
+    org = await bootstrap_organization(server)
+    limit = LIMITS.unauthenticated_message_bytes
+    assert limit < LIMITS.ws_message_bytes
+
+    # Anonymous: under the limit, answered; over it, closed before the message is held.
+    anonymous = await WsClient.connect(server.port)
+    assert (await anonymous.handshake_anonymous_v1(org.organization_id))["result"] == "ok"
+    half = (limit - 1024) // 2  # two bin values: each stays under msgpack_bin_bytes
+    under = packb({"cmd": "ping", "ping": "anonymous", "a": b"\x00" * half, "b": b"\x00" * half})
+    assert limit - 1024 <= len(under) <= limit
+    anonymous.send_raw(under)
+    assert await anonymous.recv() == {"status": "ok", "pong": "anonymous"}
+    hits = limits_module.hits["unauthenticated_message_bytes"]
+    anonymous.send_raw(b"\x00" * (limit + 1))
+    code, _ = await anonymous.wait_closed()
+    assert code in (1009, 1006)
+    assert limits_module.hits["unauthenticated_message_bytes"] == hits + 1
+    # Invited: the same limit.
+    alice = await org.connect("alice@dev1")
+    token = (await alice.cmd("invite_new", type="DEVICE", send_email=False))["token"]
+    invited = await WsClient.connect(server.port)
+    assert (await invited.handshake_invited(org.organization_id, "DEVICE", token))["result"] == "ok"
+    invited.send_raw(b"\x00" * (limit + 1))
+    code, _ = await invited.wait_closed()
+    assert code in (1009, 1006)
+    assert limits_module.hits["unauthenticated_message_bytes"] == hits + 2
+    # Authenticated: the full message limit.
+    big = packb({"cmd": "ping", "ping": "big", "a": b"\x00" * (limit - 64), "b": b"\x00" * (limit - 64)})
+    assert len(big) > limit + 1024
+    alice.send_raw(big)
+    assert await alice.recv() == {"status": "ok", "pong": "big"}
+    await alice.close()
+
+
+# ---- over our own TLS: a handshake never completed, a request never finished ------------------
+
+
+@ok
+async def test_tls_peer_that_stalls_is_closed_after_the_request_timeout(server_factory, tmp_path):
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+
+    from parsec.config import ListenConfig
+    from tests.tlsutil import client_options, make_self_signed
+
+    key, cert = make_self_signed(tmp_path)
+    listen = ListenConfig(host="127.0.0.1", port=0, ssl_keyfile=str(key), ssl_certfile=str(cert))
+    server = await server_factory(config(http_request_timeout=0.5), listen=listen)
+    listener = server.service.site.listener
+    # No ClientHello at all, and half a ClientHello: no answer can be encrypted, the
+    # connection is closed.
+    silent = await raw_connect(server.port)
+    partial = await raw_connect(server.port)
+    partial.transport.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    assert await raw_closed(silent) == b""
+    assert await raw_closed(partial) == b""
+    # TLS done, half a request, then the peer reads nothing more (it never answers our
+    # close_notify): it gets its 408 and the server lets the connection go.
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", server.port, client_options(cert))
+    stalled = await endpoint.connect(protocol.Factory.forProtocol(_Raw))
+    stalled.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+    await until(lambda: any(guard.access.bytes_in for guard in listener.protocols))
+    stalled.transport.pauseProducing()
+    await until(lambda: not listener.protocols)
+    stalled.transport.resumeProducing()
+    assert (await raw_closed(stalled)).startswith(b"HTTP/1.1 408 ")
+
+
+def _binary_head(length: int) -> bytes:
+    """The header of one final binary client frame of `length` bytes (zero masking key)."""
+    if length < 126:
+        return bytes((0x82, 0x80 | length)) + b"\x00\x00\x00\x00"
+    if length < 65536:
+        return bytes((0x82, 0x80 | 126)) + length.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+    return bytes((0x82, 0x80 | 127)) + length.to_bytes(8, "big") + b"\x00\x00\x00\x00"
+
+
+@ok
+async def test_unfinished_unauthenticated_messages_share_one_budget(server_factory):
+    from parsec import limits as limits_module
+
+    held = 60 * 1024
+    # Room for three held and the rest of one, not for a fourth.
+    server = await server_factory(config(unauthenticated_pending_bytes=3 * held + 50 * 1024))
+    factory = server.service.ws_factory
+    org = await bootstrap_organization(server)
+    message = packb({"cmd": "ping", "ping": "late", "pad": b"\x00" * (100 * 1024)})
+    # Three anonymous connections each hold 60 KiB of a message they do not finish.
+    holders = []
+    for _ in range(3):
+        client = await WsClient.connect(server.port)
+        assert (await client.handshake_anonymous_v1(org.organization_id))["result"] == "ok"
+        client.proto.transport.write(_binary_head(len(message)) + message[:held])
+        holders.append(client)
+    await until(lambda: factory.unauthenticated_pending == 3 * held)
+    # A fourth goes over the budget: closed, the others kept.
+    hits = limits_module.hits["unauthenticated_pending_bytes"]
+    fourth = await WsClient.connect(server.port)
+    assert (await fourth.handshake_anonymous_v1(org.organization_id))["result"] == "ok"
+    fourth.proto.transport.write(_binary_head(len(message)) + message[:held])
+    code, _ = await fourth.wait_closed()
+    assert code in (1013, 1006)
+    assert limits_module.hits["unauthenticated_pending_bytes"] == hits + 1
+    assert factory.unauthenticated_pending == 3 * held
+    # Authenticated connections do not count: a large message goes through.
+    alice = await org.connect("alice@dev1")
+    assert await alice.cmd("ping", ping="alice", pad=b"\x00" * (512 * 1024)) == {"status": "ok", "pong": "alice"}
+    # A holder that finishes its message is answered and gives its share back...
+    holders[0].proto.transport.write(message[held:])
+    assert await holders[0].recv() == {"status": "ok", "pong": "late"}
+    assert factory.unauthenticated_pending == 2 * held
+    # ... and one that leaves gives it back too.
+    holders[1].proto.transport.abortConnection()
+    await until(lambda: factory.unauthenticated_pending == held)
+    for client in (holders[0], holders[2], alice):
+        client.proto.transport.abortConnection()
+    await until(lambda: factory.unauthenticated_pending == 0 and not server_protocols(server))
+
+
+@ok
+async def test_ipv6_clients_are_capped_by_network(server_factory):
+    # One subscriber commonly holds a whole /64: as many caps as addresses otherwise.
+    base = config(max_connections_per_address=2)
+    server = await server_factory(attrs.evolve(base, trusted_proxies=("127.0.0.0/8",)))
+    listener = server.service.site.listener
+
+    async def upgrade(forwarded: bytes) -> _Raw:
+        conn = await raw_connect(server.port)
+        conn.transport.write(upgrade_request(b"X-Forwarded-For: " + forwarded + b"\r\n"))
+        await until(lambda: b"\r\n\r\n" in conn.data or conn.lost.called)
+        return conn
+
+    first = [await upgrade(b"2001:db8:0:1::1"), await upgrade(b"2001:db8:0:1:ffff::2")]
+    assert all(c.data.startswith(b"HTTP/1.1 101") for c in first)
+    assert listener.connections_from("2001:db8:0:1::1234") == 2
+    refused = await upgrade(b"2001:db8:0:1::3")
+    assert_complete_answer(await raw_closed(refused), 429)
+    other = await upgrade(b"2001:db8:0:2::1")  # the next /64
+    assert other.data.startswith(b"HTTP/1.1 101")
+    mapped = await upgrade(b"::ffff:203.0.113.7")  # an IPv4 client, counted as such
+    assert mapped.data.startswith(b"HTTP/1.1 101")
+    assert listener.connections_from("203.0.113.7") == 1
+    for conn in [*first, other, mapped]:
+        conn.transport.abortConnection()
+        await raw_closed(conn)
+    await until(lambda: not listener.protocols)
+    assert listener.connections_from("2001:db8:0:1::1") == 0
