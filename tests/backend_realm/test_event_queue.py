@@ -114,3 +114,22 @@ async def test_an_idle_subscription_holds_no_queue(small_queues):
     assert (await alice.cmd("ping", ping="two"))["status"] == "ok"
     await world.settle()
     assert await drain(bob) == ["two"]
+
+
+@ok
+async def test_an_idle_listener_keeps_autobahn_dict_in_its_small_table(small_queues):
+    # An idle connection's largest object is the protocol's instance dict, which Autobahn fills
+    # with some seventy attributes; ours are in slots (parsec.web.websocket). A dict's table of
+    # 128 entries holds up to 85 keys: one more doubles it, 1.6 KB more per connection
+    # (benchmarks/server_bench.py, idle). An attribute added past that must go in the slots.
+    world = small_queues
+    bob = await world.connect("bob@dev1")
+    await bob.subscribe()
+    bob.send("events_listen", wait=True)
+    sub = subscription(world, "bob@dev1")
+    for _ in range(500):  # until the server has read it
+        if sub.waiter is not None:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    (proto,) = [p for p in world.server.service.ws_factory.connections if p._ctx is sub.ctx]
+    assert len(proto.__dict__) <= 85, sorted(proto.__dict__)
