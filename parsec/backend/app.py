@@ -52,12 +52,12 @@ from parsec.backend.command import (
     AUTHENTICATED,
     INVITED,
     AnonymousContext,
+    Answer,
     ApiMeta,
     AuthenticatedContext,
     ClientContext,
     Handler,
     InvitedContext,
-    Reply,
     collect_handlers,
     not_admin,
     status,
@@ -195,7 +195,7 @@ class BackendApp:
             return None
         return self.routes[kind].get(cmd)
 
-    async def dispatch(self, ctx: ClientContext, route: Route, msg: dict[str, Any]) -> Reply:
+    async def dispatch(self, ctx: ClientContext, route: Route, msg: dict[str, Any]) -> Answer:
         meta = route.meta
         if isinstance(ctx, AuthenticatedContext):
             if meta.admin_only and ctx.profile != "ADMIN":

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from parsec.api import certificates as certs
 from parsec.api.ballpark import BALLPARK_CLIENT_EARLY_OFFSET, BALLPARK_CLIENT_LATE_OFFSET
@@ -42,6 +43,12 @@ from parsec.backend.storage import (
 )
 
 Reply = dict[str, Any]
+# What a handler returns: its reply, or, for a command that waits for someone else (an event, a
+# peer), the Deferred of its reply. Returned rather than awaited, the wait keeps no coroutine
+# frames nor a coroutine driver: an idle connection waiting in `events_listen` holds its
+# Deferred alone (benchmarks/server_bench.py, idle: about 1.5 KiB less per connection).
+# Cancelling that Deferred abandons the command (the transport then sends no reply).
+Answer = Reply | Deferred[Reply]
 
 AUTHENTICATED = "authenticated"
 INVITED = "invited"
@@ -101,8 +108,8 @@ ClientContext = AuthenticatedContext | InvitedContext | AnonymousContext
 
 # A bound handler: (context, validated request) -> reply. The context is of one of the kinds
 # the command is declared for.
-Handler = Callable[[Any, dict[str, Any]], Awaitable[Reply]]
-_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Reply]])
+Handler = Callable[[Any, dict[str, Any]], Awaitable[Answer]]
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Answer]])
 
 
 @attrs.frozen

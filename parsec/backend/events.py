@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from parsec import limits as limits_module
 from parsec.backend.bus import BackendEvent
-from parsec.backend.command import AuthenticatedContext, Reply, api, ok, status
+from parsec.backend.command import Answer, AuthenticatedContext, Reply, api, ok, status
 
 if TYPE_CHECKING:
     from parsec.backend.app import BackendApp
@@ -40,7 +40,27 @@ def _not_counted(event: str) -> None:
     pass
 
 
+_NO_REALMS: frozenset[UUID] = frozenset()
+
+
 class Subscription:
+    """One connection's subscription. Slotted, its queue and realm set created on first use:
+    most subscriptions sit idle with a waiting `events_listen` and no realm event queued, and
+    an empty deque costs 624 bytes, an empty set 216 (benchmarks/server_bench.py, idle)."""
+
+    __slots__ = (
+        "changes_while_loading",
+        "ctx",
+        "delivered",
+        "dropped",
+        "max_bytes",
+        "max_events",
+        "queue",
+        "queued_bytes",
+        "realms",
+        "waiter",
+    )
+
     def __init__(
         self,
         ctx: AuthenticatedContext,
@@ -50,63 +70,82 @@ class Subscription:
     ) -> None:
         self.ctx = ctx
         self.delivered = delivered  # counts each event handed to this connection (metrics)
-        self.queue: deque[tuple[Reply, int]] = deque()  # (event, its size)
+        self.queue: deque[tuple[Reply, int]] | None = None  # (event, its size); None: empty
         self.queued_bytes = 0
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.dropped = 0  # events dropped since the queue was last emptied
-        self.realms: set[UUID] = set()
+        self.realms: set[UUID] | frozenset[UUID] = _NO_REALMS
+        # The pending `events_listen(wait=true)`, if any; a cancelled one (the client sent
+        # another request, or left) is already called and is skipped.
         self.waiter: defer.Deferred[Reply] | None = None
         # While the user's realms load: the role changes heard meanwhile (realm -> role, None
         # when removed), applied over the loaded set, which may predate them.
         self.changes_while_loading: dict[UUID, str | None] | None = None
 
+    def _realm_set(self) -> set[UUID]:
+        if not isinstance(self.realms, set):
+            self.realms = set()
+        return self.realms
+
     def role_changed(self, realm_id: UUID, role: str | None) -> None:
         if self.changes_while_loading is not None:
             self.changes_while_loading[realm_id] = role
         if role is None:
-            self.realms.discard(realm_id)
+            if realm_id in self.realms:
+                self._realm_set().discard(realm_id)
         else:
-            self.realms.add(realm_id)
+            self._realm_set().add(realm_id)
 
     def loaded(self, realms: Iterable[UUID]) -> None:
         changes, self.changes_while_loading = self.changes_while_loading or {}, None
-        self.realms.update(realms)
+        realms = list(realms)
+        if realms:
+            self._realm_set().update(realms)
         for realm_id, role in changes.items():
             self.role_changed(realm_id, role)
 
     def push(self, reply: Reply) -> None:
-        if self.waiter is not None:
-            waiter, self.waiter = self.waiter, None
-            self.delivered(reply["event"])
-            waiter.callback(reply)
-            return
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.called:
+                self.delivered(reply["event"])
+                waiter.callback(reply)
+                return
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
         size = _size(reply)
-        if len(self.queue) >= self.max_events or self.queued_bytes + size > self.max_bytes:
-            limits_module.hit("event_queue_events" if len(self.queue) >= self.max_events else "event_queue_bytes")
+        if len(queue) >= self.max_events or self.queued_bytes + size > self.max_bytes:
+            limits_module.hit("event_queue_events" if len(queue) >= self.max_events else "event_queue_bytes")
             if self.dropped == 0:
                 _log.warn(
                     "Event queue full for {device_id} ({count} events, {size} bytes): events dropped",
                     device_id=self.ctx.device_id,
-                    count=len(self.queue),
+                    count=len(queue),
                     size=self.queued_bytes,
                 )
             self.dropped += 1
             return
         self.delivered(reply["event"])
-        self.queue.append((reply, size))
+        queue.append((reply, size))
         self.queued_bytes += size
 
     def pop(self) -> Reply:
-        reply, size = self.queue.popleft()
+        queue = self.queue
+        assert queue is not None
+        reply, size = queue.popleft()
         self.queued_bytes -= size
-        if self.dropped and not self.queue:
-            _log.info(
-                "Event queue of {device_id} emptied; {count} event(s) had been dropped",
-                device_id=self.ctx.device_id,
-                count=self.dropped,
-            )
-            self.dropped = 0
+        if not queue:
+            self.queue = None
+            if self.dropped:
+                _log.info(
+                    "Event queue of {device_id} emptied; {count} event(s) had been dropped",
+                    device_id=self.ctx.device_id,
+                    count=self.dropped,
+                )
+                self.dropped = 0
         return reply
 
 
@@ -125,7 +164,7 @@ class EventsComponent:
             del self._by_org[ctx.organization_id]
         if sub is not None and sub.waiter is not None:
             waiter, sub.waiter = sub.waiter, None
-            waiter.cancel()
+            waiter.cancel()  # nothing if it was already cancelled
 
     @api("events_subscribe")
     async def api_events_subscribe(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
@@ -147,20 +186,18 @@ class EventsComponent:
         return ok()
 
     @api("events_listen", cancellable=True)
-    async def api_events_listen(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+    async def api_events_listen(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Answer:
         sub: Subscription | None = self._by_org.get(ctx.organization_id, {}).get(ctx.conn_id)
         if sub is not None and sub.queue:
             return sub.pop()
         if not req["wait"]:
             return status("no_events")
+        # Returned, not awaited (parsec.backend.command.Answer): the transport cancels it when
+        # the client sends another request; `push` then skips it.
         waiter: defer.Deferred[Reply] = defer.Deferred()
         if sub is not None:
             sub.waiter = waiter
-        try:
-            return await waiter
-        finally:
-            if sub is not None and sub.waiter is waiter:
-                sub.waiter = None
+        return waiter
 
     # ---- routing -------------------------------------------------------------------------
 

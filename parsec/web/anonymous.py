@@ -5,6 +5,8 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
+
 from parsec.api import ids
 from parsec.api.codec import DecodeError, packb, unpackb
 from parsec.backend.command import ANONYMOUS, AnonymousContext
@@ -68,7 +70,8 @@ class AnonymousResource:
         metrics = app.metrics.command(route.meta.name, route.meta.long_poll)
         started = perf_counter()
         try:
-            reply = await app.dispatch(ctx, route, msg)
+            answer = await app.dispatch(ctx, route, msg)
+            reply = await answer if isinstance(answer, Deferred) else answer
         except BaseException:
             metrics.done("crashed", perf_counter() - started)
             raise

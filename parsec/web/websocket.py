@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextvars
 import struct
+from collections import deque
 from collections.abc import Coroutine
 from time import perf_counter
 from types import FunctionType
@@ -72,7 +73,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from parsec import limits as limits_module
-from parsec.api.codec import DecodeError, MessageTooLarge, pack_prefixed, packb, unpackb
+from parsec.api.codec import (
+    DecodeError,
+    MessageTooLarge,
+    has_large_bytes,
+    pack_pieces,
+    pack_prefixed,
+    packb,
+    unpackb,
+)
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
 from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
@@ -100,19 +109,25 @@ CLOSE_POLICY_VIOLATION = 1008
 SHUTDOWN_CLOSE_WAIT = 1.0
 
 _HANDSHAKE, _HANDSHAKE_BUSY, _READY, _DRAINING, _CLOSED = range(5)
+# Stands for Autobahn's empty send queue (see `onOpen`): only its length is read.
+_NO_SEND_QUEUE: tuple[()] = ()
 
 
 _SHORT_FRAME = struct.Struct("!BBH")
 _LONG_FRAME = struct.Struct("!BBQ")
 
 
-def binary_frame(message: dict[str, Any], limit: int) -> bytes | None:
+def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | None:
     """One final binary websocket frame carrying `message` in msgpack (RFC 6455 §5.2; a
-    server's frames are not masked), or None if the message is over `limit` bytes.
+    server's frames are not masked): its bytes, or the pieces to write in order when the
+    message holds a large bytes value; None if the message is over `limit` bytes.
 
     Built here rather than by Autobahn's `sendMessage`, which checks options we never use
     (compression, fragmentation, masking) and joins header and payload into a further copy:
-    this costs one copy of the message (`pack_prefixed`) and one transport write.
+    this costs one copy of the message (`pack_prefixed`), none of a large bytes value in it
+    (`pack_pieces`: a block), and one transport write. Other replies stay on the one-piece
+    path: pieces for every reply cost a `ping` 6k more instructions (callgrind: 214k -> 220k),
+    the check alone 1-2k.
     """
 
     def header(size: int) -> bytes:
@@ -125,6 +140,8 @@ def binary_frame(message: dict[str, Any], limit: int) -> bytes | None:
         return _LONG_FRAME.pack(0x82, 127, size)
 
     try:
+        if has_large_bytes(message):
+            return pack_pieces(message, header)
         return pack_prefixed(message, header)
     except MessageTooLarge:
         return None
@@ -173,7 +190,11 @@ class _Resumed:
             else:
                 awaited = self._context.run(self._coro.send, None)
         except StopIteration as done:
-            if not self.deferred.called:
+            if isinstance(done.value, defer.Deferred):
+                # The command returned the Deferred of its reply (parsec.backend.command.Answer).
+                self._awaited = done.value
+                done.value.addBoth(self._deliver)
+            elif not self.deferred.called:
                 self.deferred.callback(done.value)
             return None
         except BaseException:
@@ -182,6 +203,14 @@ class _Resumed:
             return None
         self._wait(awaited)
         return None
+
+    def _deliver(self, result: object) -> None:
+        self._awaited = None
+        if not self.deferred.called:
+            if isinstance(result, Failure):
+                self.deferred.errback(result)
+            else:
+                self.deferred.callback(result)
 
     def _cancel(self, _: defer.Deferred[Any]) -> None:
         if self._awaited is not None:
@@ -214,6 +243,33 @@ class _OutputWatch:
 
 class ParsecServerProtocol(WebSocketServerProtocol):
     factory: ParsecWebSocketFactory
+
+    # Our own state in slots, out of the instance dict that Autobahn fills with some seventy
+    # attributes: a dict grows its table by doubling, and three attributes more (86 -> 87
+    # keys) took an idle connection from 7.7 to 10.8 KiB (the table from 1.6 to 3.3 KB;
+    # benchmarks/server_bench.py, idle). Autobahn's own attributes stay in the dict.
+    __slots__ = (
+        "_access",
+        "_backlog",
+        "_close_when_idle",
+        "_ctx",
+        "_current",
+        "_current_cancellable",
+        "_current_long_poll",
+        "_deadline",
+        "_gone_waiters",
+        "_hs",
+        "_idle_waiters",
+        "_incoming",
+        "_incoming_bytes",
+        "_output_blocked",
+        "_pending",
+        "_reading_paused",
+        "_running",
+        "_state",
+        "_unparsed",
+        "gone",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -470,6 +526,11 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # request the listener's guard still holds (over 2 KiB per idle connection).
         self.http_request_data = b""
         self.http_headers = {}
+        self.http_response_data = None  # type: ignore[assignment]  # our 101 answer, sent
+        # Autobahn's queue of chopped or synchronous sends, which we never make: an empty
+        # deque is 624 bytes per connection; `sendData` brings one back if ever needed
+        # (benchmarks/server_bench.py, idle).
+        self.send_queue = _NO_SEND_QUEUE  # type: ignore[assignment]
         guard: Any = self.transport
         if isinstance(guard, HttpGuard):
             guard.upgraded()
@@ -480,6 +541,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("Cannot start the handshake")
             self.sendCloseFrame(code=1011, isReply=False)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        queue: Any = self.send_queue  # Autobahn annotates it a deque
+        if (sync or chopsize) and queue is _NO_SEND_QUEUE:
+            self.send_queue = deque()
+        super().sendData(data, sync, chopsize)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._state in (_CLOSED, _DRAINING):
@@ -498,8 +565,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._incoming_bytes += len(payload)
             if self._current is not None and self._current_cancellable:
                 self._current.cancel()
-            self._pump()
-            self._update_reading()
+            if not self._pump():
+                self._update_reading()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._access is not None:
@@ -610,33 +677,34 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # ping). The first step runs in a context of its own, as Twisted would run it (the pool marks
     # the connection a task holds in a context variable).
 
-    def _pump(self) -> None:
+    def _pump(self) -> bool:
+        """Process what is queued, in order; False if nothing could start (then the caller
+        updates the reading state itself: when it ran, the pump did)."""
         if self._running or self._state != _READY or not self._incoming or self._output_blocked:
-            return
+            return False
         self._running = True
         while self._incoming and self._state == _READY and not self._output_blocked:
             payload = self._incoming.pop(0)
             self._incoming_bytes -= len(payload)
             try:
-                pending = self._start(payload)
+                waiting = self._start(payload)
             except Exception:
                 self._internal_error(Failure())
                 break
-            if pending is not None:
-                pending.addErrback(self._internal_error)
-                pending.addBoth(self._resume)
+            if waiting:
                 self._update_reading()
-                return
+                return True
         self._running = False
         self._update_reading()
+        return True
 
-    def _resume(self, _: object) -> None:
+    def _resume(self) -> None:
         self._running = False
-        self._pump()
-        self._update_reading()
+        if not self._pump():
+            self._update_reading()
 
-    def _start(self, payload: bytes) -> defer.Deferred[None] | None:
-        """Process one request; a Deferred (fired once it is answered) if it has to wait."""
+    def _start(self, payload: bytes) -> bool:
+        """Process one request; True if it has to wait (`_settled` resumes the pump)."""
         app = self.factory.app
         ctx = self._ctx
         assert ctx is not None
@@ -644,49 +712,62 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             msg = unpackb(payload)
         except DecodeError:
             self._protocol_error()
-            return None
+            return False
         cmd = msg.get("cmd")
         route = app.route(ctx.kind, cmd)
         if route is None:
             app.metrics.command(UNKNOWN_COMMAND_LABEL).done("unknown_command", 0.0)
             self._send_reply(UNKNOWN_COMMAND)
-            return None
+            return False
         metrics = app.metrics.command(route.meta.name, route.meta.long_poll)
         started = perf_counter()
         coro = app.dispatch(ctx, route, msg)
         context = contextvars.copy_context()
+        d: defer.Deferred[Any]
         try:
             awaited = context.run(coro.send, None)
         except StopIteration as done:
-            reply = done.value
-            metrics.done(str(reply.get("status")), perf_counter() - started)
-            self._answered(cmd, reply)
-            return None
+            answer = done.value
+            if not isinstance(answer, defer.Deferred):
+                metrics.done(str(answer.get("status")), perf_counter() - started)
+                self._answered(cmd, answer)
+                return False
+            # The command returned the Deferred of its reply (parsec.backend.command.Answer):
+            # nothing to drive.
+            d = answer
         except BaseException:
             metrics.done("crashed", perf_counter() - started)
             raise
-        d = _Resumed(coro, context, awaited).deferred
+        else:
+            d = _Resumed(coro, context, awaited).deferred
         self._current = d
         self._current_cancellable = route.meta.cancellable
         self._current_long_poll = route.meta.long_poll
         if self._current_cancellable and self._incoming:
             d.cancel()
-        return d.addBoth(self._settled, cmd, metrics, started)
+        # One callback does everything once the command ends (answer, errors, resuming the
+        # pump): each further one would stay allocated on every waiting connection.
+        d.addBoth(self._settled, cmd, metrics, started)
+        return True
 
-    def _settled(self, result: Any, cmd: object, metrics: Any, started: float) -> Failure | None:
+    def _settled(self, result: Any, cmd: object, metrics: Any, started: float) -> None:
         self._current = None
         self._current_cancellable = False
         self._current_long_poll = False
-        if isinstance(result, Failure):
-            if not result.check(defer.CancelledError):
-                metrics.done("crashed", perf_counter() - started)
-                return result
-            metrics.done("cancelled", perf_counter() - started)
-            result = None  # abandoned: no reply
-        else:
-            metrics.done(str(result.get("status")), perf_counter() - started)
-        self._answered(cmd, result)
-        return None
+        try:
+            if isinstance(result, Failure):
+                if result.check(defer.CancelledError):
+                    metrics.done("cancelled", perf_counter() - started)
+                    self._answered(cmd, None)  # abandoned: no reply
+                else:
+                    metrics.done("crashed", perf_counter() - started)
+                    self._internal_error(result)
+            else:
+                metrics.done(str(result.get("status")), perf_counter() - started)
+                self._answered(cmd, result)
+        except Exception:
+            self._internal_error(Failure())
+        self._resume()
 
     def _answered(self, cmd: object, reply: dict[str, Any] | None) -> None:
         if reply is not None:
@@ -716,7 +797,10 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             frame = binary_frame(REPLY_TOO_LARGE, self.limits.ws_message_bytes)
             assert frame is not None
         transport: Any = self.transport  # through the listener's guard, which counts the bytes
-        transport.write(frame)
+        if type(frame) is bytes:
+            transport.write(frame)
+        else:
+            transport.writeSequence(frame)
 
     def _protocol_error(self) -> None:
         self._state = _CLOSED

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import pytest_twisted
+from twisted.internet import reactor, task
 
 from parsec.config import BackendAddr, BackendConfig
 from parsec.limits import DEFAULT as LIMITS
@@ -84,3 +85,51 @@ async def test_queue_bounded_in_count(small_queues):
     await world.settle()
     assert len(subscription(world, "bob@dev1").queue) == QUEUE["event_queue_events"]
     assert await drain(bob) == [str(index) for index in range(QUEUE["event_queue_events"])]
+
+
+@ok
+async def test_an_idle_subscription_holds_no_queue(small_queues):
+    # An idle listener keeps neither an empty queue nor a coroutine (parsec.backend.events):
+    # the queue exists while events wait, and a cancelled listen is skipped by the next event.
+    world = small_queues
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    await bob.subscribe()
+    sub = subscription(world, "bob@dev1")
+    assert sub.queue is None
+    assert (await alice.cmd("ping", ping="one"))["status"] == "ok"
+    await world.settle()
+    assert len(sub.queue) == 1
+    assert await drain(bob) == ["one"]
+    assert sub.queue is None and sub.queued_bytes == 0
+    bob.send("events_listen", wait=True)
+    for _ in range(500):  # until the server has read it
+        if sub.waiter is not None:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert sub.waiter is not None and not sub.waiter.called
+    bob.send("ping", ping="cancels the listen")
+    bob.forget()
+    assert await bob.recv() == {"status": "ok", "pong": "cancels the listen"}
+    assert (await alice.cmd("ping", ping="two"))["status"] == "ok"
+    await world.settle()
+    assert await drain(bob) == ["two"]
+
+
+@ok
+async def test_an_idle_listener_keeps_autobahn_dict_in_its_small_table(small_queues):
+    # An idle connection's largest object is the protocol's instance dict, which Autobahn fills
+    # with some seventy attributes; ours are in slots (parsec.web.websocket). A dict's table of
+    # 128 entries holds up to 85 keys: one more doubles it, 1.6 KB more per connection
+    # (benchmarks/server_bench.py, idle). An attribute added past that must go in the slots.
+    world = small_queues
+    bob = await world.connect("bob@dev1")
+    await bob.subscribe()
+    bob.send("events_listen", wait=True)
+    sub = subscription(world, "bob@dev1")
+    for _ in range(500):  # until the server has read it
+        if sub.waiter is not None:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    (proto,) = [p for p in world.server.service.ws_factory.connections if p._ctx is sub.ctx]
+    assert len(proto.__dict__) <= 85, sorted(proto.__dict__)
