@@ -257,6 +257,14 @@ async def test_total_connection_cap(server_factory):
     assert (await httpclient.request(server.port, "GET", "/")).status == 200
 
 
+async def proxied_upgrade(port: int, forwarded: bytes) -> _Raw:
+    """A websocket upgrade as the trusted proxy sends it, for the client `forwarded`."""
+    conn = await raw_connect(port)
+    conn.transport.write(upgrade_request(b"X-Forwarded-For: " + forwarded + b"\r\n"))
+    await until(lambda: b"\r\n\r\n" in conn.data or conn.lost.called)
+    return conn
+
+
 @ok
 async def test_per_address_cap_behind_trusted_proxy(server_factory):
     base = config(max_connections_per_address=2)
@@ -264,10 +272,7 @@ async def test_per_address_cap_behind_trusted_proxy(server_factory):
     listener = server.service.site.listener
 
     async def upgrade(forwarded: bytes) -> _Raw:
-        conn = await raw_connect(server.port)
-        conn.transport.write(upgrade_request(b"X-Forwarded-For: " + forwarded + b"\r\n"))
-        await until(lambda: b"\r\n\r\n" in conn.data or conn.lost.called)
-        return conn
+        return await proxied_upgrade(server.port, forwarded)
 
     first = [await upgrade(b"203.0.113.7"), await upgrade(b"198.51.100.1, 203.0.113.7")]
     assert all(c.data.startswith(b"HTTP/1.1 101") for c in first)
@@ -730,10 +735,7 @@ async def test_ipv6_clients_are_capped_by_network(server_factory):
     listener = server.service.site.listener
 
     async def upgrade(forwarded: bytes) -> _Raw:
-        conn = await raw_connect(server.port)
-        conn.transport.write(upgrade_request(b"X-Forwarded-For: " + forwarded + b"\r\n"))
-        await until(lambda: b"\r\n\r\n" in conn.data or conn.lost.called)
-        return conn
+        return await proxied_upgrade(server.port, forwarded)
 
     first = [await upgrade(b"2001:db8:0:1::1"), await upgrade(b"2001:db8:0:1:ffff::2")]
     assert all(c.data.startswith(b"HTTP/1.1 101") for c in first)
