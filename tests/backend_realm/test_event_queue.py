@@ -44,6 +44,14 @@ def subscription(world: World, device_id: str) -> Any:
     return sub
 
 
+async def listen_read(sub: Any) -> None:
+    """Until the server has read the `events_listen` just sent (its waiter is set)."""
+    for _ in range(500):
+        if sub.waiter is not None:
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
 async def drain(client: Any) -> list[str]:
     pings = []
     while True:
@@ -103,10 +111,7 @@ async def test_an_idle_subscription_holds_no_queue(small_queues):
     assert await drain(bob) == ["one"]
     assert sub.queue is None and sub.queued_bytes == 0
     bob.send("events_listen", wait=True)
-    for _ in range(500):  # until the server has read it
-        if sub.waiter is not None:
-            break
-        await task.deferLater(reactor, 0.01, lambda: None)
+    await listen_read(sub)
     assert sub.waiter is not None and not sub.waiter.called
     bob.send("ping", ping="cancels the listen")
     bob.forget()
@@ -127,9 +132,6 @@ async def test_an_idle_listener_keeps_autobahn_dict_in_its_small_table(small_que
     await bob.subscribe()
     bob.send("events_listen", wait=True)
     sub = subscription(world, "bob@dev1")
-    for _ in range(500):  # until the server has read it
-        if sub.waiter is not None:
-            break
-        await task.deferLater(reactor, 0.01, lambda: None)
+    await listen_read(sub)
     (proto,) = [p for p in world.server.service.ws_factory.connections if p._ctx is sub.ctx]
     assert len(proto.__dict__) <= 85, sorted(proto.__dict__)
