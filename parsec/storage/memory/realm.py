@@ -8,8 +8,9 @@ awaiting anything in between: in a single-threaded reactor that makes every meth
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import attrs
 
@@ -196,6 +197,12 @@ class _Base:
         if vlob is None:
             return None, None
         return vlob, data.realms[vlob.realm_id]
+
+
+# A claim only has to differ from every other claim of this process (it never leaves it):
+# numbered, it costs no random bytes (`uuid4()`, 1.6 us, was about 2 % of the server CPU of
+# a 4 KiB `block_create`).
+_claim_numbers = itertools.count(1)
 
 
 def _latest(atoms: dict[int, _Atom]) -> int:
@@ -570,7 +577,7 @@ class MemoryBlockStorage(_Base):
         held = data.block_claims.get(block_id)
         if held is not None and held.author != author and held.claimed_on + timedelta(seconds=claim_seconds) > now:
             raise BlockClaimedError()
-        claim = uuid4()
+        claim = UUID(int=next(_claim_numbers))
         data.block_claims[block_id] = _BlockClaim(claim, author, now)
         return claim
 
