@@ -125,7 +125,12 @@ class BlockComponent:
             return status(BLOCKSTORE_FAILURE)
         except StorageError as exc:
             return error_reply(exc)
-        return await _not_cancelled_by(defer.ensureDeferred(self._write_and_record(ctx, req, claim)))
+        written = defer.ensureDeferred(self._write_and_record(ctx, req, claim))
+        if written.called:
+            # Nothing waited (the memory blockstore and storage): there is no cancellation to
+            # shield the write from, and awaiting a fired Deferred does not suspend.
+            return await written
+        return await _not_cancelled_by(written)
 
     async def _write_and_record(self, ctx: AuthenticatedContext, req: dict[str, Any], claim: UUID) -> Reply:
         organization_id = ctx.organization_id

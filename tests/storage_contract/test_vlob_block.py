@@ -332,6 +332,33 @@ async def test_finish_requires_every_version(world):
     await world.realm.finish_reencryption_maintenance(world.org, "alice@dev1", realm_id, 2)
 
 
+@ok
+async def test_reencryption_out_of_order_then_update(world):
+    # Versions re-encrypted in any order, over several batches: the next update still needs
+    # exactly the latest version + 1, and a read without version serves the latest.
+    realm_id = await world.create_realm("alice@dev1")
+    vlob_id = uuid4()
+    await world.vlob.create(world.org, "alice@dev1", realm_id, 1, vlob_id, world.ts(), b"v1")
+    for version in range(2, 6):
+        await world.vlob.update(world.org, "alice@dev1", 1, vlob_id, version, world.ts(), b"v%d" % version)
+    await start_reencryption(world, realm_id)
+    by_version = {e.version: e for e in await world.vlob.get_reencryption_batch(world.org, "alice", realm_id, 2, 10)}
+    for versions in ([4], [5, 2, 1], [3]):
+        batch = [ReencryptionBatchEntry(vlob_id, v, by_version[v].blob.upper()) for v in versions]
+        await world.vlob.save_reencryption_batch(world.org, "alice", realm_id, 2, batch)
+    await world.realm.finish_reencryption_maintenance(world.org, "alice@dev1", realm_id, 2)
+    assert (await world.vlob.read(world.org, "alice", 2, vlob_id, None, None)).blob == b"V5"
+    for version in (5, 4, 7):
+        with pytest.raises(st.BadVersionError):
+            await world.vlob.update(world.org, "alice@dev1", 2, vlob_id, version, world.ts(), b"bad")
+    assert await world.vlob.update(world.org, "alice@dev1", 2, vlob_id, 6, world.ts(), b"v6") == VlobWrite(
+        realm_id, 6
+    )
+    read = await world.vlob.read(world.org, "alice", 2, vlob_id, None, None)
+    assert (read.version, read.blob) == (6, b"v6")
+    assert list(await world.vlob.list_versions(world.org, "alice", vlob_id)) == [1, 2, 3, 4, 5, 6]
+
+
 # ---- blocks ------------------------------------------------------------------------------------
 
 

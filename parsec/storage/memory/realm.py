@@ -8,8 +8,9 @@ awaiting anything in between: in a single-threaded reactor that makes every meth
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import attrs
 
@@ -55,7 +56,10 @@ class _Atom:
 @attrs.define
 class _Vlob:
     realm_id: UUID
-    # encryption revision -> version -> atom
+    # encryption revision -> version -> atom, each revision's versions in ascending order (a
+    # vlob_update appends the next version; a re-encryption batch, which may come in any order,
+    # re-sorts what it filled), so that the latest version is the last key, found without a
+    # scan of every version (`_latest`)
     revisions: dict[int, dict[int, _Atom]] = attrs.field(factory=dict)
 
 
@@ -193,6 +197,17 @@ class _Base:
         if vlob is None:
             return None, None
         return vlob, data.realms[vlob.realm_id]
+
+
+# A claim only has to differ from every other claim of this process (it never leaves it):
+# numbered, it costs no random bytes (`uuid4()`, 1.6 us, was about 2 % of the server CPU of
+# a 4 KiB `block_create`).
+_claim_numbers = itertools.count(1)
+
+
+def _latest(atoms: dict[int, _Atom]) -> int:
+    """The latest version of a non-empty revision: its last key (see `_Vlob.revisions`)."""
+    return next(reversed(atoms))
 
 
 def _roles_updated(organization_id: str, grant: RealmGrant) -> events.BackendEvent:
@@ -413,7 +428,7 @@ class MemoryVlobStorage(_Base):
         if vlob is not None and realm is not None:
             atoms = vlob.revisions.get(rules.readable_revision(realm.state), {})
             if atoms:
-                latest_version = max(atoms)
+                latest_version = _latest(atoms)
                 latest_timestamp = atoms[latest_version].timestamp
         rules.check_vlob_update(
             _state(realm),
@@ -517,6 +532,7 @@ class MemoryVlobStorage(_Base):
     ) -> tuple[int, int]:
         data = self._realms(organization_id)
         realm = self._maintenance_realm(data, user_id, realm_id, encryption_revision)
+        unordered: dict[int, dict[int, _Atom]] = {}  # revisions this batch filled out of order
         for entry in batch:
             vlob = data.vlobs.get(entry.vlob_id)
             if vlob is None or vlob.realm_id != realm_id:
@@ -525,8 +541,15 @@ class MemoryVlobStorage(_Base):
             done = vlob.revisions.setdefault(encryption_revision, {})
             if original is None or entry.version in done:
                 continue
+            if done and entry.version < _latest(done):
+                unordered[id(done)] = done
             done[entry.version] = _Atom(entry.blob, original.author, original.timestamp)
             data.metadata_size += len(entry.blob)
+        for done in unordered.values():
+            # Back to ascending versions (see `_Vlob.revisions`), once per vlob and batch.
+            ordered = sorted(done.items())
+            done.clear()
+            done.update(ordered)
         total = done_count = 0
         for vlob_id in realm.vlob_ids:
             revisions = data.vlobs[vlob_id].revisions
@@ -554,7 +577,7 @@ class MemoryBlockStorage(_Base):
         held = data.block_claims.get(block_id)
         if held is not None and held.author != author and held.claimed_on + timedelta(seconds=claim_seconds) > now:
             raise BlockClaimedError()
-        claim = uuid4()
+        claim = UUID(int=next(_claim_numbers))
         data.block_claims[block_id] = _BlockClaim(claim, author, now)
         return claim
 
