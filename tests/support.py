@@ -13,9 +13,12 @@ import threading
 import time
 from typing import Any
 
+import attrs
 import pytest_twisted
 from twisted.internet import defer
 
+from parsec.config import BackendAddr, BackendConfig
+from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.postgresql.connection import PgConnection
 from parsec.storage.postgresql.migrations import migrate_command
 from parsec.storage.postgresql.pool import PostgreSQLPool
@@ -27,6 +30,7 @@ __all__ = [
     "CountingPool",
     "DatabaseSupply",
     "free_port",
+    "limited_config",
     "migrate_template",
     "new_name",
     "statement_count",
@@ -48,6 +52,13 @@ def new_name(prefix: str) -> str:
 
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def limited_config(**limits: Any) -> BackendConfig:
+    """The tests' server configuration with some of `parsec.limits` changed."""
+    return BackendConfig(
+        backend_addr=BackendAddr("127.0.0.1", 6777, use_ssl=False), limits=attrs.evolve(DEFAULT_LIMITS, **limits)
+    )
 
 
 def migrate_template(cluster: PgCluster) -> None:

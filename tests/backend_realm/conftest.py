@@ -25,6 +25,7 @@ from parsec.api import protocol
 from parsec.backend.bus import BackendEvent
 from tests.api.certgen import LocalDevice
 from tests.orgs import Org, bootstrap_organization
+from tests.support import limited_config
 from tests.wsclient import WsClient
 
 
@@ -214,6 +215,10 @@ class World:
             # Only older sync pings (meant for other connections) may come first.
             assert is_sync_ping(event), f"unexpected event {event}"
 
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
+
     async def expect_events(self, client: Client, *events: dict[str, Any]) -> None:
         """`client`'s next events are exactly `events`, and nothing else is queued."""
         for expected in events:
@@ -231,8 +236,16 @@ async def world(server):
     await world.new_user("carol@dev1")
     await world.new_user("zoe@dev1", profile="OUTSIDER")
     yield world
-    for client in world.clients:
-        await client.close()
+    await world.close_clients()
+
+
+async def world_with_limits(server_factory: Any, **limits: Any) -> World:
+    """A server with some of `parsec.limits` changed (tests.support.limited_config), an
+    organization (alice) and bob."""
+    server = await server_factory(limited_config(**limits))
+    world = World(server, await bootstrap_organization(server))
+    await world.new_user("bob@dev1")
+    return world
 
 
 @pytest_twisted.async_fixture

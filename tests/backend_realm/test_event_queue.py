@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from parsec.config import BackendAddr, BackendConfig
-from parsec.limits import DEFAULT as LIMITS
-from tests.backend_realm.conftest import World
-from tests.orgs import bootstrap_organization
+from tests.backend_realm.conftest import World, world_with_limits
 
 ok = pytest_twisted.ensureDeferred
 
@@ -23,16 +19,9 @@ QUEUE = {"event_queue_events": 5, "event_queue_bytes": 4096}
 
 @pytest_twisted.async_yield_fixture
 async def small_queues(server_factory):
-    config = BackendConfig(
-        backend_addr=BackendAddr("127.0.0.1", 6777, use_ssl=False), limits=attrs.evolve(LIMITS, **QUEUE)
-    )
-    server = await server_factory(config)
-    org = await bootstrap_organization(server)
-    world = World(server, org)
-    await world.new_user("bob@dev1")
+    world = await world_with_limits(server_factory, **QUEUE)
     yield world
-    for client in world.clients:
-        await client.close()
+    await world.close_clients()
 
 
 def subscription(world: World, device_id: str) -> Any:

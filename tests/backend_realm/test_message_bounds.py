@@ -15,13 +15,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import attrs
 import pytest_twisted
 
-from parsec.config import BackendAddr, BackendConfig
 from parsec.limits import DEFAULT as LIMITS
-from tests.backend_realm.conftest import World
-from tests.orgs import bootstrap_organization
+from tests.backend_realm.conftest import World, world_with_limits
 
 ok = pytest_twisted.ensureDeferred
 
@@ -32,17 +29,10 @@ SMALL = {"pending_messages": 3, "pending_message_bytes": 1000}
 @pytest_twisted.async_yield_fixture
 async def small_world(server_factory):
     """The `world` of conftest on a server whose unread bounds are SMALL."""
-    config = BackendConfig(
-        backend_addr=BackendAddr("127.0.0.1", 6777, use_ssl=False), limits=attrs.evolve(LIMITS, **SMALL)
-    )
-    server = await server_factory(config)
-    org = await bootstrap_organization(server)
-    world = World(server, org)
-    await world.new_user("bob@dev1")
-    await org.new_device("bob@dev1", "dev2")
+    world = await world_with_limits(server_factory, **SMALL)
+    await world.org.new_device("bob@dev1", "dev2")
     yield world
-    for client in world.clients:
-        await client.close()
+    await world.close_clients()
 
 
 async def toggle(world: World, alice: Any, realm_id: Any, message: bytes, roles: list[str]) -> dict[str, Any]:

@@ -21,22 +21,16 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from parsec.api.codec import packb
-from parsec.config import BackendAddr, BackendConfig
 from parsec.limits import DEFAULT as LIMITS
 from parsec.limits import Limits
 from tests import httpclient
 from tests.api.certgen import LocalDevice, new_user_certificates
 from tests.orgs import bootstrap_organization, create_organization, now
+from tests.support import limited_config as config
 from tests.wsclient import WsClient
 
 ok = pytest_twisted.ensureDeferred
 TIMEOUT = 10.0
-
-
-def config(**limits: Any) -> BackendConfig:
-    return BackendConfig(
-        backend_addr=BackendAddr("127.0.0.1", 6777, use_ssl=False), limits=attrs.evolve(LIMITS, **limits)
-    )
 
 
 async def until(predicate: Any, timeout: float = TIMEOUT) -> None:
