@@ -74,6 +74,26 @@ async def sync(workspace: Any) -> None:
         await workspace.sync()
 
 
+async def write_and_read(
+    writer: Any, reader: Any, reader_events: EventRecorder, mark: Any, path: str, size: int
+) -> tuple[float, bool]:
+    """`writer` writes `size` random bytes at `path` and syncs; once `reader_events` has the
+    workspace's `vlobs_updated` (after `mark`), `reader` syncs and reads the file back.
+    Returns the notification's delay after the write and whether the bytes read are those
+    written."""
+    data = os.urandom(size)
+    await writer.write_bytes(path, data)
+    written_at = time.monotonic()
+    await sync(writer)
+    await reader_events.wait_for(
+        CoreEvent.BACKEND_REALM_VLOBS_UPDATED, mark, lambda kw: kw["realm_id"] == writer.workspace_id,
+        timeout=NOTIFICATION_TIMEOUT,
+    )  # fmt: skip
+    delay = round(time.monotonic() - written_at, 3)
+    await sync(reader)
+    return delay, digest(await reader.read_bytes(path)) == digest(data)
+
+
 async def main(args: Any, result: Result) -> None:
     result.step("alice creates and bootstraps the organization (through the proxy, port A)")
     config_a = make_config(args.workdir, "alice")
@@ -123,18 +143,9 @@ async def main(args: Any, result: Result) -> None:
             result["bob_read_first"] = digest(await workspace_b.read_bytes("/first.bin")) == digest(first)
 
             result.step("alice writes: bob is notified through the other instance")
-            second = os.urandom(100 * 1024)
-            mark = events_b.mark()
-            await workspace_a.write_bytes("/second.bin", second)
-            written_at = time.monotonic()
-            await sync(workspace_a)
-            await events_b.wait_for(
-                CoreEvent.BACKEND_REALM_VLOBS_UPDATED, mark, lambda kw: kw["realm_id"] == workspace_id,
-                timeout=NOTIFICATION_TIMEOUT,
-            )  # fmt: skip
-            result["vlobs_updated_delay_s"] = round(time.monotonic() - written_at, 3)
-            await sync(workspace_b)
-            result["bob_read_second"] = digest(await workspace_b.read_bytes("/second.bin")) == digest(second)
+            result["vlobs_updated_delay_s"], result["bob_read_second"] = await write_and_read(
+                workspace_a, workspace_b, events_b, events_b.mark(), "/second.bin", 100 * 1024
+            )
 
             result.step("waiting for the test to stop alice's instance")
             (args.workdir / "ready-for-stop").write_text("1")
@@ -151,30 +162,15 @@ async def main(args: Any, result: Result) -> None:
             result["alice_ready_again_s"] = round(time.monotonic() - stopped_at, 3)
 
             result.step("alice writes again; bob is notified and reads it")
-            third = os.urandom(100 * 1024)
-            mark = events_b.mark()
             mark_a = events_a.mark()
-            await workspace_a.write_bytes("/third.bin", third)
-            written_at = time.monotonic()
-            await sync(workspace_a)
-            await events_b.wait_for(
-                CoreEvent.BACKEND_REALM_VLOBS_UPDATED, mark, lambda kw: kw["realm_id"] == workspace_id,
-                timeout=NOTIFICATION_TIMEOUT,
-            )  # fmt: skip
-            result["vlobs_updated_after_stop_delay_s"] = round(time.monotonic() - written_at, 3)
-            await sync(workspace_b)
-            result["bob_read_third"] = digest(await workspace_b.read_bytes("/third.bin")) == digest(third)
+            result["vlobs_updated_after_stop_delay_s"], result["bob_read_third"] = await write_and_read(
+                workspace_a, workspace_b, events_b, events_b.mark(), "/third.bin", 100 * 1024
+            )
 
             result.step("bob writes; alice (now on bob's instance) is notified")
-            fourth = os.urandom(10 * 1024)
-            await workspace_b.write_bytes("/fourth.bin", fourth)
-            await sync(workspace_b)
-            await events_a.wait_for(
-                CoreEvent.BACKEND_REALM_VLOBS_UPDATED, mark_a, lambda kw: kw["realm_id"] == workspace_id,
-                timeout=NOTIFICATION_TIMEOUT,
-            )  # fmt: skip
-            await sync(workspace_a)
-            result["alice_read_fourth"] = digest(await workspace_a.read_bytes("/fourth.bin")) == digest(fourth)
+            _, result["alice_read_fourth"] = await write_and_read(
+                workspace_b, workspace_a, events_a, mark_a, "/fourth.bin", 10 * 1024
+            )
             result["bob_statuses"] = statuses_b.names()
         result["alice_statuses"] = statuses_a.names()
     log("done")
