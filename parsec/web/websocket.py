@@ -408,14 +408,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             return
         self._reading_paused = pause
         if pause:
+            # (Paused only to parse what was read over the next turns: counted in consumeData.)
             if self._output_blocked:
                 limits_module.hit("outgoing_buffer_bytes")
-            elif not full:
-                pass  # parsing what was read over the next turns (counted in consumeData)
-            elif len(self._incoming) >= limits.pipeline_requests:
-                limits_module.hit("pipeline_requests")
-            else:
-                limits_module.hit("pipeline_bytes")
+            elif full:
+                over_count = len(self._incoming) >= limits.pipeline_requests
+                limits_module.hit("pipeline_requests" if over_count else "pipeline_bytes")
             transport.pauseProducing()
         else:
             transport.resumeProducing()
