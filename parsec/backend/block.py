@@ -49,8 +49,8 @@ _log = Logger()
 BLOCKSTORE_FAILURE = "timeout"
 
 
-def _not_cancelled_by(outer_waiter: defer.Deferred[Reply]) -> defer.Deferred[Reply]:
-    """A Deferred with the result of `outer_waiter` whose cancellation leaves `outer_waiter`
+def _not_cancelled_by(work: defer.Deferred[Reply]) -> defer.Deferred[Reply]:
+    """A Deferred with the result of `work` whose cancellation leaves `work`
     running (its late result, or failure, is then dropped: the failure is logged)."""
     abandoned = False
 
@@ -73,7 +73,7 @@ def _not_cancelled_by(outer_waiter: defer.Deferred[Reply]) -> defer.Deferred[Rep
         else:
             outer.callback(result)
 
-    outer_waiter.addBoth(forward)
+    work.addBoth(forward)
     return outer
 
 
