@@ -27,7 +27,6 @@ setup(
         "pyOpenSSL>=24.3",
         "autobahn>=23.1",
         "treq>=23.11",
-        "txpostgres>=1.7",
         "psycopg2-binary>=2.9",
         "msgpack>=1.0",
         "pynacl>=1.5",

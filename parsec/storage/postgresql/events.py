@@ -311,7 +311,13 @@ class PostgreSQLEventBus:
         self._unsent.append(payload)
         self._unsent_size += len(payload)
         if self._sending is None:
-            self._sending = run_detached(self._send_unsent)
+            # Set before it starts: a statement may complete at once (its answer was already
+            # there), running NOTIFY handlers that publish again before `run_detached` returns.
+            starting: defer.Deferred[None] = defer.Deferred()
+            self._sending = starting
+            sending = run_detached(self._send_unsent)
+            if self._sending is starting:  # still running (else it ended and reset it)
+                self._sending = sending
 
     def publish_in(self, tx: Transaction, event: BackendEvent) -> None:
         """Publish when (and only if) `tx` commits, within its COMMIT round trip."""
@@ -399,7 +405,9 @@ class PostgreSQLEventBus:
         _log.warn("Event feed interrupted ({error}): events may have been missed", error=str(error))
         # Reconnection first (it starts with a pause): the hook may stop the bus, cancelling it.
         if self.max_connection_attempts > 0:
-            self._reconnecting = run_detached(lambda: self._reconnect(error))
+            reconnecting = run_detached(lambda: self._reconnect(error))
+            if not reconnecting.called:  # (it resets `_reconnecting` when it ends)
+                self._reconnecting = reconnecting
         if self.on_connection_lost is not None:
             try:
                 self.on_connection_lost(error)

@@ -1,6 +1,5 @@
-"""An asynchronous PostgreSQL connection pool over txpostgres (psycopg2 in async mode).
-
-txpostgres' own ConnectionPool is fixed-size; this one:
+"""An asynchronous PostgreSQL connection pool of `Session`s (psycopg2 in async mode, see
+`parsec.storage.postgresql.connection`). It:
 
 * opens `min_connections` at start (with the start-up retry policy of
   `--maximum-database-connection-attempts` / `--pause-before-retry-database-connection`),
@@ -60,8 +59,8 @@ from parsec.storage.postgresql.connection import (
     PgConnection,
     PreparedStatement,
     Query,
+    Session,
     Transaction,
-    TxConnection,
     error_summary,
     shield,
 )
@@ -353,7 +352,7 @@ class PostgreSQLPool:
 
     async def _open_raw(self) -> PgConnection:
         """A new connection (not registered anywhere). Raises DatabaseUnavailable."""
-        raw = TxConnection(self.reactor)
+        raw = Session(self.reactor)
         conn = PgConnection(raw, self._generation, self._connection_lost)
         timed_out = False
 
@@ -379,8 +378,8 @@ class PostgreSQLPool:
         finally:
             if timer.active():
                 timer.cancel()
-        psycopg2.extensions.register_type(_BYTES, raw._connection)
-        psycopg2.extensions.register_type(_BYTES_ARRAY, raw._connection)
+        psycopg2.extensions.register_type(_BYTES, raw.raw)
+        psycopg2.extensions.register_type(_BYTES_ARRAY, raw.raw)
         conn.bytea_caster = _BYTES
         conn.established = True
         conn.generation = self._generation
