@@ -60,7 +60,6 @@ import contextvars
 import importlib
 import struct
 from collections import deque
-from collections.abc import Coroutine
 from time import perf_counter
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
@@ -84,7 +83,7 @@ from parsec.api.codec import (
     unpackb,
 )
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
-from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext
+from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext, Resumed
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
 from parsec.logging import debug_enabled
@@ -188,76 +187,6 @@ def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | N
         return pack_prefixed(message, header)
     except MessageTooLarge:
         return None
-
-
-class _Resumed:
-    """Runs the rest of a command's coroutine, which already ran up to its first await in
-    `context`; `deferred` fires with its result.
-
-    What `Deferred.fromCoroutine` would do, minus what a command never needs: every await of a
-    command ends on a Deferred, which we wait for with one callback, then step the coroutine
-    again in the same context (a context variable set before an await must be reset in the
-    context that set it). Cancelling `deferred` cancels the Deferred being awaited, which
-    raises CancelledError in the coroutine. Half the objects of Twisted's driver per awaiting
-    request: 0.7 KiB less per connection waiting in `events_listen` (tracemalloc, 500 idle
-    listeners: 12.0 -> 11.3 KiB each); the CPU saved is small (callgrind, `vlob_create` on
-    PostgreSQL: 951k -> 946k instructions).
-    """
-
-    __slots__ = ("_coro", "_context", "_awaited", "deferred")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, awaited: Any) -> None:
-        self._coro = coro
-        self._context = context
-        self._awaited: defer.Deferred[Any] | None = None
-        self.deferred: defer.Deferred[Any] = defer.Deferred(self._cancel)
-        self._wait(awaited)
-
-    def _wait(self, awaited: Any) -> None:
-        if not isinstance(awaited, defer.Deferred):
-            self._coro.close()
-            self.deferred.errback(TypeError(f"a command awaited {type(awaited).__name__}, not a Deferred"))
-            return
-        self._awaited = awaited
-        awaited.addBoth(self._resume)
-
-    def _resume(self, result: object) -> None:
-        # A Deferred awaited by a coroutine hands it its own result when the coroutine is
-        # stepped, which must happen while that result is still in place: here, inside the
-        # Deferred's last callback. A failure is thrown in (as Twisted's driver does); returning
-        # None consumes it.
-        self._awaited = None
-        try:
-            if isinstance(result, Failure):
-                awaited = self._context.run(result.throwExceptionIntoGenerator, self._coro)
-            else:
-                awaited = self._context.run(self._coro.send, None)
-        except StopIteration as done:
-            if isinstance(done.value, defer.Deferred):
-                # The command returned the Deferred of its reply (parsec.backend.command.Answer).
-                self._awaited = done.value
-                done.value.addBoth(self._deliver)
-            elif not self.deferred.called:
-                self.deferred.callback(done.value)
-            return None
-        except BaseException:
-            if not self.deferred.called:
-                self.deferred.errback()
-            return None
-        self._wait(awaited)
-        return None
-
-    def _deliver(self, result: object) -> None:
-        self._awaited = None
-        if not self.deferred.called:
-            if isinstance(result, Failure):
-                self.deferred.errback(result)
-            else:
-                self.deferred.callback(result)
-
-    def _cancel(self, _: defer.Deferred[Any]) -> None:
-        if self._awaited is not None:
-            self._awaited.cancel()
 
 
 def _lowest_transport(transport: Any) -> Any:
@@ -744,7 +673,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # Requests run one at a time, in order. Most commands finish without waiting for anything
     # (every command on the memory storage, anything answered from memory): `_start` steps the
     # command's coroutine once, and when it is already done, the reply is sent at once, without
-    # any Deferred. Only a command that awaits something gets a driver (`_Resumed`, for the
+    # any Deferred. Only a command that awaits something gets a driver (`Resumed`, for the
     # rest of it), and the pump resumes once its reply is sent. Saves two Deferreds and two
     # coroutine drivers per request: about 12 % of a `ping` (callgrind; benchmarks/server_bench.py,
     # ping). The first step runs in a context of its own, as Twisted would run it (the pool marks
@@ -812,7 +741,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             metrics.done("crashed", perf_counter() - started)
             raise
         else:
-            d = _Resumed(coro, context, awaited).deferred
+            d = Resumed(coro, context, awaited).deferred
         self._current = d
         self._current_cancellable = route.meta.cancellable
         self._current_long_poll = route.meta.long_poll
