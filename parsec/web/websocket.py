@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import struct
+from array import array
 from collections import deque
 from time import perf_counter
 from types import FunctionType
@@ -253,9 +254,10 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # connection's empty deque would take 624 bytes against 56.
         self._incoming: list[bytearray] = []
         self._incoming_bytes = 0
-        # (start, size, key) of each masked frame of the message being received, unmasked
-        # once it is complete (`onMessageEnd`); None between messages.
-        self._masks: list[tuple[int, int, bytes]] | None = None
+        # The key and size of each frame of the message being received, two integers a frame
+        # (16 bytes: a message may come in `ws_message_frames` pieces), for the unmasking once
+        # it is complete (`onMessageEnd`); None between messages.
+        self._masks: array[int] | None = None
         self._current: defer.Deferred[Any] | None = None
         self._current_cancellable = False
         self._current_long_poll = False
@@ -472,11 +474,13 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._fail_connection(self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG, "Message in too many frames")
             return
         super().onMessageFrameBegin(length)  # the size limits, before anything is held
-        mask: bytes | None = self.current_frame.mask  # type: ignore[assignment]  # bytes, annotated str
-        if mask is not None and length and not self.failedByMe:
+        if length and not self.failedByMe:
+            mask: bytes | None = self.current_frame.mask  # type: ignore[assignment]  # bytes, annotated str
             if self._masks is None:
-                self._masks = []
-            self._masks.append((self.message_data_total_length - length, length, mask))
+                self._masks = array("Q")
+            # (Autobahn refuses an unmasked client frame; key 0 would leave it as it is.)
+            self._masks.append(int.from_bytes(mask, "big") if mask is not None else 0)
+            self._masks.append(length)
 
     # ---- unmasking (see `onMessageEnd`) ---------------------------------------------------
 
@@ -516,8 +520,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             # (benchmarks/server_bench.py, block_create_4k and block_create_512k).
             payload = bytearray().join(self.message_data)
             if masks is not None:
-                for start, size, mask in masks:
-                    unmask_into(payload, start, size, mask)
+                start = 0
+                for index in range(0, len(masks), 2):
+                    key, size = masks[index], masks[index + 1]
+                    if key:
+                        unmask_into(payload, start, size, key.to_bytes(4, "big"))
+                    start += size
             self.onMessage(payload, self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
