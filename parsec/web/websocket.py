@@ -132,13 +132,12 @@ except ImportError:  # pragma: no cover - depends on how Autobahn was installed
     _nvx = None
 
 
-def _unmasked(data: bytes, mask: bytes, offset: int) -> bytes:
-    """`data` XORed with the 4-byte frame `mask` (RFC 6455 §5.3), `data` starting `offset`
-    bytes into the frame payload. For short payloads: control frames (125 bytes at most)."""
+def _unmasked(data: bytes, mask: bytes) -> bytes:
+    """`data` XORed with the 4-byte frame `mask` (RFC 6455 §5.3), with Python integers: for
+    short payloads (control frames, 125 bytes at most) and where Autobahn has no compiled
+    masker."""
     size = len(data)
-    shift = offset & 3
-    key = mask[shift:] + mask[:shift]
-    pad = (key * ((size >> 2) + 1))[:size]
+    pad = (mask * ((size >> 2) + 1))[:size]
     return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(size, "little")
 
 
@@ -157,7 +156,7 @@ def unmask_into(buffer: bytearray, start: int, size: int, mask: bytes) -> None:
         finally:
             _nvx.nvx_xormask_free(masker)
         return
-    buffer[start : start + size] = _unmasked(bytes(buffer[start : start + size]), mask, 0)
+    buffer[start : start + size] = _unmasked(bytes(buffer[start : start + size]), mask)
 
 
 def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | None:
@@ -484,15 +483,13 @@ class ParsecServerProtocol(WebSocketServerProtocol):
 
     # ---- unmasking (see `onMessageEnd`) ---------------------------------------------------
 
-    def onFrameData(self, payload: bytes) -> bool | None:
-        # Autobahn unmasks nothing (`applyMask=False`): the pieces of a data frame are kept as
-        # read and unmasked once the message is complete; a control frame is unmasked here.
-        frame = self.current_frame
-        mask: bytes | None = frame.mask  # type: ignore[assignment]  # bytes, annotated str
-        if frame.opcode > 7 and mask is not None and payload:
-            offset = self.current_frame_masker.pointer() - len(payload)
-            payload = _unmasked(payload, mask, offset)
-        result: bool | None = super().onFrameData(payload)
+    def processControlFrame(self) -> bool:
+        # Autobahn unmasks nothing (`applyMask=False`): a control frame (125 bytes at most) is
+        # unmasked here, once complete, data frames once their message is (`onMessageEnd`).
+        mask: bytes | None = self.current_frame.mask  # type: ignore[assignment]  # bytes, annotated str
+        if mask is not None and self.control_frame_data:
+            self.control_frame_data = [_unmasked(b"".join(self.control_frame_data), mask)]
+        result: bool = super().processControlFrame()
         return result
 
     # ---- autobahn callbacks --------------------------------------------------------------

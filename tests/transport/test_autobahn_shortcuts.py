@@ -114,13 +114,15 @@ def test_a_synchronous_send_gets_a_real_queue_back() -> None:
 
 def test_frames_are_left_masked_with_their_key_when_apply_mask_is_off() -> None:
     # `applyMask=False` (ParsecWebSocketFactory): Autobahn hands over the frames' pieces as
-    # read, the key in the frame header, and we unmask them (`onFrameData` for control frames,
+    # read, the key in the frame header, and we unmask them (`processControlFrame` for control frames,
     # `onMessageEnd` for messages).
     body = _body(WebSocketProtocol.processData)
     assert "if frame_masked and frame_payload_len > 0 and self.applyMask:" in body
     assert "self.current_frame_masker = XorMaskerNull()" in body
     assert "frame_mask = self.data[i : i + 4]" in body
     assert "payload = self.current_frame_masker.process(data)" in body
-    assert "fr = self.onFrameData(payload)" in body
     assert "self.control_frame_data.append(payload)" in _body(WebSocketProtocol.onFrameData)
+    # The first statement of processControlFrame reads the pieces, which ours has unmasked.
+    control = [line for line in _body(WebSocketProtocol.processControlFrame).splitlines() if line]
+    assert control[1] == 'payload = b"".join(self.control_frame_data)'
     assert ParsecWebSocketFactory(app=None).applyMask is False  # type: ignore[arg-type]  # never connected
