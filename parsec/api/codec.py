@@ -204,7 +204,7 @@ _HEADERS: dict[int, tuple[int, int, int]] = {
 }
 
 
-def scan(raw: bytes) -> None:
+def scan(raw: bytes | bytearray) -> None:
     """Check a msgpack document against the limits without building it (DecodeError).
 
     Only headers are read: str, bin and ext bodies are skipped in one step, so the cost is
@@ -281,7 +281,7 @@ def scan(raw: bytes) -> None:
             remaining = stack.pop()
 
 
-def unpackb(raw: bytes, *, root_map: bool = True) -> Any:
+def unpackb(raw: bytes | bytearray, *, root_map: bool = True) -> Any:
     """Decode one message. Raises DecodeError (with a short, fixed text)."""
     scan(raw)
     try:

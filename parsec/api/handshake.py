@@ -161,7 +161,7 @@ class ServerHandshake:
             }
         )
 
-    def process_answer(self, raw: bytes) -> Answer:
+    def process_answer(self, raw: bytes | bytearray) -> Answer:
         try:
             data = unpackb(raw)
         except DecodeError as exc:

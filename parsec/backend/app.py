@@ -298,7 +298,7 @@ class BackendApp:
 
     # ---- handshake -----------------------------------------------------------------------
 
-    async def handshake(self, hs: ServerHandshake, raw: bytes) -> ClientContext:
+    async def handshake(self, hs: ServerHandshake, raw: bytes | bytearray) -> ClientContext:
         """Process the client's answer; returns the context or raises HandshakeFailed."""
         answer = hs.process_answer(raw)
         assert hs.backend_api_version is not None

@@ -57,9 +57,10 @@ Closing cleanly (no TCP reset in any normal case; a reverse proxy logs a reset a
 from __future__ import annotations
 
 import contextvars
+import importlib
 import struct
+from array import array
 from collections import deque
-from collections.abc import Coroutine
 from time import perf_counter
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,7 @@ from parsec.api.codec import (
     unpackb,
 )
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
-from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext
+from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext, Resumed
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
 from parsec.logging import debug_enabled
@@ -117,6 +118,47 @@ _SHORT_FRAME = struct.Struct("!BBH")
 _LONG_FRAME = struct.Struct("!BBQ")
 
 
+# Autobahn's compiled XOR masker (its optional "NVX" extension, built with cffi), whose
+# function unmasks a buffer in place; None when Autobahn was installed without it.
+_nvx: Any = None
+_nvx_ffi: Any = None
+try:
+    from autobahn.websocket import USES_NVX
+
+    if USES_NVX:
+        _nvx_module = importlib.import_module("_nvx_xormasker")
+        _nvx, _nvx_ffi = _nvx_module.lib, _nvx_module.ffi
+except ImportError:  # pragma: no cover - depends on how Autobahn was installed
+    _nvx = None
+
+
+def _unmasked(data: bytes, mask: bytes) -> bytes:
+    """`data` XORed with the 4-byte frame `mask` (RFC 6455 §5.3), with Python integers: for
+    short payloads (control frames, 125 bytes at most) and where Autobahn has no compiled
+    masker."""
+    size = len(data)
+    pad = (mask * ((size >> 2) + 1))[:size]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(size, "little")
+
+
+def unmask_into(buffer: bytearray, start: int, size: int, mask: bytes) -> None:
+    """Unmask `size` bytes of `buffer` from `start` in place: one frame of a message, `mask`
+    being the frame's key. With Autobahn's compiled masker when there is one (SSE2, about
+    30 us for 512 KiB), else with Python integers (several times slower)."""
+    if size <= 0:
+        return
+    if _nvx is not None:
+        masker = _nvx.nvx_xormask_new(mask)
+        if masker == _nvx_ffi.NULL:
+            raise MemoryError()
+        try:
+            _nvx.nvx_xormask_process(masker, _nvx_ffi.from_buffer("uint8_t[]", buffer) + start, size)
+        finally:
+            _nvx.nvx_xormask_free(masker)
+        return
+    buffer[start : start + size] = _unmasked(bytes(buffer[start : start + size]), mask)
+
+
 def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | None:
     """One final binary websocket frame carrying `message` in msgpack (RFC 6455 §5.2; a
     server's frames are not masked): its bytes, or the pieces to write in order when the
@@ -145,76 +187,6 @@ def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | N
         return pack_prefixed(message, header)
     except MessageTooLarge:
         return None
-
-
-class _Resumed:
-    """Runs the rest of a command's coroutine, which already ran up to its first await in
-    `context`; `deferred` fires with its result.
-
-    What `Deferred.fromCoroutine` would do, minus what a command never needs: every await of a
-    command ends on a Deferred, which we wait for with one callback, then step the coroutine
-    again in the same context (a context variable set before an await must be reset in the
-    context that set it). Cancelling `deferred` cancels the Deferred being awaited, which
-    raises CancelledError in the coroutine. Half the objects of Twisted's driver per awaiting
-    request: 0.7 KiB less per connection waiting in `events_listen` (tracemalloc, 500 idle
-    listeners: 12.0 -> 11.3 KiB each); the CPU saved is small (callgrind, `vlob_create` on
-    PostgreSQL: 951k -> 946k instructions).
-    """
-
-    __slots__ = ("_coro", "_context", "_awaited", "deferred")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, awaited: Any) -> None:
-        self._coro = coro
-        self._context = context
-        self._awaited: defer.Deferred[Any] | None = None
-        self.deferred: defer.Deferred[Any] = defer.Deferred(self._cancel)
-        self._wait(awaited)
-
-    def _wait(self, awaited: Any) -> None:
-        if not isinstance(awaited, defer.Deferred):
-            self._coro.close()
-            self.deferred.errback(TypeError(f"a command awaited {type(awaited).__name__}, not a Deferred"))
-            return
-        self._awaited = awaited
-        awaited.addBoth(self._resume)
-
-    def _resume(self, result: object) -> None:
-        # A Deferred awaited by a coroutine hands it its own result when the coroutine is
-        # stepped, which must happen while that result is still in place: here, inside the
-        # Deferred's last callback. A failure is thrown in (as Twisted's driver does); returning
-        # None consumes it.
-        self._awaited = None
-        try:
-            if isinstance(result, Failure):
-                awaited = self._context.run(result.throwExceptionIntoGenerator, self._coro)
-            else:
-                awaited = self._context.run(self._coro.send, None)
-        except StopIteration as done:
-            if isinstance(done.value, defer.Deferred):
-                # The command returned the Deferred of its reply (parsec.backend.command.Answer).
-                self._awaited = done.value
-                done.value.addBoth(self._deliver)
-            elif not self.deferred.called:
-                self.deferred.callback(done.value)
-            return None
-        except BaseException:
-            if not self.deferred.called:
-                self.deferred.errback()
-            return None
-        self._wait(awaited)
-        return None
-
-    def _deliver(self, result: object) -> None:
-        self._awaited = None
-        if not self.deferred.called:
-            if isinstance(result, Failure):
-                self.deferred.errback(result)
-            else:
-                self.deferred.callback(result)
-
-    def _cancel(self, _: defer.Deferred[Any]) -> None:
-        if self._awaited is not None:
-            self._awaited.cancel()
 
 
 def _lowest_transport(transport: Any) -> Any:
@@ -262,6 +234,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         "_idle_waiters",
         "_incoming",
         "_incoming_bytes",
+        "_masks",
         "_output_blocked",
         "_pending",
         "_reading_paused",
@@ -278,8 +251,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._ctx: ClientContext | None = None
         # A list, not a deque: it holds at most `pipeline_requests` (8) messages, and an idle
         # connection's empty deque would take 624 bytes against 56.
-        self._incoming: list[bytes] = []
+        self._incoming: list[bytearray] = []
         self._incoming_bytes = 0
+        # The key and size of each frame of the message being received, two integers a frame
+        # (16 bytes: a message may come in `ws_message_frames` pieces), for the unmasking once
+        # it is complete (`onMessageEnd`); None between messages.
+        self._masks: array[int] | None = None
         self._current: defer.Deferred[Any] | None = None
         self._current_cancellable = False
         self._current_long_poll = False
@@ -495,7 +472,25 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             limits_module.hit("ws_message_frames")
             self._fail_connection(self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG, "Message in too many frames")
             return
-        super().onMessageFrameBegin(length)
+        super().onMessageFrameBegin(length)  # the size limits, before anything is held
+        if length and not self.failedByMe:
+            mask: bytes | None = self.current_frame.mask  # type: ignore[assignment]  # bytes, annotated str
+            if self._masks is None:
+                self._masks = array("Q")
+            # (Autobahn refuses an unmasked client frame; key 0 would leave it as it is.)
+            self._masks.append(int.from_bytes(mask, "big") if mask is not None else 0)
+            self._masks.append(length)
+
+    # ---- unmasking (see `onMessageEnd`) ---------------------------------------------------
+
+    def processControlFrame(self) -> bool:
+        # Autobahn unmasks nothing (`applyMask=False`): a control frame (125 bytes at most) is
+        # unmasked here, once complete, data frames once their message is (`onMessageEnd`).
+        mask: bytes | None = self.current_frame.mask  # type: ignore[assignment]  # bytes, annotated str
+        if mask is not None and self.control_frame_data:
+            self.control_frame_data = [_unmasked(b"".join(self.control_frame_data), mask)]
+        result: bool = super().processControlFrame()
+        return result
 
     # ---- autobahn callbacks --------------------------------------------------------------
     #
@@ -513,8 +508,22 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def onMessageEnd(self) -> None:
         if self._pending:
             self._release_pending()
+        masks, self._masks = self._masks, None
         if not self.failedByMe:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+            # The message assembled in one buffer and unmasked there, frame by frame: one copy
+            # of what was read. Autobahn's masker copied each piece of a frame three times (a
+            # zeroed buffer, the masked bytes, the unmasked result) before its join made a
+            # fourth copy, and cost some 6 us per frame in cffi objects
+            # (benchmarks/server_bench.py, block_create_4k and block_create_512k).
+            payload = bytearray().join(self.message_data)
+            if masks is not None:
+                start = 0
+                for index in range(0, len(masks), 2):
+                    key, size = masks[index], masks[index + 1]
+                    if key:
+                        unmask_into(payload, start, size, key.to_bytes(4, "big"))
+                    start += size
+            self.onMessage(payload, self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
     def onOpen(self) -> None:
@@ -546,7 +555,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self.send_queue = deque()
         super().sendData(data, sync, chopsize)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def onMessage(self, payload: bytearray, isBinary: bool) -> None:  # type: ignore[override]  # ours: always a bytearray
         if self._state in (_CLOSED, _DRAINING):
             return
         if not isBinary:
@@ -619,7 +628,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self._state = _CLOSED
             self.sendCloseFrame(code=1011, reasonUtf8=reason, isReply=False)
 
-    async def _handshake(self, payload: bytes) -> None:
+    async def _handshake(self, payload: bytes | bytearray) -> None:
         assert self._hs is not None
         app = self.factory.app
         try:
@@ -669,7 +678,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # Requests run one at a time, in order. Most commands finish without waiting for anything
     # (every command on the memory storage, anything answered from memory): `_start` steps the
     # command's coroutine once, and when it is already done, the reply is sent at once, without
-    # any Deferred. Only a command that awaits something gets a driver (`_Resumed`, for the
+    # any Deferred. Only a command that awaits something gets a driver (`Resumed`, for the
     # rest of it), and the pump resumes once its reply is sent. Saves two Deferreds and two
     # coroutine drivers per request: about 12 % of a `ping` (callgrind; benchmarks/server_bench.py,
     # ping). The first step runs in a context of its own, as Twisted would run it (the pool marks
@@ -701,7 +710,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if not self._pump():
             self._update_reading()
 
-    def _start(self, payload: bytes) -> bool:
+    def _start(self, payload: bytearray) -> bool:
         """Process one request; True if it has to wait (`_settled` resumes the pump)."""
         app = self.factory.app
         ctx = self._ctx
@@ -737,7 +746,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             metrics.done("crashed", perf_counter() - started)
             raise
         else:
-            d = _Resumed(coro, context, awaited).deferred
+            d = Resumed(coro, context, awaited).deferred
         self._current = d
         self._current_cancellable = route.meta.cancellable
         self._current_long_poll = route.meta.long_poll
@@ -883,6 +892,9 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             # Any text message is refused with `invalid_msg_format` + Close(1000) (docs/protocol/transport.md
             # §3); validating its UTF-8 first would make Autobahn drop the connection instead.
             utf8validateIncoming=False,
+            # The client's frames are unmasked by us, once per message, into the buffer that
+            # holds the message (ParsecServerProtocol.onMessageEnd).
+            applyMask=False,
         )
         self.protocol = _with_options(ParsecServerProtocol, self)
 

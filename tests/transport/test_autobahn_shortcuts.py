@@ -3,7 +3,8 @@
 `ParsecServerProtocol.dataReceived` and `onMessageEnd` replace Autobahn's own with what remains
 of them once its debug formatting and its "message" observer event are left out. These tests
 fail when Autobahn changes what those methods do or the attributes they use, so that the
-shortcuts are re-checked against the new version rather than silently diverging.
+shortcuts are re-checked against the new version rather than silently diverging. The same
+for the unmasking, which the server does itself (`applyMask=False`).
 """
 
 from __future__ import annotations
@@ -109,3 +110,19 @@ def test_a_synchronous_send_gets_a_real_queue_back() -> None:
     protocol._trigger = lambda: None  # Autobahn's writer of the queue, which uses the reactor
     protocol.sendData(b"synchronous", sync=True)
     assert protocol.send_queue == deque([(b"synchronous", True)])
+
+
+def test_frames_are_left_masked_with_their_key_when_apply_mask_is_off() -> None:
+    # `applyMask=False` (ParsecWebSocketFactory): Autobahn hands over the frames' pieces as
+    # read, the key in the frame header, and we unmask them (`processControlFrame` for control frames,
+    # `onMessageEnd` for messages).
+    body = _body(WebSocketProtocol.processData)
+    assert "if frame_masked and frame_payload_len > 0 and self.applyMask:" in body
+    assert "self.current_frame_masker = XorMaskerNull()" in body
+    assert "frame_mask = self.data[i : i + 4]" in body
+    assert "payload = self.current_frame_masker.process(data)" in body
+    assert "self.control_frame_data.append(payload)" in _body(WebSocketProtocol.onFrameData)
+    # The first statement of processControlFrame reads the pieces, which ours has unmasked.
+    control = [line for line in _body(WebSocketProtocol.processControlFrame).splitlines() if line]
+    assert control[1] == 'payload = b"".join(self.control_frame_data)'
+    assert ParsecWebSocketFactory(app=None).applyMask is False  # type: ignore[arg-type]  # never connected
