@@ -24,9 +24,9 @@ from parsec.storage.postgresql.pool import PostgreSQLPool
 
 _READ = "SELECT data FROM block_data WHERE organization_id = %s AND block_id = %s"
 # Idempotent: a block id always carries the same bytes, the first copy stays.
-# The bytes as base64 text (see parsec.storage.postgresql.block.encode_block).
+# The bytes as a bytea literal (see parsec.storage.postgresql.block.encode_block).
 _CREATE = (
-    "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, decode(%s, 'base64'))"
+    "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, %s)"
     " ON CONFLICT (organization_id, block_id) DO NOTHING"
 )
 # Start-up and readiness check: the table exists and the database answers (no row read).
