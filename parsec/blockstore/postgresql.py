@@ -18,15 +18,15 @@ from typing import Any
 import psycopg2
 
 from parsec.blockstore.base import BlockStoreError, log_block_error
-from parsec.storage.postgresql.block import BlockBytesMissingError, PgBlockStorage, encode_block
+from parsec.storage.postgresql.block import Base64Literal, BlockBytesMissingError, PgBlockStorage
 from parsec.storage.postgresql.connection import DatabaseUnavailable, error_summary
 from parsec.storage.postgresql.pool import PostgreSQLPool
 
 _READ = "SELECT data FROM block_data WHERE organization_id = %s AND block_id = %s"
 # Idempotent: a block id always carries the same bytes, the first copy stays.
-# The bytes as a bytea literal (see parsec.storage.postgresql.block.encode_block).
+# The bytes as base64 text (see parsec.storage.postgresql.block.Base64Literal).
 _CREATE = (
-    "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, %s)"
+    "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, decode(%s, 'base64'))"
     " ON CONFLICT (organization_id, block_id) DO NOTHING"
 )
 # Start-up and readiness check: the table exists and the database answers (no row read).
@@ -65,7 +65,7 @@ class PostgreSQLBlockStore:
 
     async def create(self, organization_id: str, block_id: uuid.UUID, block: bytes) -> None:
         try:
-            await self._pool.execute(_CREATE, (organization_id, block_id, encode_block(block)))
+            await self._pool.execute(_CREATE, (organization_id, block_id, Base64Literal(block)))
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             error = BlockStoreError(self.description, _reason(exc))
             log_block_error("create", error, organization_id, block_id)
