@@ -84,6 +84,18 @@ def _not_cancelled_by(work: defer.Deferred[Reply]) -> defer.Deferred[Reply]:
 class BlockComponent:
     def __init__(self, app: BackendApp) -> None:
         self._app = app
+        self._store_seen: object = None
+        self._metadata_store: MetadataBlockStore | None = None
+
+    def _in_metadata_database(self) -> MetadataBlockStore | None:
+        """The blockstore, if it is a `MetadataBlockStore`. Decided once per store object: an
+        isinstance() of a runtime-checkable Protocol costs 10 us (timeit, the memory store),
+        an eighth of a memory `block_create`."""
+        store = self._app.blockstore
+        if store is not self._store_seen:
+            self._store_seen = store
+            self._metadata_store = store if isinstance(store, MetadataBlockStore) else None
+        return self._metadata_store
 
     @property
     def _storage(self) -> BlockStorage:
@@ -112,8 +124,8 @@ class BlockComponent:
     async def api_block_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         organization_id = ctx.organization_id
         block_id, realm_id = req["block_id"], req["realm_id"]
-        store = self._app.blockstore
-        if isinstance(store, MetadataBlockStore):
+        store = self._in_metadata_database()
+        if store is not None:
             # One statement: nothing to shield but the statement itself, which, cut short,
             # would cost the database connection (a cancelled query closes it).
             return await _not_cancelled_by(defer.ensureDeferred(self._create_recorded(store, ctx, req)))
@@ -190,8 +202,8 @@ class BlockComponent:
     @api("block_read")
     async def api_block_read(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         block_id = req["block_id"]
-        store = self._app.blockstore
-        if isinstance(store, MetadataBlockStore):
+        store = self._in_metadata_database()
+        if store is not None:
             try:
                 return ok(block=await store.read_checked(ctx.organization_id, ctx.user_id, block_id))
             except BlockNotFoundError:
