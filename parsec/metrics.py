@@ -46,12 +46,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError
 
 from parsec import limits
-from parsec.blockstore.base import BlockStore
+from parsec.backend.storage import StorageError
+from parsec.blockstore.base import BlockStore, MetadataBlockStore
 
 # prometheus_client is imported only when metrics are on (about 50 ms of start-up).
 if TYPE_CHECKING:
@@ -251,6 +253,8 @@ class Metrics(NoMetrics):
             store.nodes = tuple(  # type: ignore[attr-defined]
                 MeasuredBlockStore(node, self, _backend_name(node), str(index)) for index, node in enumerate(nodes)
             )
+        if isinstance(store, MetadataBlockStore):
+            return MeasuredMetadataBlockStore(store, self, _backend_name(store), "")
         return MeasuredBlockStore(store, self, _backend_name(store), "")
 
     def blockstore_operation(self, backend: str, node: str, operation: str) -> BlockStoreOperationMetrics:
@@ -354,6 +358,56 @@ class MeasuredBlockStore:
 
     async def check(self) -> None:
         await self.inner.check()
+
+
+class MeasuredMetadataBlockStore(MeasuredBlockStore):
+    """A measured `MetadataBlockStore`: its combined operations count as its creates and reads
+    (a refusal by the rules counts as neither, as when the bytes are elsewhere)."""
+
+    def __init__(self, inner: BlockStore, metrics: Metrics, backend: str, node: str) -> None:
+        super().__init__(inner, metrics, backend, node)
+        assert isinstance(inner, MetadataBlockStore)
+        self._combined = inner
+
+    async def create_recorded(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: uuid.UUID,
+        block_id: uuid.UUID,
+        block: bytes,
+        created_on: datetime,
+        claim_seconds: float,
+    ) -> None:
+        metrics = self._create
+        started = time.perf_counter()
+        try:
+            await self._combined.create_recorded(
+                organization_id, author, realm_id, block_id, block, created_on, claim_seconds
+            )
+        except (CancelledError, StorageError) as exc:
+            if isinstance(exc, CancelledError):
+                metrics.cancelled.inc()
+            raise
+        except BaseException:
+            metrics.failed(started)
+            raise
+        metrics.succeeded(started)
+
+    async def read_checked(self, organization_id: str, user_id: str, block_id: uuid.UUID) -> bytes:
+        metrics = self._read
+        started = time.perf_counter()
+        try:
+            block = await self._combined.read_checked(organization_id, user_id, block_id)
+        except (CancelledError, StorageError) as exc:
+            if isinstance(exc, CancelledError):
+                metrics.cancelled.inc()
+            raise
+        except BaseException:
+            metrics.failed(started)
+            raise
+        metrics.succeeded(started)
+        return block
 
 
 # ---- collectors (read when Prometheus scrapes) ------------------------------------------------

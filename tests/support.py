@@ -156,9 +156,9 @@ class CountingPool(PostgreSQLPool):
         if not getattr(conn, "_counted", False):
             send = conn._send
 
-            async def counting_send(sql: str, params: Any) -> Any:
+            async def counting_send(sql: str, params: Any, **options: Any) -> Any:
                 self.sent.append(sql)
-                return await send(sql, params)
+                return await send(sql, params, **options)
 
             conn._send = counting_send  # type: ignore[method-assign]
             conn._counted = True  # type: ignore[attr-defined]

@@ -17,6 +17,10 @@ Steps 2-3 run to the end even when the connection goes away meanwhile (its cance
 not passed on): a write cut short could land after the claim ended and overwrite the bytes of
 the next claimant. A failed write keeps its claim until it expires (the `block_create_claim`
 limit): its bytes might still land; the same device may claim the id again at once.
+
+A blockstore in the metadata's own database (`MetadataBlockStore`: POSTGRESQL) does all three
+steps in one statement, one commit, the transaction standing for the claim; and a read checks
+the rules and returns the bytes in one statement. Nothing is held between requests either way.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from parsec.backend.storage import (
     RealmNotFoundError,
     StorageError,
 )
-from parsec.blockstore.base import BlockStoreError
+from parsec.blockstore.base import BlockStoreError, MetadataBlockStore
 
 if TYPE_CHECKING:
     from parsec.backend.app import BackendApp
@@ -81,6 +85,18 @@ def _not_cancelled_by(work: defer.Deferred[Reply]) -> defer.Deferred[Reply]:
 class BlockComponent:
     def __init__(self, app: BackendApp) -> None:
         self._app = app
+        self._store_seen: object = None
+        self._metadata_store: MetadataBlockStore | None = None
+
+    def _in_metadata_database(self) -> MetadataBlockStore | None:
+        """The blockstore, if it is a `MetadataBlockStore`. Decided once per store object: an
+        isinstance() of a runtime-checkable Protocol costs 10 us (timeit, the memory store),
+        an eighth of a memory `block_create`."""
+        store = self._app.blockstore
+        if store is not self._store_seen:
+            self._store_seen = store
+            self._metadata_store = store if isinstance(store, MetadataBlockStore) else None
+        return self._metadata_store
 
     @property
     def _storage(self) -> BlockStorage:
@@ -109,6 +125,11 @@ class BlockComponent:
     async def api_block_create(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         organization_id = ctx.organization_id
         block_id, realm_id = req["block_id"], req["realm_id"]
+        store = self._in_metadata_database()
+        if store is not None:
+            # One statement: nothing to shield but the statement itself, which, cut short,
+            # would cost the database connection (a cancelled query closes it).
+            return await _not_cancelled_by(defer.ensureDeferred(self._create_recorded(store, ctx, req)))
         try:
             claim = await self._storage.claim_create(
                 organization_id,
@@ -140,6 +161,30 @@ class BlockComponent:
             return reply
         return await _not_cancelled_by(Resumed(coro, context, awaited).deferred)
 
+    async def _create_recorded(self, store: MetadataBlockStore, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
+        block_id = req["block_id"]
+        try:
+            await store.create_recorded(
+                ctx.organization_id,
+                ctx.device_id,
+                req["realm_id"],
+                block_id,
+                req["block"],
+                self._app.now(),
+                self._app.config.limits.block_create_claim,
+            )
+        except RealmNotFoundError:
+            return status("not_found")
+        except AlreadyExistsError:
+            return status("already_exists")
+        except BlockClaimedError:
+            return status(BLOCKSTORE_FAILURE)
+        except StorageError as exc:
+            return error_reply(exc)
+        except Exception as exc:
+            return self._blockstore_failure("create", ctx, block_id, exc)
+        return ok()
+
     async def _write_and_record(self, ctx: AuthenticatedContext, req: dict[str, Any], claim: UUID) -> Reply:
         organization_id = ctx.organization_id
         block_id, realm_id, block = req["block_id"], req["realm_id"], req["block"]
@@ -165,6 +210,18 @@ class BlockComponent:
     @api("block_read")
     async def api_block_read(self, ctx: AuthenticatedContext, req: dict[str, Any]) -> Reply:
         block_id = req["block_id"]
+        store = self._in_metadata_database()
+        if store is not None:
+            try:
+                return ok(block=await store.read_checked(ctx.organization_id, ctx.user_id, block_id))
+            except BlockNotFoundError:
+                return status("not_found")
+            except StorageError as exc:
+                return error_reply(exc)
+            except defer.CancelledError:
+                raise
+            except Exception as exc:
+                return self._blockstore_failure("read", ctx, block_id, exc)
         try:
             await self._storage.check_read(ctx.organization_id, ctx.user_id, block_id)
         except BlockNotFoundError:

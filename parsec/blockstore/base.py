@@ -10,6 +10,7 @@ never `not_found`).
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from twisted.logger import Logger
@@ -49,6 +50,34 @@ class BlockStore(Protocol):
 
         Cheap (one small request at most) and without side effects; the caller bounds it in time.
         """
+        ...
+
+
+@runtime_checkable
+class MetadataBlockStore(Protocol):
+    """A blockstore in the block metadata's own database (POSTGRESQL on the PostgreSQL storage):
+    the command layer then creates and reads a block in one statement each, rules included,
+    instead of the metadata storage's calls around `create`/`read` (see parsec.backend.block).
+
+    Besides BlockStoreError, both raise the metadata storage's rule errors
+    (parsec.backend.storage): those of `BlockStorage.claim_create` for `create_recorded`, those
+    of `BlockStorage.check_read` for `read_checked`."""
+
+    async def create_recorded(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: uuid.UUID,
+        block_id: uuid.UUID,
+        block: bytes,
+        created_on: datetime,
+        claim_seconds: float,
+    ) -> None:
+        """Check the rules, store the bytes and record the block, all or nothing."""
+        ...
+
+    async def read_checked(self, organization_id: str, user_id: str, block_id: uuid.UUID) -> bytes:
+        """Check the rules of a read, then return the block's bytes."""
         ...
 
 

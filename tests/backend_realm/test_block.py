@@ -381,3 +381,95 @@ async def test_writer_no_longer_allowed_when_recording(world, fake_blockstore, c
     assert await bob.recv() == expected
     assert await alice.cmd("block_read", block_id=block_id) == {"status": "not_found"}
     assert (await alice.cmd("realm_stats", realm_id=realm_id))["blocks_size"] == 0
+
+
+# ---- the POSTGRESQL blockstore: a creation is one statement ---------------------------------------
+
+
+async def wait_for_lock_waits(cursor: Any, count: int) -> None:
+    """Until `count` sessions wait for a lock (bounded poll, no timing asserted)."""
+    deadline = reactor.seconds() + 10
+    while reactor.seconds() < deadline:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        if cursor.fetchone()[0] >= count:
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"{count} sessions never waited for a lock")
+
+
+@pytest.mark.storage("postgresql")
+@ok
+async def test_racing_creations_in_one_statement(world):
+    """Two devices create one id at the same moment, inside the database: the second waits for
+    the first's commit and gets `already_exists`; the block holds the bytes of the `ok`."""
+    import psycopg2
+
+    alice = await world.connect("alice@dev1")
+    other = await world.connect("alice@dev2")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    locker = psycopg2.connect(world.app.config.db_url)
+    try:
+        cursor = locker.cursor()
+        # The realm row locked as a maintenance start locks it: both creations wait in their
+        # statement, and go on together once it is released.
+        cursor.execute("SELECT 1 FROM realm WHERE realm_id = %s FOR NO KEY UPDATE", (str(realm_id),))
+        alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"alice's")
+        other.send("block_create", block_id=block_id, realm_id=realm_id, block=b"other's")
+        watcher = psycopg2.connect(world.app.config.db_url)
+        try:
+            watcher.autocommit = True
+            await wait_for_lock_waits(watcher.cursor(), 2)
+        finally:
+            watcher.close()
+        locker.commit()
+    finally:
+        locker.close()
+    replies = {"alice's": await alice.recv(), "other's": await other.recv()}
+    assert sorted(rep["status"] for rep in replies.values()) == ["already_exists", "ok"], replies
+    (winner,) = [data for data, rep in replies.items() if rep["status"] == "ok"]
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": winner.encode()}
+    assert (await alice.cmd("realm_stats", realm_id=realm_id))["blocks_size"] == len(winner)
+
+
+@pytest.mark.storage("postgresql")
+@ok
+async def test_one_statement_creation_respects_a_three_step_claim(world, fake_blockstore):
+    """A creation in one statement meets the claim of a three-step creation in progress (another
+    instance's, say): refused (`timeout`) while the claim stands."""
+    alice = await world.connect("alice@dev1")
+    other = await world.connect("alice@dev2")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    fake_blockstore.hang = True
+    alice.send("block_create", block_id=block_id, realm_id=realm_id, block=b"mine")
+    await fake_blockstore.create_called
+    world.app.blockstore = fake_blockstore.inner  # the POSTGRESQL blockstore: one statement
+    assert await create(other, realm_id, block_id, b"evil") == {"status": "timeout"}
+    assert await create(other, realm_id, uuid4(), b"free id") == {"status": "ok"}
+    world.app.blockstore = fake_blockstore
+    fake_blockstore.waiter.callback(None)
+    assert await alice.recv() == {"status": "ok"}
+    world.app.blockstore = fake_blockstore.inner
+    assert await create(other, realm_id, block_id, b"evil") == {"status": "already_exists"}
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"mine"}
+
+
+@ok
+async def test_bytes_of_a_refused_creation_do_not_stay(world, fake_blockstore):
+    """Bytes written by a creation refused when recording belong to no block: the next
+    creation of the id stores its own."""
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    await world.grant(alice, realm_id, "bob", "CONTRIBUTOR")
+    block_id = uuid4()
+    fake_blockstore.hang = True
+    bob.send("block_create", block_id=block_id, realm_id=realm_id, block=b"refused")
+    await fake_blockstore.create_called
+    await world.grant(alice, realm_id, "bob", "READER")
+    fake_blockstore.waiter.callback(None)
+    assert await bob.recv() == {"status": "not_allowed"}
+    world.app.blockstore = fake_blockstore.inner  # on PostgreSQL: the one-statement creation
+    assert await create(alice, realm_id, block_id, b"accepted") == {"status": "ok"}
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"accepted"}

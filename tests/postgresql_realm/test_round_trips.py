@@ -146,6 +146,20 @@ async def test_one_round_trip_per_call(one_connection_backend):
     await measure("block record_create", record, expected_statements=1)
     await measure("block check_read", lambda: world.block.check_read(world.org, "bob", uuid4()),
                   expected_statements=1, error=st.BlockNotFoundError)
+    # The POSTGRESQL blockstore's creation and read: rules, metadata and bytes in one statement.
+    created: list[Any] = []
+
+    async def create_with_data() -> None:
+        created.append(uuid4())
+        await world.block.create_with_data(
+            world.org, "alice@dev1", realm_id, created[-1], b"bytes", world.ts(), 300.0
+        )
+
+    await measure("block create_with_data", create_with_data, expected_statements=1)
+    assert await measure(
+        "block read_with_data", lambda: world.block.read_with_data(world.org, "alice", created[0]),
+        expected_statements=1,
+    ) == b"bytes"
     await measure("message_get", lambda: world.message.get(world.org, "bob", 0), expected_statements=1)
 
     now = world.ts()

@@ -653,7 +653,7 @@ class PostgreSQLPool:
         async with self.connection() as conn:
             return await conn.fetchval(sql, params)
 
-    async def fetchrow_bytea_views(self, sql: str, params: Params = None) -> tuple[Any, ...] | None:
+    async def fetchrow_bytea_views(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
         """`fetchrow`, bytea values as memoryviews (PgConnection.fetchrow_bytea_views)."""
         async with self.connection() as conn:
             return await conn.fetchrow_bytea_views(sql, params)
