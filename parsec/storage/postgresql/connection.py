@@ -232,7 +232,9 @@ class Session:
             state = raw.poll()
         except Exception as exc:
             self._dispatch_notifies()
-            if not self._socket_alive():
+            # While idle, an error is the server ending the session (e.g. an administrator's
+            # shutdown): never read again from a socket that keeps saying the same thing.
+            if self._waiting is None or raw.closed or not self._socket_alive():
                 self._die(Failure(exc))
                 return
             # An SQL error (or a refused connection attempt): the cycle is over.
