@@ -167,3 +167,23 @@ async def test_revocation_recorded_during_the_handshake(server):
     alice = await org.connect("alice@dev1")  # the organization's other users are let in
     assert await still_open(alice)
     await alice.close()
+
+
+@pytest.mark.storage("postgresql")
+@ok
+async def test_authenticated_handshake_is_one_statement(server):
+    """No second lookup once registered (see test_revocation_recorded_during_the_handshake):
+    an authenticated handshake costs the database one statement."""
+    org = await bootstrap_organization(server)
+    pool = server.app.storage.pool
+
+    def statements() -> int:
+        return sum(conn.round_trips for conn in [*pool._idle, *pool._in_use])
+
+    first = await org.connect("alice@dev1")  # the statement is PREPAREd on first use
+    await first.close()
+    before = statements()
+    client = await org.connect("alice@dev1")
+    assert await still_open(client)
+    await client.close()
+    assert statements() - before == 1
