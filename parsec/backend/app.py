@@ -11,9 +11,15 @@ Revocation is final (docs/protocol/DECISIONS.md):
   revocation's instant: at once when it is past, by a timer when it lies ahead (a
   certificate may be dated up to the ballpark ahead), the timer being cancelled when the
   connection goes away;
-* a connection re-reads its user's revocation once registered, so that a revocation recorded
-  between the handshake's lookup and the registration (its event then reached no one) is
-  applied all the same.
+* a revocation recorded while a handshake runs is not missed: the handshake watches its
+  organization's `user.revoked` events from before its identity lookup until its end, and
+  refuses the user if one is heard (it was recorded before the handshake ended). The lookup
+  sees a revocation committed before it; the event of one committed after it reaches this
+  server after the watch began (on PostgreSQL through the LISTEN session, once committed; on
+  memory at once), so either the watch hears it or, once the handshake is over, the
+  registered connection does. Hence no second lookup once registered (it was a second
+  database round trip per connection). While the event feed is down, every websocket is
+  closed and none is accepted (parsec.service).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from parsec.api import protocol
@@ -121,6 +126,12 @@ def utcnow() -> datetime:
     return datetime.now(tz=UTC)
 
 
+@attrs.define
+class _HandshakeWatch:
+    running: int = 0  # authenticated handshakes of the organization waiting for their lookup
+    revoked: set[str] = attrs.Factory(set)  # users whose revocation was heard meanwhile
+
+
 class BackendApp:
     def __init__(
         self,
@@ -154,6 +165,9 @@ class BackendApp:
         self.ready = True
         self.unavailable_reason: str | None = None
         self._conn_ids = itertools.count(1)
+        # organization_id -> the authenticated handshakes running there, and the users whose
+        # revocation they heard meanwhile (see the module doc).
+        self._handshaking: dict[str, _HandshakeWatch] = {}
         # organization_id -> connection contexts, to close them on server-side events
         self._connections: dict[str, set[ClientContext]] = {}
 
@@ -221,24 +235,6 @@ class BackendApp:
         ctx.conn_id = next(self._conn_ids)
         self._connections.setdefault(ctx.organization_id, set()).add(ctx)
 
-    def _registered(self, ctx: ClientContext) -> bool:
-        return ctx in self._connections.get(ctx.organization_id, ())
-
-    async def _recheck_revocation(self, ctx: AuthenticatedContext) -> None:
-        """Registered from now on, the connection hears of every new revocation; this catches
-        one recorded since the handshake's lookup."""
-        user = await self.storage.user.get_user(ctx.organization_id, ctx.user_id)
-        if user.revoked_on is not None and self._registered(ctx):
-            self.close_at_revocation(ctx, user.revoked_on)
-
-    def _recheck_failed(self, failure: Any, ctx: AuthenticatedContext) -> None:
-        # Cannot tell whether the user is revoked (e.g. the database is unreachable): close.
-        if failure.check(ConnectionError, NotFoundError):
-            _log.warn("Connection closed: revocation check failed ({error})", error=failure.getErrorMessage())
-        else:
-            _log.failure("Revocation check failed", failure=failure)
-        ctx.close()
-
     def close_at_revocation(self, ctx: AuthenticatedContext, revoked_on: datetime | None) -> None:
         """Close `ctx` when its user's revocation takes effect (None: at once)."""
         delay = 0.0 if revoked_on is None else (revoked_on - self.now()).total_seconds()
@@ -287,6 +283,9 @@ class BackendApp:
                 if isinstance(ctx, AuthenticatedContext):
                     ctx.close()
         elif event.name == events.USER_REVOKED:
+            watch = self._handshaking.get(event.organization_id)
+            if watch is not None:
+                watch.revoked.add(event["user_id"])
             revoked_on = event.data.get("revoked_on")
             for ctx in self.connections(event.organization_id):
                 if isinstance(ctx, AuthenticatedContext) and ctx.user_id == event["user_id"]:
@@ -315,18 +314,29 @@ class BackendApp:
     async def _handshake_authenticated(
         self, hs: ServerHandshake, answer: AuthenticatedAnswer
     ) -> AuthenticatedContext:
+        # Revocations heard from before the lookup on (module doc). The watch ends with this
+        # call; the websocket registers the context as soon as it returns, with no reactor
+        # turn in between, and from then on the connection hears revocations itself.
+        watch = self._handshaking.get(answer.organization_id)
+        if watch is None:
+            watch = self._handshaking[answer.organization_id] = _HandshakeWatch()
+        watch.running += 1
         try:
             identity = await self.storage.user.get_authenticated_identity(
                 answer.organization_id, answer.device_id
             )
         except NotFoundError:
             raise bad_identity() from None
+        finally:
+            watch.running -= 1
+            if not watch.running:
+                del self._handshaking[answer.organization_id]
         org, user, device = identity.organization, identity.user, identity.device
         if org.root_verify_key != answer.rvk:
             raise HandshakeFailed("rvk_mismatch", HELP_RVK_MISMATCH)
         if org.is_expired:
             raise self._expired(org.organization_id)
-        if user.revoked_on is not None:
+        if user.revoked_on is not None or user.user_id in watch.revoked:
             # Whatever its date: a revocation dated ahead must not let its user in until then
             # (docs/protocol/DECISIONS.md).
             raise HandshakeFailed("revoked_device", HELP_REVOKED_DEVICE)
@@ -385,9 +395,6 @@ class BackendApp:
 
     def on_handshake_done(self, ctx: ClientContext) -> None:
         """Called once the `ok` result is sent and the context registered."""
-        if isinstance(ctx, AuthenticatedContext):
-            d = defer.ensureDeferred(self._recheck_revocation(ctx))
-            d.addErrback(self._recheck_failed, ctx)
         if isinstance(ctx, InvitedContext):
             # The claimer joined (tied to no write: published directly).
             self.bus.publish(

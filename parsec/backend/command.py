@@ -235,6 +235,18 @@ def ok(**fields: Any) -> Reply:
     return {"status": "ok", **fields}
 
 
+class SharedReply(dict[str, Any]):
+    """A reply sent as it is to several connections (an event heard by every subscriber): the
+    websocket frames it once and keeps the frame in `framed` (limit, frame) for the next
+    connection. Never modified once built."""
+
+    __slots__ = ("framed",)
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(status="ok", **fields)
+        self.framed: tuple[int, bytes | list[bytes]] | None = None
+
+
 def status(name: str, reason: str | None = None, **fields: Any) -> Reply:
     reply: Reply = {"status": name}
     if reason is not None:

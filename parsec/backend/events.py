@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from parsec import limits as limits_module
 from parsec.backend.bus import BackendEvent
-from parsec.backend.command import Answer, AuthenticatedContext, Reply, api, ok, status
+from parsec.backend.command import Answer, AuthenticatedContext, Reply, SharedReply, api, ok, status
 
 if TYPE_CHECKING:
     from parsec.backend.app import BackendApp
@@ -208,11 +208,15 @@ class EventsComponent:
             return
         name = event.name
         data = event.data
+        # The reply of the events every subscriber sees alike, built (and framed) once.
+        shared: SharedReply | None = None
         for sub in list(subs.values()):
             ctx = sub.ctx
             if name == "pinged":
                 if data["author"] != ctx.device_id:
-                    sub.push(ok(event="pinged", ping=data["ping"]))
+                    if shared is None:
+                        shared = SharedReply(event="pinged", ping=data["ping"])
+                    sub.push(shared)
             elif name == "message.received":
                 if data["recipient"] == ctx.user_id:
                     sub.push(ok(event="message.received", index=data["index"]))
@@ -231,24 +235,22 @@ class EventsComponent:
                     sub.push(ok(event="realm.roles_updated", realm_id=data["realm_id"], role=data["role"]))
             elif name == "realm.vlobs_updated":
                 if data["author"] != ctx.device_id and data["realm_id"] in sub.realms:
-                    sub.push(
-                        ok(
+                    if shared is None:
+                        shared = SharedReply(
                             event="realm.vlobs_updated",
                             realm_id=data["realm_id"],
                             checkpoint=data["checkpoint"],
                             src_id=data["src_id"],
                             src_version=data["src_version"],
                         )
-                    )
+                    sub.push(shared)
             elif name in ("realm.maintenance_started", "realm.maintenance_finished"):
                 if data["author"] != ctx.device_id and data["realm_id"] in sub.realms:
-                    sub.push(
-                        ok(
-                            event=name,
-                            realm_id=data["realm_id"],
-                            encryption_revision=data["encryption_revision"],
+                    if shared is None:
+                        shared = SharedReply(
+                            event=name, realm_id=data["realm_id"], encryption_revision=data["encryption_revision"]
                         )
-                    )
+                    sub.push(shared)
             elif name == "pki_enrollment.updated":
                 # docs/protocol/DECISIONS.md: only the ADMINs of the same organization.
                 if ctx.profile == "ADMIN":

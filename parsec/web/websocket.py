@@ -84,7 +84,7 @@ from parsec.api.codec import (
     unpackb,
 )
 from parsec.api.handshake import HandshakeFailed, ServerHandshake
-from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext, Resumed
+from parsec.backend.command import AuthenticatedContext, ClientContext, InvitedContext, Resumed, SharedReply
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.limits import Limits
 from parsec.logging import debug_enabled
@@ -792,7 +792,14 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # While draining for shutdown, the in-flight request still gets its reply.
         if self._state not in (_READY, _DRAINING) or self.state != self.STATE_OPEN:
             return
-        frame = binary_frame(reply, self.limits.ws_message_bytes)
+        limit = self.limits.ws_message_bytes
+        framed = reply.framed if type(reply) is SharedReply else None
+        if framed is not None and framed[0] == limit:
+            frame: bytes | list[bytes] | None = framed[1]
+        else:
+            frame = binary_frame(reply, limit)
+            if frame is not None and type(reply) is SharedReply:
+                reply.framed = (limit, frame)
         if frame is None:
             # Autobahn would refuse it (and the feeds are bounded so that honest use never
             # gets here): the protocol's own error status instead, one warning.

@@ -6,7 +6,8 @@ lookup and the registration was missed).
 * open connections of a user revoked for a future instant are closed at that instant, by a
   timer of the server's reactor (driven here by a `task.Clock`), cancelled when the
   connection goes away first;
-* a connection re-reads the revocation once registered.
+* a revocation recorded during a handshake, after its lookup, is heard by the handshake,
+  which refuses the device.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from tests.orgs import bootstrap_organization, now
 from tests.wsclient import WsClient
@@ -127,31 +128,62 @@ async def test_revocation_in_the_past_closes_at_once(server):
 
 
 @ok
-async def test_revocation_between_lookup_and_registration(server):
-    """The revocation is recorded right after the handshake's identity lookup, its event
-    published before the connection is registered (here: not at all): the connection's own
-    re-check once registered closes it."""
+async def test_revocation_recorded_during_the_handshake(server):
+    """The revocation is recorded right after the handshake's identity lookup (which did not
+    see it), its event heard before the handshake ends: the handshake, watching its
+    organization's revocations since before the lookup, refuses the device."""
     org = await bootstrap_organization(server)
     await org.new_user("alice@dev1", "bob@dev1")
     users = server.app.storage.user
     cert = org.devices["alice@dev1"].revoked_user_certificate(user_id="bob", timestamp=now())
     lookup = users.get_authenticated_identity
+    heard: defer.Deferred[None] = defer.Deferred()
+
+    def on_event(event: Any) -> None:
+        if event.name == "user.revoked" and not heard.called:
+            heard.callback(None)
 
     async def lookup_then_revoke(organization_id: str, device_id: str) -> Any:
         identity = await lookup(organization_id, device_id)
         if device_id == "bob@dev1":
+            assert identity.user.revoked_on is None
             await users.revoke_user(organization_id, "bob", cert, "alice@dev1", now())
+            # Memory: heard already; PostgreSQL: once the LISTEN session gets the NOTIFY.
+            await heard.addTimeout(SAFETY, reactor)
         return identity
 
+    server.app.bus.connect(on_event)  # after the app's own listener: it heard it first
     users.get_authenticated_identity = lookup_then_revoke
     try:
-        bob = await org.connect("bob@dev1")  # the lookup predates the revocation: ok
+        assert await handshake(org, "bob@dev1") == {
+            "handshake": "result",
+            "result": "revoked_device",
+            "help": "Device has been revoked",
+        }
     finally:
         del users.get_authenticated_identity
-    code, _ = await bob.wait_closed()
-    assert code == 1000
-    assert await handshake(org, "bob@dev1") == {
-        "handshake": "result",
-        "result": "revoked_device",
-        "help": "Device has been revoked",
-    }
+        server.app.bus.disconnect(on_event)
+    assert server.app._handshaking == {}  # the watch ended with the handshake
+    alice = await org.connect("alice@dev1")  # the organization's other users are let in
+    assert await still_open(alice)
+    await alice.close()
+
+
+@pytest.mark.storage("postgresql")
+@ok
+async def test_authenticated_handshake_is_one_statement(server):
+    """No second lookup once registered (see test_revocation_recorded_during_the_handshake):
+    an authenticated handshake costs the database one statement."""
+    org = await bootstrap_organization(server)
+    pool = server.app.storage.pool
+
+    def statements() -> int:
+        return sum(conn.round_trips for conn in [*pool._idle, *pool._in_use])
+
+    first = await org.connect("alice@dev1")  # the statement is PREPAREd on first use
+    await first.close()
+    before = statements()
+    client = await org.connect("alice@dev1")
+    assert await still_open(client)
+    await client.close()
+    assert statements() - before == 1

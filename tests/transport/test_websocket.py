@@ -148,6 +148,10 @@ async def test_pinged_event_between_devices(server):
     # Bob (same organization, other user) gets it too; the author's own device does not.
     assert await bob.cmd("events_listen", wait=False) == {"status": "ok", "event": "pinged", "ping": "foo"}
     assert await dev1.cmd("events_listen", wait=False) == {"status": "no_events"}
+    # Each event's reply is framed once for all its listeners: the next one is its own.
+    assert await dev1.cmd("ping", ping="bar") == {"status": "ok", "pong": "bar"}
+    for client in (dev2, bob):
+        assert await client.cmd("events_listen", wait=True) == {"status": "ok", "event": "pinged", "ping": "bar"}
     for client in (dev1, dev2, bob):
         await client.close()
 
