@@ -4,6 +4,7 @@ NOTIFYs, a connection dying while idle, answers that are already there)."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest_twisted
@@ -101,3 +102,40 @@ async def test_backend_terminated_while_idle_is_reported_once(pool: PostgreSQLPo
             raise AssertionError("a dead session answered")
     finally:
         conn.close()
+
+
+class _AnswerAlreadyThere:
+    """A psycopg2 connection whose poll() gives the database time to answer first, as happens
+    under load (the database takes the CPU from the server between sending and polling)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def poll(self) -> int:
+        time.sleep(0.001)
+        return int(self._raw.poll())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_already_there_are_delivered_from_the_reactor(pg_dsn: str) -> None:
+    pool = PostgreSQLPool(pg_dsn, min_connections=1, max_connections=1)
+    await pool.start()
+    try:
+        async with pool.connection() as conn:
+            session = conn._raw
+            session.raw = _AnswerAlreadyThere(session.raw)
+            answered = session.execute(session.raw.cursor(), "SELECT 1", None)
+            assert not answered.called  # not within execute: from the next reactor turn
+            await answered
+        # Requests queued on the only connection, each answered at once: each is delivered
+        # from the reactor, none within the previous one's release (a stack growing by one
+        # request per statement, RecursionError before).
+        results = await defer.gatherResults(
+            [defer.ensureDeferred(pool.fetchval("SELECT %s", (i,))) for i in range(400)], consumeErrors=True
+        )
+        assert results == list(range(400))
+    finally:
+        await pool.close()

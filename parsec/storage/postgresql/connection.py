@@ -133,8 +133,8 @@ class Session:
     """A psycopg2 connection in asynchronous mode, driven by the reactor (no threads).
 
     One poll cycle at a time (connecting, or one statement): `connect` and `execute` return a
-    Deferred that fires once `poll()` says POLL_OK, from the reactor's read or write callback,
-    or at once when the answer is already there (callers must not assume a suspension). Once
+    Deferred that fires once `poll()` says POLL_OK, from the reactor's read or write callback
+    (or from the next reactor turn when the answer was already there: `_deliver`). Once
     connected the socket stays registered for reading (a NOTIFY may arrive at any time, and a
     dead connection must be noticed while idle); it is registered for writing only while
     libpq has bytes it could not send yet (a large statement).
@@ -166,6 +166,7 @@ class Session:
         self._reading = False
         self._writing = False
         self._connected = False
+        self._starting = False  # within `_start`'s own poll
         self._gone = False  # closed by us, or dead
 
     # IReadDescriptor / IWriteDescriptor
@@ -220,7 +221,11 @@ class Session:
         if self._waiting is not None:
             raise RuntimeError("a statement is already running on this session")
         waiting = self._waiting = defer.Deferred()
-        self._poll()
+        self._starting = True
+        try:
+            self._poll()
+        finally:
+            self._starting = False
         return waiting
 
     def _poll(self) -> None:
@@ -258,7 +263,7 @@ class Session:
             waiting, self._waiting = self._waiting, None
             self._dispatch_notifies()
             if waiting is not None:
-                waiting.callback(None)
+                self._deliver(waiting, None)
         elif state == psycopg2.extensions.POLL_READ:
             self._want(read=True, write=False)
         elif state == psycopg2.extensions.POLL_WRITE:
@@ -312,8 +317,23 @@ class Session:
 
     def _finish(self, result: Failure | None) -> None:
         waiting, self._waiting = self._waiting, None
-        if waiting is None:
-            return
+        if waiting is not None:
+            self._deliver(waiting, result)
+
+    def _deliver(self, waiting: defer.Deferred[None], result: Failure | None) -> None:
+        """Fire `waiting`; from the reactor if the answer came within `_start`, i.e. during
+        the caller's own `execute`: its callbacks may release this connection to a waiting
+        request whose statement may be answered at once too, and so on (under load the
+        database often answers before our first poll, having taken the CPU from us): fired in
+        place, such a chain would grow the stack by one request per statement. From the
+        reactor, each starts afresh."""
+        if self._starting:
+            self.reactor.callLater(0, self._deliver_now, waiting, result)
+        else:
+            self._deliver_now(waiting, result)
+
+    @staticmethod
+    def _deliver_now(waiting: defer.Deferred[None], result: Failure | None) -> None:
         if result is None:
             waiting.callback(None)
         else:
