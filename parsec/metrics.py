@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import CancelledError
 
@@ -281,6 +281,8 @@ def _backend_name(store: Any) -> str:
     return type(store).__name__
 
 
+T = TypeVar("T")
+
 _BACKENDS = {
     "MemoryBlockStore": "memory",
     "PostgreSQLBlockStore": "postgresql",
@@ -308,6 +310,22 @@ class BlockStoreOperationMetrics:
         self.error.inc()
         self.seconds.observe(time.perf_counter() - started)
 
+    async def measure(self, work: Awaitable[T], neutral: tuple[type[BaseException], ...] = ()) -> T:
+        """Await `work`, counting its result (`neutral` exceptions count as nothing)."""
+        started = time.perf_counter()
+        try:
+            result = await work
+        except CancelledError:
+            self.cancelled.inc()
+            raise
+        except neutral:
+            raise
+        except BaseException:
+            self.failed(started)
+            raise
+        self.succeeded(started)
+        return result
+
 
 class MeasuredBlockStore:
     """A BlockStore whose reads and creates are counted and timed (result: ok, error, cancelled)."""
@@ -324,31 +342,10 @@ class MeasuredBlockStore:
         return getattr(self.inner, name)  # description, nodes, raid_type...
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes:
-        metrics = self._read
-        started = time.perf_counter()
-        try:
-            block = await self.inner.read(organization_id, block_id)
-        except CancelledError:
-            metrics.cancelled.inc()
-            raise
-        except BaseException:
-            metrics.failed(started)
-            raise
-        metrics.succeeded(started)
-        return block
+        return await self._read.measure(self.inner.read(organization_id, block_id))
 
     async def create(self, organization_id: str, block_id: uuid.UUID, block: bytes) -> None:
-        metrics = self._create
-        started = time.perf_counter()
-        try:
-            await self.inner.create(organization_id, block_id, block)
-        except CancelledError:
-            metrics.cancelled.inc()
-            raise
-        except BaseException:
-            metrics.failed(started)
-            raise
-        metrics.succeeded(started)
+        await self._create.measure(self.inner.create(organization_id, block_id, block))
 
     async def start(self) -> None:
         await self.inner.start()
@@ -379,35 +376,17 @@ class MeasuredMetadataBlockStore(MeasuredBlockStore):
         created_on: datetime,
         claim_seconds: float,
     ) -> None:
-        metrics = self._create
-        started = time.perf_counter()
-        try:
-            await self._combined.create_recorded(
+        await self._create.measure(
+            self._combined.create_recorded(
                 organization_id, author, realm_id, block_id, block, created_on, claim_seconds
-            )
-        except (CancelledError, StorageError) as exc:
-            if isinstance(exc, CancelledError):
-                metrics.cancelled.inc()
-            raise
-        except BaseException:
-            metrics.failed(started)
-            raise
-        metrics.succeeded(started)
+            ),
+            neutral=(StorageError,),
+        )
 
     async def read_checked(self, organization_id: str, user_id: str, block_id: uuid.UUID) -> bytes:
-        metrics = self._read
-        started = time.perf_counter()
-        try:
-            block = await self._combined.read_checked(organization_id, user_id, block_id)
-        except (CancelledError, StorageError) as exc:
-            if isinstance(exc, CancelledError):
-                metrics.cancelled.inc()
-            raise
-        except BaseException:
-            metrics.failed(started)
-            raise
-        metrics.succeeded(started)
-        return block
+        return await self._read.measure(
+            self._combined.read_checked(organization_id, user_id, block_id), neutral=(StorageError,)
+        )
 
 
 # ---- collectors (read when Prometheus scrapes) ------------------------------------------------
