@@ -54,6 +54,18 @@ _log = Logger()
 BLOCKSTORE_FAILURE = "timeout"
 
 
+def _create_refused(exc: StorageError) -> Reply:
+    """The reply to a block creation the storage refused (at its claim, its record, or the
+    one statement of a `MetadataBlockStore`)."""
+    if isinstance(exc, RealmNotFoundError):
+        return status("not_found")
+    if isinstance(exc, AlreadyExistsError):
+        return status("already_exists")
+    if isinstance(exc, BlockClaimedError):
+        return status(BLOCKSTORE_FAILURE)
+    return error_reply(exc)
+
+
 def _not_cancelled_by(work: defer.Deferred[Reply]) -> defer.Deferred[Reply]:
     """A Deferred with the result of `work` whose cancellation leaves `work`
     running (its late result, or failure, is then dropped: the failure is logged)."""
@@ -139,14 +151,8 @@ class BlockComponent:
                 self._app.now(),
                 self._app.config.limits.block_create_claim,
             )
-        except RealmNotFoundError:
-            return status("not_found")
-        except AlreadyExistsError:
-            return status("already_exists")
-        except BlockClaimedError:
-            return status(BLOCKSTORE_FAILURE)
         except StorageError as exc:
-            return error_reply(exc)
+            return _create_refused(exc)
         # The write is stepped here once: when nothing waits (the memory blockstore and
         # storage) it is already done, with no cancellation to shield it from and no driver
         # (Twisted's, `ensureDeferred`, was about 4 % of a 4 KiB `block_create` on memory:
@@ -173,14 +179,8 @@ class BlockComponent:
                 self._app.now(),
                 self._app.config.limits.block_create_claim,
             )
-        except RealmNotFoundError:
-            return status("not_found")
-        except AlreadyExistsError:
-            return status("already_exists")
-        except BlockClaimedError:
-            return status(BLOCKSTORE_FAILURE)
         except StorageError as exc:
-            return error_reply(exc)
+            return _create_refused(exc)
         except Exception as exc:
             return self._blockstore_failure("create", ctx, block_id, exc)
         return ok()
@@ -196,15 +196,11 @@ class BlockComponent:
             await self._storage.record_create(
                 organization_id, ctx.device_id, realm_id, block_id, len(block), self._app.now(), claim
             )
-        except RealmNotFoundError:
-            return status("not_found")
-        except AlreadyExistsError:
-            return status("already_exists")
         except BlockClaimedError:
             limits_module.hit("block_create_claim")  # the write outlasted its claim
             return status(BLOCKSTORE_FAILURE)
         except StorageError as exc:
-            return error_reply(exc)
+            return _create_refused(exc)
         return ok()
 
     @api("block_read")
