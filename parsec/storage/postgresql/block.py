@@ -59,6 +59,26 @@ LEFT JOIN realm_user AS ru
     ON ru.organization_id = r.organization_id AND ru.realm_id = r.realm_id AND ru.user_id = %(user)s::text
 """
 
+# A block creation's share locks (it waits for a role change or a maintenance start and sees
+# its result, without serializing the realm's block creations), as the first CTEs.
+_SHARE_LOCKED_ROWS = """realm_row AS (
+    SELECT encryption_revision, maintenance_type FROM realm
+    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
+    FOR SHARE
+), author_row AS (
+    SELECT role FROM realm_user
+    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
+    FOR SHARE
+)"""
+
+# A read's facts: the block's realm and the reader's role there (NULLs when either is missing).
+_BLOCK_OF_READER = """FROM (VALUES (1)) AS one
+LEFT JOIN block AS b ON b.organization_id = %(org)s::text AND b.block_id = %(block)s::uuid
+LEFT JOIN realm AS r ON r.organization_id = b.organization_id AND r.realm_id = b.realm_id
+LEFT JOIN realm_user AS ru
+    ON ru.organization_id = b.organization_id AND ru.realm_id = b.realm_id AND ru.user_id = %(user)s::text
+"""
+
 # Sent together, one round trip (`fetchrow_batch`).
 _BLOCK_CLAIM = PreparedStatement(f"""
 WITH facts AS ({_BLOCK_FACTS}
@@ -93,16 +113,8 @@ SELECT facts.*,
 FROM facts
 """)
 
-_BLOCK_RECORD_CREATE = PreparedStatement("""
-WITH realm_row AS (
-    SELECT encryption_revision, maintenance_type FROM realm
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
-    FOR SHARE
-), author_row AS (
-    SELECT role FROM realm_user
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
-    FOR SHARE
-), facts AS (
+_BLOCK_RECORD_CREATE = PreparedStatement(f"""
+WITH {_SHARE_LOCKED_ROWS}, facts AS (
     SELECT r.encryption_revision, r.maintenance_type, a.role
     FROM (VALUES (1)) AS one
     LEFT JOIN realm_row AS r ON true
@@ -132,27 +144,14 @@ SELECT facts.*, EXISTS (SELECT 1 FROM ended), EXISTS (SELECT 1 FROM new_block),
 FROM facts
 """)
 
-_BLOCK_CHECK_READ = PreparedStatement("""
+_BLOCK_CHECK_READ = PreparedStatement(f"""
 SELECT r.encryption_revision, r.maintenance_type, ru.role
-FROM (VALUES (1)) AS one
-LEFT JOIN block AS b ON b.organization_id = %(org)s::text AND b.block_id = %(block)s::uuid
-LEFT JOIN realm AS r ON r.organization_id = b.organization_id AND r.realm_id = b.realm_id
-LEFT JOIN realm_user AS ru
-    ON ru.organization_id = b.organization_id AND ru.realm_id = b.realm_id AND ru.user_id = %(user)s::text
-""")
+{_BLOCK_OF_READER}""")
 
 # `create_with_data`: claim, bytes and record in one statement (see the module doc).
 # The bytes travel as base64 text: see `Base64Literal`.
-_BLOCK_CREATE_WITH_DATA = PreparedStatement("""
-WITH realm_row AS (
-    SELECT encryption_revision, maintenance_type FROM realm
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid
-    FOR SHARE
-), author_row AS (
-    SELECT role FROM realm_user
-    WHERE organization_id = %(org)s::text AND realm_id = %(realm)s::uuid AND user_id = %(user)s::text
-    FOR SHARE
-), facts AS (
+_BLOCK_CREATE_WITH_DATA = PreparedStatement(f"""
+WITH {_SHARE_LOCKED_ROWS}, facts AS (
     SELECT r.encryption_revision, r.maintenance_type, a.role,
            EXISTS (SELECT 1 FROM block WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
                AS used,
@@ -190,7 +189,7 @@ WITH realm_row AS (
 SELECT facts.*, EXISTS (SELECT 1 FROM new_data) FROM facts
 """)
 
-_BLOCK_READ_WITH_DATA = PreparedStatement("""
+_BLOCK_READ_WITH_DATA = PreparedStatement(f"""
 SELECT r.encryption_revision, r.maintenance_type, ru.role,
        CASE WHEN ru.role IS NOT NULL
                  AND (r.maintenance_type IS NULL OR r.maintenance_type = %(reencryption)s::text)
@@ -198,12 +197,7 @@ SELECT r.encryption_revision, r.maintenance_type, ru.role,
             THEN (SELECT data FROM block_data
                   WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
        END
-FROM (VALUES (1)) AS one
-LEFT JOIN block AS b ON b.organization_id = %(org)s::text AND b.block_id = %(block)s::uuid
-LEFT JOIN realm AS r ON r.organization_id = b.organization_id AND r.realm_id = b.realm_id
-LEFT JOIN realm_user AS ru
-    ON ru.organization_id = b.organization_id AND ru.realm_id = b.realm_id AND ru.user_id = %(user)s::text
-""")
+{_BLOCK_OF_READER}""")
 
 
 class Base64Literal:
