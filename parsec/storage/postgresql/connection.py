@@ -207,19 +207,12 @@ class Session:
 
     def close(self) -> None:
         """Close now; a statement in progress fails with InterfaceError."""
-        if self._gone:
-            return
-        self._gone = True
-        self._release_fd()
-        if self.raw is not None and not self.raw.closed:
-            self.raw.close()
-        self._finish(Failure(psycopg2.InterfaceError("connection closed")))
+        if not self._gone:
+            self._shut(Failure(psycopg2.InterfaceError("connection closed")))
 
     # the poll cycle
 
     def _start(self) -> defer.Deferred[None]:
-        if self._waiting is not None:
-            raise RuntimeError("a statement is already running on this session")
         waiting = self._waiting = defer.Deferred()
         self._starting = True
         try:
@@ -305,15 +298,19 @@ class Session:
         self._fd = self._libpq_fd = -1
 
     def _die(self, reason: Failure) -> None:
-        """The connection is dead: forget the socket, fail the cycle, report the loss."""
-        already = self._gone
+        """The connection is dead: as `_shut`, and the loss is reported (once)."""
+        first = not self._gone
+        self._shut(reason)
+        if first and self.owner is not None:
+            self.owner._lost(reason)
+
+    def _shut(self, reason: Failure) -> None:
+        """Forget the socket, close the connection, fail the cycle in progress."""
         self._gone = True
         self._release_fd()
         if self.raw is not None and not self.raw.closed:
             self.raw.close()
         self._finish(reason)
-        if not already and self.owner is not None:
-            self.owner._lost(reason)
 
     def _finish(self, result: Failure | None) -> None:
         waiting, self._waiting = self._waiting, None
