@@ -352,18 +352,25 @@ async def test_same_device_may_retry_at_once(world, fake_blockstore):
     assert await other.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
 
 
-@pytest.mark.parametrize("change", ["role_removed", "maintenance_started"])
-@ok
-async def test_writer_no_longer_allowed_when_recording(world, fake_blockstore, change):
-    """Role and maintenance are checked again when the block is recorded."""
+async def contributor_write_hanging(world, fake_blockstore, data: bytes):
+    """bob, a CONTRIBUTOR of alice's new realm, creates a block whose bytes are being written
+    (the fake blockstore holds the write until `fake_blockstore.waiter` fires)."""
     alice = await world.connect("alice@dev1")
     bob = await world.connect("bob@dev1")
     realm_id = await world.create_realm(alice)
     await world.grant(alice, realm_id, "bob", "CONTRIBUTOR")
     block_id = uuid4()
     fake_blockstore.hang = True
-    bob.send("block_create", block_id=block_id, realm_id=realm_id, block=b"late")
+    bob.send("block_create", block_id=block_id, realm_id=realm_id, block=data)
     await fake_blockstore.create_called
+    return alice, bob, realm_id, block_id
+
+
+@pytest.mark.parametrize("change", ["role_removed", "maintenance_started"])
+@ok
+async def test_writer_no_longer_allowed_when_recording(world, fake_blockstore, change):
+    """Role and maintenance are checked again when the block is recorded."""
+    alice, bob, realm_id, block_id = await contributor_write_hanging(world, fake_blockstore, b"late")
     if change == "role_removed":
         await world.grant(alice, realm_id, "bob", "READER")
         expected = {"status": "not_allowed"}
@@ -459,14 +466,7 @@ async def test_one_statement_creation_respects_a_three_step_claim(world, fake_bl
 async def test_bytes_of_a_refused_creation_do_not_stay(world, fake_blockstore):
     """Bytes written by a creation refused when recording belong to no block: the next
     creation of the id stores its own."""
-    alice = await world.connect("alice@dev1")
-    bob = await world.connect("bob@dev1")
-    realm_id = await world.create_realm(alice)
-    await world.grant(alice, realm_id, "bob", "CONTRIBUTOR")
-    block_id = uuid4()
-    fake_blockstore.hang = True
-    bob.send("block_create", block_id=block_id, realm_id=realm_id, block=b"refused")
-    await fake_blockstore.create_called
+    alice, bob, realm_id, block_id = await contributor_write_hanging(world, fake_blockstore, b"refused")
     await world.grant(alice, realm_id, "bob", "READER")
     fake_blockstore.waiter.callback(None)
     assert await bob.recv() == {"status": "not_allowed"}
