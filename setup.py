@@ -28,6 +28,9 @@ setup(
         "autobahn>=23.1",
         "treq>=23.11",
         "psycopg2-binary>=2.9",
+        # The POSTGRESQL blockstore's binary sessions: psycopg 3's libpq binding (psycopg.pq)
+        # alone, with its compiled implementation and libpq (parsec.storage.postgresql.binary).
+        "psycopg[binary]>=3.2,<4",
         "msgpack>=1.0",
         "pynacl>=1.5",
         "attrs>=23.1",

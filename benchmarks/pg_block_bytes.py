@@ -1,18 +1,22 @@
 """What the bytes of a block cost on PostgreSQL, one encoding against the other.
 
 psycopg2 has no binary parameters nor results: a block travels as text in the statement and
-comes back as text. This script measures, on a throwaway cluster (tests/pg_cluster.py):
+comes back as text. The POSTGRESQL blockstore therefore runs its statements on binary
+sessions (parsec.storage.postgresql.binary, psycopg 3's libpq binding): the block is a binary
+parameter and a binary result. This script measures, on a throwaway cluster
+(tests/pg_cluster.py):
 
   compose   our side of a write: psycopg2 writing the block into a statement (CPU per
             statement): a base64 str (psycopg2 encodes and escapes it), the prebuilt
-            `Base64Literal` of parsec.storage.postgresql.block, the bytea hex literal of
-            `psycopg2.Binary`
+            `Base64Literal` below (what the server used before the binary sessions), the
+            bytea hex literal of `psycopg2.Binary`
   write     PostgreSQL's CPU (all its processes, from /proc) per block_create with
             `--sessions` concurrent sessions, each on its own realm: the three steps (claim,
             bytes, record) and the one statement of the POSTGRESQL blockstore, the bytes as
-            base64 or as hex
+            base64 or as hex (psycopg2) or as a binary parameter (the server's way)
   read      a block_read's bytes, CPU of our side and of PostgreSQL: the bytea as hex
-            (psycopg2's C conversion) against `encode(data, 'base64')` decoded by Python
+            (psycopg2's C conversion), `encode(data, 'base64')` decoded by Python, and a
+            binary result (the server's way)
 
 The schema is the server's (its migrations); the realm and role rows are inserted with
 `session_replication_role = replica`, which skips the foreign keys (no organization, user or
@@ -44,20 +48,38 @@ import psycopg2.extras
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from psycopg import pq  # noqa: E402
+
 from parsec.storage.postgresql import block as pg_block  # noqa: E402
-from parsec.storage.postgresql.block import Base64Literal  # noqa: E402
+from parsec.storage.postgresql.binary import encode_params  # noqa: E402
 from parsec.storage.postgresql.connection import PreparedStatement  # noqa: E402
 from parsec.storage.postgresql.realm_common import RULE_PARAMS  # noqa: E402
 from tests.pg_cluster import start_cluster  # noqa: E402
 
-ONE_STATEMENT_HEX = PreparedStatement(
-    pg_block._BLOCK_CREATE_WITH_DATA.sql.replace("decode(%(data)s::text, 'base64')", "%(data)s::bytea")
+ONE_STATEMENT = pg_block._BLOCK_CREATE_WITH_DATA  # the block as `%(data)s::bytea`
+ONE_STATEMENT_BASE64 = PreparedStatement(
+    ONE_STATEMENT.sql.replace("%(data)s::bytea", "decode(%(data)s::text, 'base64')")
 )
+READ = pg_block._READ
 BYTES_BASE64 = (
     "INSERT INTO block_data (organization_id, block_id, data) VALUES (%s, %s, decode(%s, 'base64'))"
     " ON CONFLICT (organization_id, block_id) DO NOTHING"
 )
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Base64Literal:
+    """A block as a SQL string literal of its base64, which psycopg2 writes into the statement
+    as it is (base64 has neither quote nor backslash: nothing to escape)."""
+
+    def __init__(self, block: bytes) -> None:
+        self._quoted = b"'" + base64.b64encode(block) + b"'"
+
+    def __conform__(self, protocol: object) -> Base64Literal:
+        return self
+
+    def getquoted(self) -> bytes:
+        return self._quoted
 NOW = datetime.datetime.now(datetime.UTC)
 
 
@@ -85,6 +107,23 @@ class Session:
         self.cursor.execute("SET session_replication_role = replica")
         self.realm = realm
         self.prepared: set[str] = set()
+        self.binary = pq.PGconn.connect(dsn.encode())  # the server's way: libpq, binary
+        self.binary.exec_(b"SET session_replication_role = replica")
+        self.binary_prepared: set[str] = set()
+
+    def run_binary(self, statement: PreparedStatement, params: dict[str, Any]) -> Any:
+        name = statement.name.encode()
+        if statement.name not in self.binary_prepared:
+            self.binary.prepare(name, statement.body.encode())
+            self.binary_prepared.add(statement.name)
+        values, formats = encode_params(statement.bind({**RULE_PARAMS, **params}))
+        result = self.binary.exec_prepared(name, values, formats, result_format=1)
+        assert result.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK), result.error_message
+        return result
+
+    def close(self) -> None:
+        self.conn.close()
+        self.binary.finish()
 
     def run(self, statements: list[PreparedStatement], params: dict[str, Any]) -> tuple[Any, ...]:
         for statement in statements:
@@ -114,18 +153,24 @@ def three_steps(session: Session, block: bytes) -> None:
 
 def one_statement_base64(session: Session, block: bytes) -> None:
     params = {**session.params(len(block)), "data": Base64Literal(block)}
-    assert session.run([pg_block._BLOCK_CREATE_WITH_DATA], params)[-1]
+    assert session.run([ONE_STATEMENT_BASE64], params)[-1]
 
 
 def one_statement_hex(session: Session, block: bytes) -> None:
     params = {**session.params(len(block)), "data": psycopg2.Binary(block)}
-    assert session.run([ONE_STATEMENT_HEX], params)[-1]
+    assert session.run([ONE_STATEMENT], params)[-1]
+
+
+def one_statement_binary(session: Session, block: bytes) -> None:
+    result = session.run_binary(ONE_STATEMENT, {**session.params(len(block)), "data": block})
+    assert result.get_value(0, result.nfields - 1) == b"\x01"
 
 
 WRITES: dict[str, Callable[[Session, bytes], None]] = {
     "3 steps, base64": three_steps,
     "1 statement, base64": one_statement_base64,
     "1 statement, hex": one_statement_hex,
+    "1 statement, binary": one_statement_binary,
 }
 
 
@@ -169,7 +214,7 @@ def writes(dsn: str, realms: list[uuid.UUID], size: int, count: int, rounds: int
             results[name].append(1e6 * (postgres_cpu() - before) / (count * len(sessions)))
             for session in sessions:
                 session.cursor.execute("TRUNCATE block, block_data, block_claim")
-                session.conn.close()
+                session.close()
     for name, figures in results.items():
         shown = " ".join(f"{figure:7.0f}" for figure in figures)
         print(f"  write   {size:>7} B  {name:22} PostgreSQL {shown} us/op ({len(realms)} sessions)")
@@ -196,7 +241,13 @@ def reads(dsn: str, realm: uuid.UUID, size: int, count: int) -> None:
             assert row is not None and convert(row[0]) == block
         ours, theirs = time.process_time() - ours, postgres_cpu() - theirs
         print(f"  read    {size:>7} B  {name:22} ours {1e6 * ours / count:6.0f} + PostgreSQL {1e6 * theirs / count:6.0f} us/op")
-    session.conn.close()
+    ours, theirs = time.process_time(), postgres_cpu()
+    for _ in range(count):
+        result = session.run_binary(READ, {"org": "O", "block": block_id})
+        assert result.get_value(0, 0) == block
+    ours, theirs = time.process_time() - ours, postgres_cpu() - theirs
+    print(f"  read    {size:>7} B  {'binary':22} ours {1e6 * ours / count:6.0f} + PostgreSQL {1e6 * theirs / count:6.0f} us/op")
+    session.close()
 
 
 def main() -> None:

@@ -160,6 +160,10 @@ TABLE: tuple[Limit, ...] = (
     _tunable("db_max_waiters", 1000, "count",
              "requests waiting for a pool connection; beyond it new ones are refused at once",
              "--db-max-waiters"),
+    _tunable("db_block_connections", 4, "count",
+             "POSTGRESQL blockstore: its own pool's connections (binary sessions, for the "
+             "bytes of blocks), opened on demand besides --db-max-connections",
+             "--db-block-connections"),
 )
 
 BY_NAME: dict[str, Limit] = {limit.name: limit for limit in TABLE}
@@ -224,6 +228,7 @@ class Limits:
     db_lock_timeout: float = _default("db_lock_timeout")
     db_acquire_timeout: float = _default("db_acquire_timeout")
     db_max_waiters: int = _default("db_max_waiters")
+    db_block_connections: int = _default("db_block_connections")
 
 
 DEFAULT = Limits()

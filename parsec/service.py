@@ -426,7 +426,12 @@ class ParsecService(AsyncMultiService):
 
         storage, bus, pool = self._build_storage(backend)
         self.blockstore: BlockStore = self.metrics.measure_blockstore(
-            build_blockstore(backend.blockstore, reactor=self.reactor, pg_pool=pool)
+            build_blockstore(
+                backend.blockstore,
+                reactor=self.reactor,
+                pg_pool=pool,
+                pg_connections=backend.limits.db_block_connections,
+            )
         )
         if pool is not None:
             self.metrics.watch_pool(pool)

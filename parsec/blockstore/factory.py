@@ -18,6 +18,7 @@ from parsec.blockstore.memory import MemoryBlockStore
 from parsec.blockstore.postgresql import PostgreSQLBlockStore
 from parsec.blockstore.raid import RAID0BlockStore, RAID1BlockStore, RAID5BlockStore
 from parsec.blockstore.swift import SwiftBlockStore
+from parsec.limits import DEFAULT
 from parsec.storage.postgresql.pool import PostgreSQLPool
 
 
@@ -26,14 +27,14 @@ class BlockStoreUnavailableError(Exception):
 
 
 def _build_single(
-    config: SingleBlockStoreConfig, reactor: Any, pg_pool: PostgreSQLPool | None, timeout: float
+    config: SingleBlockStoreConfig, reactor: Any, pg_pool: PostgreSQLPool | None, timeout: float, pg_connections: int
 ) -> BlockStore:
     if isinstance(config, MockedBlockStoreConfig):
         return MemoryBlockStore()
     if isinstance(config, PostgreSQLBlockStoreConfig):
         if pg_pool is None:
             raise BlockStoreUnavailableError("PostgreSQL block store is not available")
-        store: BlockStore = PostgreSQLBlockStore(pg_pool)
+        store: BlockStore = PostgreSQLBlockStore(pg_pool, connections=pg_connections)
         return store
     if isinstance(config, S3BlockStoreConfig):
         # Not at the top: botocore costs ~0.25 s of start-up, paid only by S3 deployments.
@@ -46,11 +47,17 @@ def _build_single(
 
 
 def build_blockstore(
-    config: BlockStoreConfig, *, reactor: Any = None, pg_pool: PostgreSQLPool | None = None, timeout: float = 30.0
+    config: BlockStoreConfig,
+    *,
+    reactor: Any = None,
+    pg_pool: PostgreSQLPool | None = None,
+    timeout: float = 30.0,
+    pg_connections: int = DEFAULT.db_block_connections,
 ) -> BlockStore:
     """A new, not yet started, store: call `await store.start()` then, at shutdown, `stop()`.
 
-    `timeout` bounds every S3/Swift request (seconds). Raises BlockStoreUnavailableError, or
+    `timeout` bounds every S3/Swift request (seconds); `pg_connections` the connections of a
+    POSTGRESQL store's own pool (each POSTGRESQL node of a RAID has its own). Raises BlockStoreUnavailableError, or
     ValueError for an invalid RAID (e.g. RAID5 with fewer than 3 nodes).
     """
     if isinstance(config, RaidBlockStoreConfig):
@@ -63,6 +70,6 @@ def build_blockstore(
             raid_class = raid_classes[config.type.upper()]
         except KeyError:
             raise ValueError(f"Invalid multi blockstore mode `{config.type}`") from None
-        nodes = [_build_single(node, reactor, pg_pool, timeout) for node in config.nodes]
+        nodes = [_build_single(node, reactor, pg_pool, timeout, pg_connections) for node in config.nodes]
         return raid_class(nodes, partial_create_ok=config.partial_create_ok)
-    return _build_single(config, reactor, pg_pool, timeout)
+    return _build_single(config, reactor, pg_pool, timeout, pg_connections)

@@ -1,4 +1,4 @@
-"""PostgreSQLBlockStore: the POSTGRESQL blockstore over the shared pool."""
+"""PostgreSQLBlockStore: the POSTGRESQL blockstore, on its own pool of binary sessions."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ async def test_database_down_is_a_blockstore_error(restartable_pg_cluster: PgClu
         assert any("Block create error in POSTGRESQL" in formatEvent(e) for e in captured_logs)
         restartable_pg_cluster.start()
         assert await store.read("Org", block_id) == b"data"
+        await store.stop()
     finally:
         await pool.close()
 
@@ -87,24 +88,9 @@ async def test_caller_holding_a_connection_is_refused(pool: PostgreSQLPool, uniq
     """The reference's block_create deadlock: the store must not wait on the pool for a caller
     that holds a connection of it; it fails loudly instead (a bug, not a storage error)."""
     store = PostgreSQLBlockStore(pool)
+    await store.start()
     async with pool.transaction() as tx:
         await tx.execute("SELECT 1")
         with pytest.raises(PoolReentryError):
             await store.create(unique_org, uuid.uuid4(), b"x")
-
-
-@pytest_twisted.ensureDeferred
-async def test_block_read_leaves_the_sessions_bytea_conversion_in_place(pool: PostgreSQLPool, unique_org: str) -> None:
-    # The read converts its bytea with psycopg2's own conversion while it runs; every later
-    # statement on the same sessions gets `bytes` again, as the storages expect.
-    store = PostgreSQLBlockStore(pool)
-    block_id = uuid.uuid4()
-    await store.create(unique_org, block_id, b"\x00\x01" * 1000)
-    for _ in range(pool.max_connections + 1):  # whichever session served the read
-        block = await store.read(unique_org, block_id)
-        assert type(block) is bytes and block == b"\x00\x01" * 1000
-        value = await pool.fetchval("SELECT '\\x0102'::bytea")
-        assert type(value) is bytes and value == b"\x01\x02"
-    row = await pool.fetchrow_bytea_views("SELECT '\\x0102'::bytea")
-    assert row is not None and isinstance(row[0], memoryview) and bytes(row[0]) == b"\x01\x02"
-    assert type(await pool.fetchval("SELECT '\\x03'::bytea")) is bytes
+    await store.stop()

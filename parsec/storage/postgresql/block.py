@@ -31,14 +31,13 @@ wrapped by a test) is respected: BlockClaimedError. A read is one statement too
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID, uuid4
 
 from parsec.api.ids import user_of
 from parsec.backend import realm_rules as rules
 from parsec.backend.storage import AlreadyExistsError, BlockClaimedError
+from parsec.storage.postgresql.binary import BinaryPool
 from parsec.storage.postgresql.connection import PreparedStatement
 from parsec.storage.postgresql.realm_common import (
     RULE_PARAMS,
@@ -47,7 +46,7 @@ from parsec.storage.postgresql.realm_common import (
     realm_state,
 )
 
-__all__ = ["PgBlockStorage"]
+__all__ = ["BlockBytesMissingError", "PgBlockBytes", "PgBlockStorage"]
 
 _BLOCK_FACTS = """
 SELECT r.encryption_revision, r.maintenance_type, ru.role,
@@ -148,8 +147,8 @@ _BLOCK_CHECK_READ = PreparedStatement(f"""
 SELECT r.encryption_revision, r.maintenance_type, ru.role
 {_BLOCK_OF_READER}""")
 
-# `create_with_data`: claim, bytes and record in one statement (see the module doc).
-# The bytes travel as base64 text: see `Base64Literal`.
+# `create_with_data`: claim, bytes and record in one statement (see the module doc). The bytes
+# are a binary parameter (parsec.storage.postgresql.binary).
 _BLOCK_CREATE_WITH_DATA = PreparedStatement(f"""
 WITH {_SHARE_LOCKED_ROWS}, facts AS (
     SELECT r.encryption_revision, r.maintenance_type, a.role,
@@ -181,7 +180,7 @@ WITH {_SHARE_LOCKED_ROWS}, facts AS (
     -- Bytes already there belong to no block (a three-step write refused or failed after
     -- its bytes landed): this creation's replace them.
     INSERT INTO block_data (organization_id, block_id, data)
-    SELECT %(org)s::text, %(block)s::uuid, decode(%(data)s::text, 'base64')
+    SELECT %(org)s::text, %(block)s::uuid, %(data)s::bytea
     FROM new_block
     ON CONFLICT (organization_id, block_id) DO UPDATE SET data = excluded.data
     RETURNING 1
@@ -198,31 +197,6 @@ SELECT r.encryption_revision, r.maintenance_type, ru.role,
                   WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
        END
 {_BLOCK_OF_READER}""")
-
-
-class Base64Literal:
-    """A block as the statements' `data` parameter: a SQL string literal of its base64,
-    decoded by PostgreSQL (`decode(..., 'base64')`).
-
-    psycopg2 has no binary parameters: every value is written into the statement text. The
-    cheapest text, measured per 512 KiB write (benchmarks/README.rst, "Block bytes on
-    PostgreSQL"): PostgreSQL takes 5.3-6.3 ms of CPU for base64 against 7.6-8.7 ms for the
-    bytea hex literal of `psycopg2.Binary` (4 concurrent sessions); our side, psycopg2
-    composing the statement, 11.2M instructions here against 22.5M for a base64 str (which
-    psycopg2 encodes, then scans and escapes) and 10.0M for hex. The base64 alphabet has no
-    quote and no backslash, so the literal needs no escaping: psycopg2 takes it as it is
-    (its `__conform__` protocol)."""
-
-    __slots__ = ("_quoted",)
-
-    def __init__(self, block: bytes) -> None:
-        self._quoted = b"'" + base64.b64encode(block) + b"'"
-
-    def __conform__(self, protocol: object) -> Base64Literal:
-        return self
-
-    def getquoted(self) -> bytes:
-        return self._quoted
 
 
 class BlockBytesMissingError(Exception):
@@ -299,6 +273,27 @@ class PgBlockStorage(PgRealmScopedStorage):
         )
         rules.check_block_read(realm_state(revision, maintenance_type), role)
 
+
+# The POSTGRESQL blockstore's bytes alone, no rules (a node of a RAID). A block id always
+# carries the same bytes: the first copy stays.
+_READ = PreparedStatement("""
+SELECT data FROM block_data WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid
+""")
+_CREATE = PreparedStatement("""
+INSERT INTO block_data (organization_id, block_id, data)
+VALUES (%(org)s::text, %(block)s::uuid, %(data)s::bytea)
+ON CONFLICT (organization_id, block_id) DO NOTHING
+""")
+_CHECK = PreparedStatement("SELECT 1 FROM block_data LIMIT 0")
+
+
+class PgBlockBytes:
+    """The statements of the POSTGRESQL blockstore (the bytes in `block_data`), on a pool of
+    binary sessions: the block is a binary parameter and comes back as binary."""
+
+    def __init__(self, pool: BinaryPool) -> None:
+        self._pool = pool
+
     async def create_with_data(
         self,
         organization_id: str,
@@ -313,9 +308,10 @@ class PgBlockStorage(PgRealmScopedStorage):
         bytes in `block_data`, the POSTGRESQL blockstore's table). Raises RealmNotFoundError,
         InMaintenanceError, NotAllowedError, AlreadyExistsError, BlockClaimedError (another
         device's three-step creation of this id claimed it less than `claim_seconds` ago)."""
-        revision, maintenance_type, role, used, claimed, created = await self._row(
+        row = await self._pool.fetchrow(
             _BLOCK_CREATE_WITH_DATA,
             {
+                **RULE_PARAMS,
                 "org": organization_id,
                 "realm": realm_id,
                 "user": user_of(author),
@@ -324,9 +320,11 @@ class PgBlockStorage(PgRealmScopedStorage):
                 "size": len(block),
                 "created_on": created_on,
                 "expired": created_on - timedelta(seconds=claim_seconds),
-                "data": Base64Literal(block),
+                "data": block,
             },
         )
+        assert row is not None, "the statement returns its facts row"
+        revision, maintenance_type, role, used, claimed, created = row
         if created:
             return
         rules.check_block_create(realm_state(revision, maintenance_type), role, bool(used))
@@ -338,7 +336,7 @@ class PgBlockStorage(PgRealmScopedStorage):
     async def read_with_data(self, organization_id: str, user_id: str, block_id: UUID) -> bytes:
         """The rules of `check_read`, then the bytes from `block_data`. Raises
         BlockNotFoundError, InMaintenanceError, NotAllowedError, BlockBytesMissingError."""
-        row = await self._pool.fetchrow_bytea_views(
+        row = await self._pool.fetchrow(
             _BLOCK_READ_WITH_DATA, {**RULE_PARAMS, "org": organization_id, "user": user_id, "block": block_id}
         )
         assert row is not None, "the statement returns its facts row"
@@ -346,5 +344,21 @@ class PgBlockStorage(PgRealmScopedStorage):
         rules.check_block_read(realm_state(revision, maintenance_type), role)
         if data is None:
             raise BlockBytesMissingError()
-        view: Any = data
-        return bytes(view)
+        block: bytes = data
+        return block
+
+    async def read(self, organization_id: str, block_id: UUID) -> bytes | None:
+        """The bytes alone, no rules (a node of a RAID): None if there are none."""
+        row = await self._pool.fetchrow(_READ, {"org": organization_id, "block": block_id})
+        if row is None:
+            return None
+        block: bytes = row[0]
+        return block
+
+    async def create(self, organization_id: str, block_id: UUID, block: bytes) -> None:
+        """Store the bytes alone (a node of a RAID); a block id keeps its first bytes."""
+        await self._pool.execute(_CREATE, {"org": organization_id, "block": block_id, "data": block})
+
+    async def check(self) -> None:
+        """The table exists and the database answers (no row read)."""
+        await self._pool.execute(_CHECK)

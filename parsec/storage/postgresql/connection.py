@@ -41,6 +41,7 @@ __all__ = [
     "Isolation",
     "Params",
     "PgConnection",
+    "PooledConnection",
     "PreparedStatement",
     "Query",
     "Transaction",
@@ -105,6 +106,7 @@ class PreparedStatement:
 
         body = _NAMED.sub(placeholder, sql)
         self.sql = sql
+        self.body = body  # with $1, $2... (what a protocol-level prepare takes)
         self.param_names = tuple(names)
         self.name = "parsec_" + hashlib.sha256(sql.encode("utf-8")).hexdigest()[:24]
         self.prepare_sql = f"PREPARE {self.name} AS {body}"
@@ -382,15 +384,12 @@ def shield(inner: defer.Deferred[Any], on_cancel: Callable[[], None]) -> defer.D
     return outer
 
 
-class PgConnection:
-    """One PostgreSQL session: pooled (via `PostgreSQLPool.connection()`) or dedicated (LISTEN).
+class PooledConnection:
+    """What a pool (`parsec.storage.postgresql.pool.ConnectionPool`) needs of a connection,
+    whatever its driver: `PgConnection` (psycopg2) or `BinaryConnection`
+    (parsec.storage.postgresql.binary)."""
 
-    Every method is one round trip. Outside a transaction each statement commits by itself.
-    """
-
-    def __init__(self, raw: Session, generation: int, on_lost: Callable[[PgConnection, Failure], None]):
-        self._raw = raw
-        raw.owner = self
+    def __init__(self, generation: int, on_lost: Callable[[Any, Failure], None]) -> None:
         self.generation = generation
         self.on_lost = on_lost  # called once when an established connection dies
         self.broken = False  # lost, or left in an unknown state: must not be reused
@@ -398,10 +397,36 @@ class PgConnection:
         self._closing = False
         self._lost_reported = False
         self.round_trips = 0  # statements sent (each `execute` call is one round trip)
+
+    @property
+    def transaction_status(self) -> int:
+        """libpq's local view (no round trip): PQTRANS_* (psycopg2's TRANSACTION_STATUS_*)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close now (in-flight statements fail). Idempotent; never reports a loss."""
+        raise NotImplementedError
+
+    def _lost(self, reason: Failure) -> None:
+        self.broken = True
+        if self._closing or self._lost_reported or not self.established:
+            return
+        self._lost_reported = True
+        self.on_lost(self, reason)
+
+
+class PgConnection(PooledConnection):
+    """One PostgreSQL session: pooled (via `PostgreSQLPool.connection()`) or dedicated (LISTEN).
+
+    Every method is one round trip. Outside a transaction each statement commits by itself.
+    """
+
+    def __init__(self, raw: Session, generation: int, on_lost: Callable[[Any, Failure], None]):
+        super().__init__(generation, on_lost)
+        self._raw = raw
+        raw.owner = self
         self._prepared: set[str] = set()
         self.notify_handler: Callable[[Any], None] | None = None
-        # The session's bytea conversion (the pool registers one returning `bytes`).
-        self.bytea_caster: Any = psycopg2.BINARY
 
     @property
     def backend_pid(self) -> int:
@@ -415,15 +440,7 @@ class PgConnection:
             return psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
         return int(raw.get_transaction_status())
 
-    def _lost(self, reason: Failure) -> None:
-        self.broken = True
-        if self._closing or self._lost_reported or not self.established:
-            return
-        self._lost_reported = True
-        self.on_lost(self, reason)
-
     def close(self) -> None:
-        """Close now (in-flight statements fail). Idempotent; never reports a loss."""
         self._closing = True
         self.broken = True
         self._raw.close()
@@ -453,15 +470,11 @@ class PgConnection:
             return await self._send(prefix + query.execute_sql, query.bind(params))
         return await self._send(prefix + query, params)
 
-    async def _send(self, sql: str, params: Params, *, bytea_views: bool = False) -> Any:
+    async def _send(self, sql: str, params: Params) -> Any:
         if self.broken:
             raise DatabaseUnavailable("database connection lost")
         self.round_trips += 1
         raw = self._raw.raw
-        if bytea_views and raw is not None:
-            # psycopg2 picks the conversions when the result arrives: its own C one while
-            # this statement runs (the session is ours alone meanwhile).
-            psycopg2.extensions.register_type(psycopg2.BINARY, raw)
         try:
             cursor = raw.cursor()  # raises InterfaceError if libpq knows it is closed
             await shield(self._raw.execute(cursor, sql, params), self.close)
@@ -479,9 +492,6 @@ class PgConnection:
                 limits.hit("db_lock_timeout" if isinstance(exc, psycopg2.errors.LockNotAvailable) else "db_statement_timeout")
                 raise DatabaseTimeout(f"database did not answer in time: {error_summary(exc)}") from exc
             raise
-        finally:
-            if bytea_views and raw is not None and not raw.closed:
-                psycopg2.extensions.register_type(self.bytea_caster, raw)
         return cursor
 
     async def fetch(self, sql: Query, params: Params = None) -> list[tuple[Any, ...]]:
@@ -490,19 +500,6 @@ class PgConnection:
 
     async def fetchrow(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
         cursor = await self._execute(sql, params)
-        row = cursor.fetchone()
-        return tuple(row) if row is not None else None
-
-    async def fetchrow_bytea_views(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
-        """`fetchrow` with bytea values as memoryviews, converted by psycopg2's C code rather
-        than the session's `bytes` conversion (which goes through a Python str of the hex
-        text): 1.4 instead of 3.7 ms of CPU for a 512 KiB value (measured with psycopg2 on the
-        test cluster). For large binary values (blocks)."""
-        if isinstance(sql, PreparedStatement):
-            await self._ensure_prepared(sql)
-            cursor = await self._send(sql.execute_sql, sql.bind(params), bytea_views=True)
-        else:
-            cursor = await self._send(sql, params, bytea_views=True)
         row = cursor.fetchone()
         return tuple(row) if row is not None else None
 

@@ -40,7 +40,7 @@ import contextvars
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -57,6 +57,7 @@ from parsec.storage.postgresql.connection import (
     Isolation,
     Params,
     PgConnection,
+    PooledConnection,
     PreparedStatement,
     Query,
     Session,
@@ -66,6 +67,7 @@ from parsec.storage.postgresql.connection import (
 )
 
 __all__ = [
+    "ConnectionPool",
     "PoolClosedError",
     "PoolReentryError",
     "PostgreSQLPool",
@@ -88,6 +90,7 @@ _BYTES = psycopg2.extensions.new_type(psycopg2.BINARY.values, "PARSEC_BYTES", _c
 _BYTES_ARRAY = psycopg2.extensions.new_array_type(psycopg2.extensions.BINARYARRAY.values, "PARSEC_BYTES[]", _BYTES)
 
 T = TypeVar("T")
+C = TypeVar("C", bound=PooledConnection)
 
 # Errors after which re-running the whole transaction may succeed.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -144,7 +147,7 @@ def _connect_kwargs(
 
 # --- which task holds a connection ------------------------------------------------------------
 
-_held: contextvars.ContextVar[PgConnection | None] = contextvars.ContextVar("parsec_pg_held", default=None)
+_held: contextvars.ContextVar[PooledConnection | None] = contextvars.ContextVar("parsec_pg_held", default=None)
 
 
 def run_detached(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> defer.Deferred[T]:
@@ -197,7 +200,11 @@ async def connect_with_retry(
 # --- the pool ---------------------------------------------------------------------------------
 
 
-class PostgreSQLPool:
+class ConnectionPool(Generic[C]):
+    """The pool's machinery, whatever the driver of its connections (see the module doc):
+    `PostgreSQLPool` (psycopg2 sessions, for the metadata) and
+    `parsec.storage.postgresql.binary.BinaryPool` (for block bytes)."""
+
     def __init__(
         self,
         dsn: str,
@@ -235,10 +242,10 @@ class PostgreSQLPool:
         self.acquire_timeout = acquire_timeout
         self.max_waiters = max_waiters
         self.reactor = reactor
-        self._idle: deque[PgConnection] = deque()
-        self._in_use: set[PgConnection] = set()
+        self._idle: deque[C] = deque()
+        self._in_use: set[C] = set()
         self._opening = 0
-        self._waiters: deque[defer.Deferred[PgConnection]] = deque()
+        self._waiters: deque[defer.Deferred[C]] = deque()
         self._generation = 0
         self._started = False
         self._closed = False
@@ -251,7 +258,7 @@ class PostgreSQLPool:
         self.errors: Counter[str] = Counter()
 
     def __repr__(self) -> str:
-        return f"PostgreSQLPool({self.description}, size={self.size}/{self.max_connections})"
+        return f"{type(self).__name__}({self.description}, size={self.size}/{self.max_connections})"
 
     @property
     def dsn(self) -> str:
@@ -304,8 +311,10 @@ class PostgreSQLPool:
         finally:
             self._opening -= count
             self._check_drained()
-        opened = [value for _, value in results if isinstance(value, PgConnection)]
-        failures = [value for _, value in results if isinstance(value, Failure)]
+        opened: list[C] = []
+        failures: list[Failure] = []
+        for _, value in results:
+            (failures if isinstance(value, Failure) else opened).append(value)
         if failures or self._closed:
             for conn in opened:
                 conn.close()
@@ -350,10 +359,16 @@ class PostgreSQLPool:
 
     # --- opening / discarding -------------------------------------------------------------------
 
-    async def _open_raw(self) -> PgConnection:
+    def _new_connection(self) -> tuple[C, defer.Deferred[None]]:
+        """A new connection object, and the Deferred of its connection attempt."""
+        raise NotImplementedError
+
+    def _connected(self, conn: C) -> None:
+        """`conn` is connected, and not used yet."""
+
+    async def _open_raw(self) -> C:
         """A new connection (not registered anywhere). Raises DatabaseUnavailable."""
-        raw = Session(self.reactor)
-        conn = PgConnection(raw, self._generation, self._connection_lost)
+        conn, connecting = self._new_connection()
         timed_out = False
 
         def on_timeout() -> None:
@@ -363,7 +378,7 @@ class PostgreSQLPool:
 
         timer = self.reactor.callLater(self.connect_timeout, on_timeout)
         try:
-            await shield(raw.connect(**self._kwargs), conn.close)
+            await shield(connecting, conn.close)
         except defer.CancelledError:
             conn.close()
             raise
@@ -378,20 +393,12 @@ class PostgreSQLPool:
         finally:
             if timer.active():
                 timer.cancel()
-        psycopg2.extensions.register_type(_BYTES, raw.raw)
-        psycopg2.extensions.register_type(_BYTES_ARRAY, raw.raw)
-        conn.bytea_caster = _BYTES
+        self._connected(conn)
         conn.established = True
         conn.generation = self._generation
         return conn
 
-    async def open_dedicated(self) -> PgConnection:
-        """A connection outside the pool (e.g. for LISTEN), one attempt; the caller closes it."""
-        if self._closed:
-            raise PoolClosedError("pool closed")
-        return await self._open_raw()
-
-    def _connection_lost(self, conn: PgConnection, reason: Failure) -> None:
+    def _connection_lost(self, conn: C, reason: Failure) -> None:
         self.errors["lost"] += 1
         # Any loss usually means a database restart: retire every connection opened before it.
         if conn.generation == self._generation:
@@ -407,7 +414,7 @@ class PostgreSQLPool:
             self._idle.remove(conn)
             conn.close()
 
-    def _usable(self, conn: PgConnection) -> bool:
+    def _usable(self, conn: C) -> bool:
         return (
             not conn.broken
             and conn.generation == self._generation
@@ -439,7 +446,7 @@ class PostgreSQLPool:
 
     # --- acquire / release --------------------------------------------------------------------
 
-    async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
+    async def acquire(self, *, nested_ok: bool = False) -> C:
         """A connection for exclusive use; give it back with `release`. Prefer `connection()`.
 
         `nested_ok=True` skips the re-entry check: only for fire-and-forget work that nobody
@@ -462,14 +469,14 @@ class PostgreSQLPool:
             return await self._open_for_use()
         return await self._wait_for_connection()
 
-    async def _wait_for_connection(self) -> PgConnection:
+    async def _wait_for_connection(self) -> C:
         if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
             self.errors["timeout"] += 1
             limits.hit("db_max_waiters")
             raise DatabaseTimeout(
                 f"database busy: {len(self._waiters)} requests already wait for a connection"
             )
-        waiter: defer.Deferred[PgConnection] = defer.Deferred(self._cancel_waiter)
+        waiter: defer.Deferred[C] = defer.Deferred(self._cancel_waiter)
         self._waiters.append(waiter)
         if self.acquire_timeout <= 0:
             return await waiter
@@ -490,13 +497,13 @@ class PostgreSQLPool:
             if timer.active():
                 timer.cancel()
 
-    def _cancel_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
+    def _cancel_waiter(self, waiter: defer.Deferred[C]) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:
             pass  # already served: the connection it gets after cancellation is given back
 
-    async def _open_for_use(self) -> PgConnection:
+    async def _open_for_use(self) -> C:
         self._opening += 1
         try:
             conn = await self._open_raw()
@@ -511,7 +518,7 @@ class PostgreSQLPool:
         self._schedule_refill()
         return conn
 
-    def release(self, conn: PgConnection) -> None:
+    def release(self, conn: C) -> None:
         if conn not in self._in_use:
             if conn not in self._idle:  # e.g. force-closed by `close()`
                 conn.close()
@@ -525,7 +532,7 @@ class PostgreSQLPool:
             return
         self._give_back(conn)
 
-    def _give_back(self, conn: PgConnection) -> None:
+    def _give_back(self, conn: C) -> None:
         """Hand a healthy free connection to the first waiter, else park it."""
         if self._closed:
             conn.close()
@@ -546,10 +553,10 @@ class PostgreSQLPool:
             self._opening += 1
             self._start_open_for_waiter(self._waiters.popleft())
 
-    def _start_open_for_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
+    def _start_open_for_waiter(self, waiter: defer.Deferred[C]) -> None:
         run_detached(lambda: self._open_for_waiter(waiter))
 
-    async def _open_for_waiter(self, waiter: defer.Deferred[PgConnection]) -> None:
+    async def _open_for_waiter(self, waiter: defer.Deferred[C]) -> None:
         try:
             conn = await self._open_raw()
         except DatabaseUnavailable as exc:
@@ -566,7 +573,7 @@ class PostgreSQLPool:
         waiter.callback(conn)
 
     @asynccontextmanager
-    async def connection(self, *, nested_ok: bool = False) -> AsyncIterator[PgConnection]:
+    async def connection(self, *, nested_ok: bool = False) -> AsyncIterator[C]:
         """`async with pool.connection() as conn:` exclusive use of one session (autocommit)."""
         conn = await self.acquire(nested_ok=nested_ok)
         token = _held.set(conn)
@@ -580,6 +587,25 @@ class PostgreSQLPool:
         finally:
             _held.reset(token)
             self.release(conn)
+
+class PostgreSQLPool(ConnectionPool[PgConnection]):
+    """The pool of psycopg2 sessions every storage runs on."""
+
+    def _new_connection(self) -> tuple[PgConnection, defer.Deferred[None]]:
+        raw = Session(self.reactor)
+        conn = PgConnection(raw, self._generation, self._connection_lost)
+        return conn, raw.connect(**self._kwargs)
+
+    def _connected(self, conn: PgConnection) -> None:
+        raw = conn._raw.raw
+        psycopg2.extensions.register_type(_BYTES, raw)
+        psycopg2.extensions.register_type(_BYTES_ARRAY, raw)
+
+    async def open_dedicated(self) -> PgConnection:
+        """A connection outside the pool (e.g. for LISTEN), one attempt; the caller closes it."""
+        if self._closed:
+            raise PoolClosedError("pool closed")
+        return await self._open_raw()
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -652,11 +678,6 @@ class PostgreSQLPool:
     async def fetchval(self, sql: Query, params: Params = None) -> Any:
         async with self.connection() as conn:
             return await conn.fetchval(sql, params)
-
-    async def fetchrow_bytea_views(self, sql: Query, params: Params = None) -> tuple[Any, ...] | None:
-        """`fetchrow`, bytea values as memoryviews (PgConnection.fetchrow_bytea_views)."""
-        async with self.connection() as conn:
-            return await conn.fetchrow_bytea_views(sql, params)
 
     async def execute(self, sql: Query, params: Params = None) -> int:
         async with self.connection() as conn:
