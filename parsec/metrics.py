@@ -28,7 +28,8 @@ The metrics (README.rst, "Metrics"):
   handed to a connection subscribed to them;
 * `parsec_db_pool_connections{state}` (`in_use`, `idle`, `opening`), `parsec_db_pool_waiting`,
   `parsec_db_pool_errors_total{error}` (`connect`, `lost`, `timeout`: no free connection in
-  time or too many waiting);
+  time or too many waiting); the same as `parsec_db_block_pool_*` for the POSTGRESQL
+  blockstore's own pool (the pools of every POSTGRESQL node of a RAID, summed);
 * `parsec_blockstore_operations_total{backend,node,operation,result}` and
   `parsec_blockstore_operation_duration_seconds{backend,node,operation}`: `read`/`create` of
   the configured store (`node=""`) and of each RAID node (`node="0"`, ...); `result` is `ok`,
@@ -43,9 +44,10 @@ The metrics (README.rst, "Metrics"):
 
 from __future__ import annotations
 
+import collections
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics import MetricWrapperBase
 
-    from parsec.storage.postgresql.pool import PostgreSQLPool
+    from parsec.storage.postgresql.pool import ConnectionPool, PostgreSQLPool
     from parsec.web.access import Access
     from parsec.web.listener import Listener
     from parsec.web.websocket import ParsecWebSocketFactory
@@ -146,6 +148,9 @@ class NoMetrics:
         return store
 
     def watch_pool(self, pool: PostgreSQLPool) -> None:
+        pass
+
+    def watch_block_pools(self, pools: Sequence[ConnectionPool[Any]]) -> None:
         pass
 
     def watch_connections(self, listener: Listener, websockets: ParsecWebSocketFactory) -> None:
@@ -263,7 +268,10 @@ class Metrics(NoMetrics):
     # ---- states, read at scrape time -------------------------------------------------------
 
     def watch_pool(self, pool: PostgreSQLPool) -> None:
-        self.registry.register(_PoolCollector(pool))
+        self.registry.register(_PoolCollector([pool], "parsec_db_pool", "PostgreSQL pool"))
+
+    def watch_block_pools(self, pools: Sequence[ConnectionPool[Any]]) -> None:
+        self.registry.register(_PoolCollector(pools, "parsec_db_block_pool", "POSTGRESQL blockstore pool"))
 
     def watch_connections(self, listener: Listener, websockets: ParsecWebSocketFactory) -> None:
         self.registry.register(_ConnectionsCollector(listener, websockets))
@@ -406,26 +414,35 @@ class _LimitsCollector:
 
 
 class _PoolCollector:
-    def __init__(self, pool: PostgreSQLPool) -> None:
-        self._pool = pool
+    """The state of database pools, summed, as `<prefix>_connections{state}`, `<prefix>_waiting`
+    and `<prefix>_errors_total{error}`."""
+
+    def __init__(self, pools: Sequence[ConnectionPool[Any]], prefix: str, what: str) -> None:
+        self._pools = tuple(pools)
+        self._prefix = prefix
+        self._what = what
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        stats = self._pool.stats
+        stats: collections.Counter[str] = collections.Counter()
+        errors: collections.Counter[str] = collections.Counter()
+        for pool in self._pools:
+            stats.update(pool.stats)
+            errors.update(pool.errors)
         connections = GaugeMetricFamily(
-            "parsec_db_pool_connections", "PostgreSQL pool connections, by state", labels=["state"]
+            f"{self._prefix}_connections", f"{self._what} connections, by state", labels=["state"]
         )
         for state in ("in_use", "idle", "opening"):
             connections.add_metric([state], stats[state])
         yield connections
         yield GaugeMetricFamily(
-            "parsec_db_pool_waiting", "Requests waiting for a PostgreSQL pool connection", value=stats["waiting"]
+            f"{self._prefix}_waiting", f"Requests waiting for a {self._what} connection", value=stats["waiting"]
         )
-        errors = CounterMetricFamily("parsec_db_pool_errors", "PostgreSQL pool errors, by error", labels=["error"])
+        family = CounterMetricFamily(f"{self._prefix}_errors", f"{self._what} errors, by error", labels=["error"])
         for error in ("connect", "lost", "timeout"):
-            errors.add_metric([error], self._pool.errors.get(error, 0))
-        yield errors
+            family.add_metric([error], errors[error])
+        yield family
 
 
 class _ConnectionsCollector:

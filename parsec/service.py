@@ -52,7 +52,7 @@ from parsec.backend.app import BackendApp
 from parsec.backend.bus import EventBus, MemoryEventBus
 from parsec.backend.storage import Storage
 from parsec.blockstore.base import BlockStore
-from parsec.blockstore.factory import build_blockstore
+from parsec.blockstore.factory import blockstore_pools, build_blockstore
 from parsec.config import BackendConfig, ConfigError, ServerConfig
 from parsec.daemon import SystemdNotifier, stop_reactor
 from parsec.listen import ListenSpec, listen_specs, metrics_spec, split_endpoint
@@ -425,16 +425,18 @@ class ParsecService(AsyncMultiService):
         self.metrics: NoMetrics = Metrics() if config.listen.metrics is not None else NO_METRICS
 
         storage, bus, pool = self._build_storage(backend)
-        self.blockstore: BlockStore = self.metrics.measure_blockstore(
-            build_blockstore(
-                backend.blockstore,
-                reactor=self.reactor,
-                pg_pool=pool,
-                pg_connections=backend.limits.db_block_connections,
-            )
+        blockstore = build_blockstore(
+            backend.blockstore,
+            reactor=self.reactor,
+            pg_pool=pool,
+            pg_connections=backend.limits.db_block_connections,
         )
+        self.blockstore: BlockStore = self.metrics.measure_blockstore(blockstore)
         if pool is not None:
             self.metrics.watch_pool(pool)
+            block_pools = blockstore_pools(blockstore)
+            if block_pools:
+                self.metrics.watch_block_pools(block_pools)
         self.senders = SendersService(backend, self.reactor, shutdown_grace, self.metrics)
         self.app = BackendApp(
             backend,

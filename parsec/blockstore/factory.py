@@ -19,6 +19,7 @@ from parsec.blockstore.postgresql import PostgreSQLBlockStore
 from parsec.blockstore.raid import RAID0BlockStore, RAID1BlockStore, RAID5BlockStore
 from parsec.blockstore.swift import SwiftBlockStore
 from parsec.limits import DEFAULT
+from parsec.storage.postgresql.binary import BinaryPool
 from parsec.storage.postgresql.pool import PostgreSQLPool
 
 
@@ -73,3 +74,12 @@ def build_blockstore(
         nodes = [_build_single(node, reactor, pg_pool, timeout, pg_connections) for node in config.nodes]
         return raid_class(nodes, partial_create_ok=config.partial_create_ok)
     return _build_single(config, reactor, pg_pool, timeout, pg_connections)
+
+
+def blockstore_pools(store: BlockStore) -> list[BinaryPool]:
+    """The database pools of a store's POSTGRESQL nodes (for the metrics)."""
+    if isinstance(store, PostgreSQLBlockStore):
+        return [store.pool]
+    if isinstance(store, (RAID0BlockStore, RAID1BlockStore, RAID5BlockStore)):
+        return [pool for node in store.nodes for pool in blockstore_pools(node)]
+    return []

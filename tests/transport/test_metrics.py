@@ -149,6 +149,12 @@ async def test_events_delivered_and_blockstore(server_factory) -> None:
         ) >= 1
         assert scraped.value("parsec_db_pool_waiting") == 0
         assert "parsec_db_pool_errors_total" in scraped.names()
+        # The POSTGRESQL blockstore's own pool: the block's create and read used it.
+        assert scraped.value("parsec_db_block_pool_connections", state="idle") + scraped.value(
+            "parsec_db_block_pool_connections", state="in_use"
+        ) >= 1
+        assert scraped.value("parsec_db_block_pool_waiting") == 0
+        assert scraped.value("parsec_db_block_pool_errors_total", error="lost") == 0
     await alice.close()
     await bob.close()
 
