@@ -11,7 +11,7 @@ from typing import Any
 import psycopg2.errors
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from parsec.storage.postgresql.binary import BinaryPool
 from parsec.storage.postgresql.connection import DatabaseTimeout, PreparedStatement
@@ -101,3 +101,44 @@ async def test_unreachable_database() -> None:
     with pytest.raises(Exception, match="cannot connect to 127.0.0.1:1/none"):
         await bytes_pool.start()
     await bytes_pool.close()
+
+
+def _watched(session: Any) -> tuple[bool, bool]:
+    return session in reactor.getReaders(), session in reactor.getWriters()
+
+
+_LENGTH = PreparedStatement("SELECT length(%(data)s::bytea)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_socket_is_a_duplicate_watched_for_writing_only_while_sending(binary: BinaryPool) -> None:
+    async with binary.connection() as conn:
+        session = conn._session
+        assert _watched(session) == (True, False)  # idle: reading (the end of the session)
+        assert session.fileno() != session.pgconn.socket  # the reactor's own descriptor
+        big = os.urandom(8 * 1024 * 1024)  # larger than the socket's buffers
+        sent = defer.ensureDeferred(conn.fetchrow(_LENGTH, {"data": big}))
+        seen = set()
+        for _ in range(SAFETY * 1000):
+            if sent.called:
+                break
+            seen.add(_watched(session))
+            await task.deferLater(reactor, 0.001, lambda: None)
+        assert (True, True) in seen  # the rest of the parameter still to send
+        assert await sent == (len(big),)
+        assert _watched(session) == (True, False)
+    await binary.close()
+    assert _watched(session) == (False, False) and session.fileno() == -1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_statement_given_up_closes_its_session(binary: BinaryPool) -> None:
+    async with binary.connection() as conn:
+        running = defer.ensureDeferred(conn.fetchrow(_SLEEP, {"seconds": 30}))
+        await task.deferLater(reactor, 0.05, lambda: None)
+        running.cancel()
+        with pytest.raises(defer.CancelledError):
+            await running
+        assert conn.broken and _watched(conn._session) == (False, False)
+    assert binary.size == 0  # dropped, never reused
+    assert await binary.fetchrow(_DIVIDE, {"zero": 1}) == (1,)

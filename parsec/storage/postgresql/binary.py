@@ -310,6 +310,8 @@ class BinarySession:
             return
         try:
             pgconn.consume_input()
+            if self._writing:  # libpq's rule for a send still in progress: flush again
+                self._want(read=True, write=bool(pgconn.flush()))
             while pgconn.notifies() is not None:  # nobody LISTENs here: let them go
                 pass
             if self._waiting is None:
