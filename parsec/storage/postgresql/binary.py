@@ -60,10 +60,17 @@ from parsec.storage.postgresql.pool import ConnectionPool, PostgreSQLPool
 __all__ = ["BinaryConnection", "BinaryPool", "BinarySession"]
 
 
-def _pq() -> Any:
-    from psycopg import pq
+_PQ: Any = None
 
-    return pq
+
+def _pq() -> Any:
+    """psycopg.pq, imported on first use (see the module doc)."""
+    global _PQ
+    if _PQ is None:
+        from psycopg import pq
+
+        _PQ = pq
+    return _PQ
 
 
 # --- values -----------------------------------------------------------------------------------
@@ -72,7 +79,7 @@ def _pq() -> Any:
 def _array_item(value: Any) -> str:
     if value is None:
         return "NULL"
-    text = _text(value).decode("utf-8")
+    text = value if type(value) is str else _text(value).decode("utf-8")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -81,14 +88,16 @@ def _text(value: Any) -> bytes:
     kind = type(value)
     if kind is str:
         return value.encode("utf-8")  # type: ignore[no-any-return]
-    if kind is bool:
-        return b"t" if value else b"f"
-    if kind is int or kind is UUID:
+    if kind is UUID:
+        return value.hex.encode("ascii")  # type: ignore[no-any-return]  # PostgreSQL reads it without dashes
+    if kind is int:
         return str(value).encode("ascii")
     if kind is datetime:
         return value.isoformat().encode("ascii")  # type: ignore[no-any-return]
+    if kind is bool:
+        return b"t" if value else b"f"
     if kind is list or kind is tuple:
-        return ("{" + ",".join(_array_item(item) for item in value) + "}").encode("utf-8")
+        return ("{" + ",".join([_array_item(item) for item in value]) + "}").encode("utf-8")
     raise TypeError(f"no text form for a {kind.__name__} parameter")
 
 
@@ -97,12 +106,16 @@ def encode_params(values: list[Any]) -> tuple[list[bytes | None], list[int]]:
     encoded: list[bytes | None] = []
     formats: list[int] = []
     for value in values:
-        if value is None:
-            encoded.append(None)
-            formats.append(0)
-        elif type(value) is bytes:
+        kind = type(value)
+        if kind is bytes:
             encoded.append(value)
             formats.append(1)
+        elif kind is str:
+            encoded.append(value.encode("utf-8"))
+            formats.append(0)
+        elif value is None:
+            encoded.append(None)
+            formats.append(0)
         elif isinstance(value, (bytearray, memoryview)):
             encoded.append(bytes(value))
             formats.append(1)
