@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import re
 import struct
 from array import array
 from collections import deque
@@ -536,6 +537,21 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self.onMessage(payload, self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
+    def open_plain(self, key: str, host: str) -> None:
+        """The opening handshake of a plain upgrade request (`ParsecWebSocketFactory.upgrade`):
+        what Autobahn's `processHandshake` records of such a request, then its
+        `succeedHandshake` (no subprotocol, as our `onConnect` says), which answers 101 and
+        opens the websocket (`onOpen`)."""
+        self.http_request_uri = self.http_request_path = "/ws"
+        self.http_request_params = {}
+        self.http_request_host = host
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_origin = ""
+        self.websocket_extensions = []
+        self._wskey = key
+        self.succeedHandshake(None)
+
     def onOpen(self) -> None:
         if self._access is not None:
             self._access.status = 101
@@ -904,6 +920,61 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._update_reading()  # read the peer's close answer
 
 
+# A plain upgrade request (`plain_upgrade`): header names are tokens, values visible ASCII,
+# Latin-1, spaces and tabs (what Autobahn's parser accepts); the key is 16 bytes in base64.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_WEBSOCKET_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+# Headers that ask for something to negotiate or check: such requests go to Autobahn.
+_NEGOTIATED = (b"origin", b"sec-websocket-extensions", b"sec-websocket-protocol")
+
+
+def plain_upgrade(request: Any) -> tuple[str, str] | None:
+    """The key and host of an upgrade request (already routed as one: `GET /ws HTTP/1.1`,
+    docs/protocol/transport.md §2.2) that Autobahn's opening handshake would accept as it
+    is, with nothing to negotiate; None for any other, which Autobahn's WebSocketResource
+    then handles as before (it parses the request again from twisted.web's headers, and
+    checks and answers everything itself).
+
+    Plain: a GET without a body, well-formed headers, one `Host` (its port, if any, a
+    number), one `Sec-WebSocket-Version: 13`, one well-formed `Sec-WebSocket-Key`, and no
+    `Origin`, `Sec-WebSocket-Extensions` or `Sec-WebSocket-Protocol` (the Parsec client sends
+    none of them).
+    """
+    if request.method != b"GET":
+        return None
+    content = request.content
+    if content is not None:
+        pending = content.read(1)
+        content.seek(0)
+        if pending:
+            return None
+    headers = request.requestHeaders
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() in _NEGOTIATED or _TOKEN.fullmatch(name) is None:
+            return None
+        for value in values:
+            if _FIELD_VALUE.fullmatch(value) is None:
+                return None
+    keys = headers.getRawHeaders(b"sec-websocket-key")
+    hosts = headers.getRawHeaders(b"host")
+    if (
+        headers.getRawHeaders(b"sec-websocket-version") != [b"13"]
+        or keys is None
+        or len(keys) != 1
+        or _WEBSOCKET_KEY.fullmatch(keys[0]) is None
+        or hosts is None
+        or len(hosts) != 1
+    ):
+        return None
+    host = hosts[0].strip().decode("latin-1")
+    if ":" in host and not host.endswith("]"):
+        host, port = host.rsplit(":", 1)
+        if not (port.isascii() and port.isdigit()):
+            return None
+    return keys[0].decode("ascii"), host
+
+
 class ParsecWebSocketFactory(WebSocketServerFactory):
     protocol = ParsecServerProtocol  # type: ignore[assignment]  # Factory's annotation is too narrow
 
@@ -939,6 +1010,38 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             applyMask=False,
         )
         self.protocol = _with_options(ParsecServerProtocol, self)
+
+    def upgrade(self, request: Any) -> bool:
+        """Take the connection of a plain upgrade request (`plain_upgrade`) over from
+        twisted.web and open the websocket at once; False (nothing done) for any other
+        request, which the caller hands to Autobahn's WebSocketResource.
+
+        What WebSocketResource does, minus what it does again: it rebuilds the request's
+        bytes from twisted.web's headers and feeds them to the new protocol, whose opening
+        handshake parses and checks them all again, then goes through a Deferred to the
+        application's `onConnect` before its `succeedHandshake` answers 101. A plain request
+        has nothing left to check: its fields are recorded as that parsing would, and
+        `succeedHandshake` answers. 6 % of a `connect` (callgrind; benchmarks/server_bench.py,
+        connect). tests/transport/test_autobahn_shortcuts.py checks what it relies on.
+        """
+        channel = request.channel
+        transport = channel.transport
+        if not isinstance(transport, ProtocolWrapper):  # the listener's guard, in this server
+            return False
+        plain = plain_upgrade(request)
+        if plain is None:
+            return False
+        proto: Any = self.buildProtocol(transport.getPeer())
+        if proto is None:
+            return False
+        channel.transport = None  # the HTTP channel is done with this connection
+        transport.wrappedProtocol = proto
+        proto.makeConnection(transport)
+        # twisted.web stopped reading while it processed the request: the websocket reads.
+        transport.resumeProducing()
+        key, host = plain
+        proto.open_plain(key, host)
+        return True
 
     async def close_all(self, grace: float = 5.0, timeout: float = SHUTDOWN_CLOSE_WAIT) -> None:
         """Shutdown: drain every connection (requests get `grace` seconds), then wait for the
