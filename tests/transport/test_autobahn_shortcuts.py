@@ -191,3 +191,28 @@ def test_a_plain_write_is_a_transport_write_and_two_counters() -> None:
         "if self.logOctets:",
         "self.logTxOctets(data, False)",
     ], plain
+
+
+def test_connection_made_of_the_twisted_and_server_layers_is_what_ours_does() -> None:
+    # `ParsecServerProtocol.connectionMade` does the same minus the debug lines.
+    adapter = [
+        line
+        for line in _body(WebSocketAdapterProtocol.connectionMade).splitlines()
+        if line.startswith(("self.", "TransportDetails", "try", "except", "pass"))
+    ]
+    assert adapter == [
+        "self._transport_details = create_transport_details(",
+        "self.transport, self.is_server",
+        "self._transport_details.channel_framing = (",
+        "TransportDetails.CHANNEL_FRAMING_WEBSOCKET",
+        "self.peer = self._transport_details.peer",
+        "try:",
+        "self.transport.setTcpNoDelay(self.tcpNoDelay)",
+        "except:  # don't touch this! does not work: AttributeError, OSError",
+        "pass",
+        "self._connectionMade()",
+        "self.log.debug(",
+    ], adapter
+    server = [line for line in _body(WebSocketServerProtocol._connectionMade).splitlines() if line.startswith(("self.", "WebSocket"))]
+    assert server == ["self.log.debug(", "WebSocketProtocol._connectionMade(self)", "self.factory.countConnections += 1"]
+    assert ParsecServerProtocol.connectionMade is not WebSocketServerProtocol.connectionMade
