@@ -292,7 +292,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         # What Autobahn's Twisted and server layers do before its `_connectionMade`, without
         # their debug lines, whose arguments (qualified names, colours) are formatted before
-        # the logger drops them: 1 % of a `connect` (callgrind).
+        # the logger drops them: 31k instructions of a `connect` (callgrind).
         details = create_transport_details(self.transport, self.is_server)  # type: ignore[arg-type]  # connected
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         self._transport_details = details
@@ -324,7 +324,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         if isinstance(reason.value, ConnectionDone):
             # A clean close (the usual end, after the close handshake): what Autobahn's Twisted
             # and server layers add to its `_connectionLost` is debug lines, one of which formats
-            # the reason's traceback before its logger drops it (1.5 % of a `connect`,
+            # the reason's traceback before its logger drops it (55k instructions of a `connect`,
             # callgrind); anything else (a reset, a TLS error, which it logs) goes through them.
             WebSocketProtocol._connectionLost(self, reason)  # type: ignore[arg-type]  # a Failure
             self.factory.countConnections -= 1
@@ -598,8 +598,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         queue: Any = self.send_queue  # Autobahn annotates it a deque
         if not (sync or chopsize or queue or self.logOctets):  # type: ignore[attr-defined]  # an option
             # Autobahn's plain write without its debug line, whose arguments (qualified name,
-            # colours) it formats before its logger drops them: four writes per `connect`
-            # (the 101, the challenge, the result, the Close), 2 % of it (callgrind).
+            # colours) it formats before its logger drops them: the 101 and the Close of a
+            # `connect`, 41k of its instructions (callgrind).
             self.transport.write(data)  # type: ignore[union-attr]  # connected
             stats = self.trafficStats
             if self.state == self.STATE_OPEN:
@@ -889,7 +889,8 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def _send_packed(self, payload: bytes) -> None:
         """A handshake message (challenge, result: a few hundred bytes, already packed) in one
         frame written as `_send_reply` writes replies, not through Autobahn's `sendMessage`
-        (2 % of a `connect`, callgrind); the caller has checked the websocket is open."""
+        (22k instructions of a `connect`, callgrind); the caller has checked the websocket is
+        open."""
         transport: Any = self.transport  # through the listener's guard, which counts the bytes
         transport.write(binary_header(len(payload)) + payload)
 
@@ -1029,7 +1030,8 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             # None: the upgrade request reaches the protocol whole, as it is created (by
             # twisted.web, then `upgrade` or Autobahn's WebSocketResource), and is answered at
             # once; the listener bounds the time to receive it (`http_request_timeout`). A
-            # timer per connection, set and cancelled in the same call, was 1 % of a `connect`.
+            # timer per connection, set and cancelled in the same call, was 31k instructions of a
+            # `connect` (callgrind).
             openHandshakeTimeout=0,
             closeHandshakeTimeout=5,
             # Any text message is refused with `invalid_msg_format` + Close(1000) (docs/protocol/transport.md
@@ -1051,7 +1053,7 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         handshake parses and checks them all again, then goes through a Deferred to the
         application's `onConnect` before its `succeedHandshake` answers 101. A plain request
         has nothing left to check: its fields are recorded as that parsing would, and
-        `succeedHandshake` answers. 6 % of a `connect` (callgrind; benchmarks/server_bench.py,
+        `succeedHandshake` answers. 162k instructions of a `connect` (callgrind; benchmarks/server_bench.py,
         connect). tests/transport/test_autobahn_shortcuts.py checks what it relies on.
         """
         channel = request.channel
