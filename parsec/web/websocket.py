@@ -293,14 +293,12 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # What Autobahn's Twisted and server layers do before its `_connectionMade`, without
         # their debug lines, whose arguments (qualified names, colours) are formatted before
         # the logger drops them: 31k instructions of a `connect` (callgrind).
+        # (Autobahn also sets TCP_NODELAY, which twisted.web's channel has already set on the
+        # connection: a websocket comes after an HTTP request, and we never turn it off.)
         details = create_transport_details(self.transport, self.is_server)  # type: ignore[arg-type]  # connected
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         self._transport_details = details
         self.peer = details.peer
-        try:
-            self.transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[union-attr,attr-defined]  # TCP only
-        except (AttributeError, OSError):
-            pass  # not TCP (a UNIX socket)
         WebSocketProtocol._connectionMade(self)
         self.factory.countConnections += 1
         # Until the handshake succeeds, a few KiB at most (docs/protocol/handshake.md).

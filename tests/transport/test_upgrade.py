@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import os
+import socket
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ import pytest_twisted
 from twisted.web.http_headers import Headers
 
 from parsec.api.codec import unpackb
-from parsec.web.websocket import plain_upgrade
+from parsec.web.websocket import _lowest_transport, plain_upgrade
 from tests.transport.test_hostile import raw_closed, raw_connect, until
 
 ok = pytest_twisted.ensureDeferred
@@ -80,6 +81,10 @@ def _assert_opened(key: bytes, conn: Any) -> None:
 async def test_plain_upgrade_is_answered_101_then_the_challenge(server):
     key, conn = await _upgrade(server.port)
     _assert_opened(key, conn)
+    # Nagle off on the websocket's socket (set by twisted.web's channel, not again by Autobahn).
+    (proto,) = server.service.ws_factory.connections
+    sock = _lowest_transport(proto.transport).getHandle()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     conn.transport.loseConnection()
     await raw_closed(conn)
 
