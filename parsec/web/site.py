@@ -178,6 +178,7 @@ class RootResource(Resource):
         self._readiness = readiness
         self._ready_check = ready_check
         self._requests = requests
+        self._ws_factory = ws_factory
         self._ws = WebSocketResource(ws_factory)
         self._admin = admin
         self._anonymous = anonymous
@@ -234,7 +235,9 @@ class RootResource(Resource):
             if not request.requestHeaders.getRawHeaders(b"sec-websocket-key"):
                 finish(request, 400)
                 return server.NOT_DONE_YET
-            return self._ws.render(request)
+            if self._ws_factory.upgrade(request):
+                return server.NOT_DONE_YET
+            return self._ws.render(request)  # anything to negotiate or check: Autobahn's way
 
         raw_path = request.path.decode("latin1")
         # Invalid UTF-8 escapes become U+FFFD: no route or identifier accepts it.

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import re
 import struct
 from array import array
 from collections import deque
@@ -65,8 +66,12 @@ from time import perf_counter
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
+from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import abstract, defer, interfaces
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -159,6 +164,15 @@ def unmask_into(buffer: bytearray, start: int, size: int, mask: bytes) -> None:
     buffer[start : start + size] = _unmasked(bytes(buffer[start : start + size]), mask)
 
 
+def binary_header(size: int) -> bytes:
+    """The header of one final, unmasked binary frame of `size` bytes (RFC 6455 §5.2)."""
+    if size < 126:
+        return bytes((0x82, size))
+    if size < 65536:
+        return _SHORT_FRAME.pack(0x82, 126, size)
+    return _LONG_FRAME.pack(0x82, 127, size)
+
+
 def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | None:
     """One final binary websocket frame carrying `message` in msgpack (RFC 6455 §5.2; a
     server's frames are not masked): its bytes, or the pieces to write in order when the
@@ -175,11 +189,7 @@ def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | N
     def header(size: int) -> bytes:
         if size > limit:
             raise MessageTooLarge()
-        if size < 126:
-            return bytes((0x82, size))
-        if size < 65536:
-            return _SHORT_FRAME.pack(0x82, 126, size)
-        return _LONG_FRAME.pack(0x82, 127, size)
+        return binary_header(size)
 
     try:
         if has_large_bytes(message):
@@ -280,7 +290,17 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # ---- transport -----------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        # What Autobahn's Twisted and server layers do before its `_connectionMade`, without
+        # their debug lines, whose arguments (qualified names, colours) are formatted before
+        # the logger drops them: 31k instructions of a `connect` (callgrind).
+        # (Autobahn also sets TCP_NODELAY, which twisted.web's channel has already set on the
+        # connection: a websocket comes after an HTTP request, and we never turn it off.)
+        details = create_transport_details(self.transport, self.is_server)  # type: ignore[arg-type]  # connected
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
         # Until the handshake succeeds, a few KiB at most (docs/protocol/handshake.md).
         self.maxFramePayloadSize = self.maxMessagePayloadSize = self.limits.handshake_bytes
         transport: Any = self.transport  # a TCP/TLS transport: also a consumer and a producer
@@ -299,7 +319,15 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
         self._cancel_backlog()
-        super().connectionLost(reason)
+        if isinstance(reason.value, ConnectionDone):
+            # A clean close (the usual end, after the close handshake): what Autobahn's Twisted
+            # and server layers add to its `_connectionLost` is debug lines, one of which formats
+            # the reason's traceback before its logger drops it (55k instructions of a `connect`,
+            # callgrind); anything else (a reset, a TLS error, which it logs) goes through them.
+            WebSocketProtocol._connectionLost(self, reason)  # type: ignore[arg-type]  # a Failure
+            self.factory.countConnections -= 1
+        else:
+            super().connectionLost(reason)
         self.gone = True
         waiters, self._gone_waiters = self._gone_waiters, []
         for waiter in waiters:
@@ -526,6 +554,21 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             self.onMessage(payload, self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
+    def open_plain(self, key: str, host: str) -> None:
+        """The opening handshake of a plain upgrade request (`ParsecWebSocketFactory.upgrade`):
+        what Autobahn's `processHandshake` records of such a request, then its
+        `succeedHandshake` (no subprotocol, as our `onConnect` says), which answers 101 and
+        opens the websocket (`onOpen`)."""
+        self.http_request_uri = self.http_request_path = "/ws"
+        self.http_request_params = {}
+        self.http_request_host = host
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_origin = ""
+        self.websocket_extensions = []
+        self._wskey = key
+        self.succeedHandshake(None)
+
     def onOpen(self) -> None:
         if self._access is not None:
             self._access.status = 101
@@ -544,16 +587,31 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         try:
             self.factory.connections.add(self)
             self._hs = ServerHandshake()
-            self.sendMessage(self._hs.build_challenge(self.factory.app.now()), isBinary=True)
+            self._send_packed(self._hs.build_challenge(self.factory.app.now()))
         except Exception:
             _log.failure("Cannot start the handshake")
             self.sendCloseFrame(code=1011, isReply=False)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         queue: Any = self.send_queue  # Autobahn annotates it a deque
+        if not (sync or chopsize or queue or self.logOctets):  # type: ignore[attr-defined]  # an option
+            # Autobahn's plain write without its debug line, whose arguments (qualified name,
+            # colours) it formats before its logger drops them: the 101 and the Close of a
+            # `connect`, 41k of its instructions (callgrind).
+            self.transport.write(data)  # type: ignore[union-attr]  # connected
+            stats = self.trafficStats
+            if self.state == self.STATE_OPEN:
+                stats.outgoingOctetsWireLevel += len(data)
+            elif self.state == self.STATE_CONNECTING:
+                stats.preopenOutgoingOctetsWireLevel += len(data)
+            return
         if (sync or chopsize) and queue is _NO_SEND_QUEUE:
             self.send_queue = deque()
         super().sendData(data, sync, chopsize)
+
+    def onConnect(self, request: Any) -> None:
+        """No subprotocol (docs/protocol/transport.md §2.2); Autobahn's own formats a debug line."""
+        return None
 
     def onMessage(self, payload: bytearray, isBinary: bool) -> None:  # type: ignore[override]  # ours: always a bytearray
         if self._state in (_CLOSED, _DRAINING):
@@ -611,8 +669,18 @@ class ParsecServerProtocol(WebSocketServerProtocol):
     # ---- handshake -----------------------------------------------------------------------
 
     def _run(self, coro: Any) -> None:
-        d = defer.ensureDeferred(coro)
-        d.addErrback(self._internal_error)
+        """Run the handshake's coroutine as `_start` runs a command's: stepped once here, in a
+        context of its own; only one that waits (a database lookup) gets a driver for the rest
+        (`Resumed`). On the memory storage nothing waits: no Deferred, no driver."""
+        context = contextvars.copy_context()
+        try:
+            awaited = context.run(coro.send, None)
+        except StopIteration:
+            return
+        except Exception:
+            self._internal_error(Failure())
+            return
+        Resumed(coro, context, awaited).deferred.addErrback(self._internal_error)
 
     def _internal_error(self, failure: Any) -> None:
         if failure.check(ConnectionError):
@@ -642,7 +710,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             if self._state != _CLOSED:
                 self._state = _CLOSED
                 if self.state == self.STATE_OPEN:
-                    self.sendMessage(ServerHandshake.build_failure(exc), isBinary=True)
+                    self._send_packed(ServerHandshake.build_failure(exc))
                 self.dropConnection(abort=False)
             return
         if self._state == _CLOSED or self.state != self.STATE_OPEN:
@@ -669,7 +737,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
             limit = min(self.limits.unauthenticated_message_bytes, self.limits.ws_message_bytes)
             self.maxFramePayloadSize = self.maxMessagePayloadSize = limit
             self._pending = 0
-        self.sendMessage(ServerHandshake.build_result("ok"), isBinary=True)
+        self._send_packed(ServerHandshake.build_result("ok"))
         app.on_handshake_done(ctx)
         self._pump()
 
@@ -816,6 +884,14 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         else:
             transport.writeSequence(frame)
 
+    def _send_packed(self, payload: bytes) -> None:
+        """A handshake message (challenge, result: a few hundred bytes, already packed) in one
+        frame written as `_send_reply` writes replies, not through Autobahn's `sendMessage`
+        (22k instructions of a `connect`, callgrind); the caller has checked the websocket is
+        open."""
+        transport: Any = self.transport  # through the listener's guard, which counts the bytes
+        transport.write(binary_header(len(payload)) + payload)
+
     def _protocol_error(self) -> None:
         self._state = _CLOSED
         if self.state == self.STATE_OPEN:
@@ -869,6 +945,61 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         self._update_reading()  # read the peer's close answer
 
 
+# A plain upgrade request (`plain_upgrade`): header names are tokens, values visible ASCII,
+# Latin-1, spaces and tabs (what Autobahn's parser accepts); the key is 16 bytes in base64.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_WEBSOCKET_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+# Headers that ask for something to negotiate or check: such requests go to Autobahn.
+_NEGOTIATED = (b"origin", b"sec-websocket-extensions", b"sec-websocket-protocol")
+
+
+def plain_upgrade(request: Any) -> tuple[str, str] | None:
+    """The key and host of an upgrade request (already routed as one: `GET /ws HTTP/1.1`,
+    docs/protocol/transport.md §2.2) that Autobahn's opening handshake would accept as it
+    is, with nothing to negotiate; None for any other, which Autobahn's WebSocketResource
+    then handles as before (it parses the request again from twisted.web's headers, and
+    checks and answers everything itself).
+
+    Plain: a GET without a body, well-formed headers, one `Host` (its port, if any, a
+    number), one `Sec-WebSocket-Version: 13`, one well-formed `Sec-WebSocket-Key`, and no
+    `Origin`, `Sec-WebSocket-Extensions` or `Sec-WebSocket-Protocol` (the Parsec client sends
+    none of them).
+    """
+    if request.method != b"GET":
+        return None
+    content = request.content
+    if content is not None:
+        pending = content.read(1)
+        content.seek(0)
+        if pending:
+            return None
+    headers = request.requestHeaders
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() in _NEGOTIATED or _TOKEN.fullmatch(name) is None:
+            return None
+        for value in values:
+            if _FIELD_VALUE.fullmatch(value) is None:
+                return None
+    keys = headers.getRawHeaders(b"sec-websocket-key")
+    hosts = headers.getRawHeaders(b"host")
+    if (
+        headers.getRawHeaders(b"sec-websocket-version") != [b"13"]
+        or keys is None
+        or len(keys) != 1
+        or _WEBSOCKET_KEY.fullmatch(keys[0]) is None
+        or hosts is None
+        or len(hosts) != 1
+    ):
+        return None
+    host = hosts[0].strip().decode("latin-1")
+    if ":" in host and not host.endswith("]"):
+        host, port = host.rsplit(":", 1)
+        if not (port.isascii() and port.isdigit()):
+            return None
+    return keys[0].decode("ascii"), host
+
+
 class ParsecWebSocketFactory(WebSocketServerFactory):
     protocol = ParsecServerProtocol  # type: ignore[assignment]  # Factory's annotation is too narrow
 
@@ -894,7 +1025,12 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=limits.ws_keepalive_interval,
             autoPingTimeout=limits.ws_keepalive_timeout,
             perMessageCompressionAccept=lambda offers: None,
-            openHandshakeTimeout=3,
+            # None: the upgrade request reaches the protocol whole, as it is created (by
+            # twisted.web, then `upgrade` or Autobahn's WebSocketResource), and is answered at
+            # once; the listener bounds the time to receive it (`http_request_timeout`). A
+            # timer per connection, set and cancelled in the same call, was 31k instructions of a
+            # `connect` (callgrind).
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=5,
             # Any text message is refused with `invalid_msg_format` + Close(1000) (docs/protocol/transport.md
             # §3); validating its UTF-8 first would make Autobahn drop the connection instead.
@@ -904,6 +1040,38 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
             applyMask=False,
         )
         self.protocol = _with_options(ParsecServerProtocol, self)
+
+    def upgrade(self, request: Any) -> bool:
+        """Take the connection of a plain upgrade request (`plain_upgrade`) over from
+        twisted.web and open the websocket at once; False (nothing done) for any other
+        request, which the caller hands to Autobahn's WebSocketResource.
+
+        What WebSocketResource does, minus what it does again: it rebuilds the request's
+        bytes from twisted.web's headers and feeds them to the new protocol, whose opening
+        handshake parses and checks them all again, then goes through a Deferred to the
+        application's `onConnect` before its `succeedHandshake` answers 101. A plain request
+        has nothing left to check: its fields are recorded as that parsing would, and
+        `succeedHandshake` answers. 162k instructions of a `connect` (callgrind; benchmarks/server_bench.py,
+        connect). tests/transport/test_autobahn_shortcuts.py checks what it relies on.
+        """
+        channel = request.channel
+        transport = channel.transport
+        if not isinstance(transport, ProtocolWrapper):  # the listener's guard, in this server
+            return False
+        plain = plain_upgrade(request)
+        if plain is None:
+            return False
+        proto: Any = self.buildProtocol(transport.getPeer())
+        if proto is None:
+            return False
+        channel.transport = None  # the HTTP channel is done with this connection
+        transport.wrappedProtocol = proto
+        proto.makeConnection(transport)
+        # twisted.web stopped reading while it processed the request: the websocket reads.
+        transport.resumeProducing()
+        key, host = plain
+        proto.open_plain(key, host)
+        return True
 
     async def close_all(self, grace: float = 5.0, timeout: float = SHUTDOWN_CLOSE_WAIT) -> None:
         """Shutdown: drain every connection (requests get `grace` seconds), then wait for the

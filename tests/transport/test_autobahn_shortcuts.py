@@ -1,7 +1,9 @@
 """The Autobahn internals parsec.web.websocket relies on to skip per-message work.
 
 `ParsecServerProtocol.dataReceived` and `onMessageEnd` replace Autobahn's own with what remains
-of them once its debug formatting and its "message" observer event are left out. These tests
+of them once its debug formatting and its "message" observer event are left out; `sendData` (a
+plain write) and `connectionLost` (a clean close) do the same, and a plain upgrade request is
+opened without Autobahn parsing it again (`ParsecWebSocketFactory.upgrade`, `open_plain`). These tests
 fail when Autobahn changes what those methods do or the attributes they use, so that the
 shortcuts are re-checked against the new version rather than silently diverging. The same
 for the unmasking, which the server does itself (`applyMask=False`).
@@ -12,6 +14,7 @@ from __future__ import annotations
 import inspect
 from collections import deque
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 
@@ -54,6 +57,8 @@ def test_message_end_joins_calls_on_message_and_fires_the_observer_event() -> No
 def test_the_shortcuts_are_in_use() -> None:
     assert ParsecServerProtocol.dataReceived is not WebSocketServerProtocol.dataReceived
     assert ParsecServerProtocol.onMessageEnd is not WebSocketServerProtocol.onMessageEnd
+    assert ParsecServerProtocol.sendData is not WebSocketServerProtocol.sendData
+    assert ParsecServerProtocol.connectionLost is not WebSocketServerProtocol.connectionLost
     # message_is_binary and message_data are set when a message begins.
     begin = _body(WebSocketProtocol.onMessageBegin)
     assert "self.message_is_binary = isBinary" in begin
@@ -126,3 +131,88 @@ def test_frames_are_left_masked_with_their_key_when_apply_mask_is_off() -> None:
     control = [line for line in _body(WebSocketProtocol.processControlFrame).splitlines() if line]
     assert control[1] == 'payload = b"".join(self.control_frame_data)'
     assert ParsecWebSocketFactory(app=None).applyMask is False  # type: ignore[arg-type]  # never connected
+
+
+def test_the_opening_handshake_records_what_open_plain_records() -> None:
+    # `ParsecWebSocketFactory.upgrade` and `ParsecServerProtocol.open_plain` stand for Autobahn's
+    # WebSocketResource.render and processHandshake on a plain request: they record the same
+    # fields, then call succeedHandshake as processHandshake's Deferred does.
+    body = _body(WebSocketServerProtocol.processHandshake)
+    for line in [
+        "self.http_request_uri = rl[1].strip()",
+        "self.http_request_path = path",
+        "self.http_request_params = parse.parse_qs(query)",
+        "self.http_request_host = h",
+        "self.websocket_version = version",
+        "self.websocket_protocols = []",
+        'self.websocket_origin = ""',
+        "self.websocket_extensions = []",
+        "self._wskey = key",
+        "f = txaio.as_future(self.onConnect, request)",
+        "txaio.add_callbacks(f, self.succeedHandshake, forward_error)",
+    ]:
+        assert line in body, line
+    succeed = _body(WebSocketServerProtocol.succeedHandshake)
+    assert "key = self._wskey" in succeed
+    assert "self._onOpen()" in succeed
+    render = _body(WebSocketResource.render)
+    assert "transport, request.channel.transport = request.channel.transport, None" in render
+    assert "transport.wrappedProtocol = protocol" in render
+    assert "protocol.makeConnection(transport)" in render
+    assert "transport.resumeProducing()" in render
+    assert "protocol.dataReceived(data)" in render
+
+
+def test_a_clean_close_only_logs_in_the_twisted_and_server_layers() -> None:
+    # `ParsecServerProtocol.connectionLost` skips both layers on a ConnectionDone.
+    server = [line for line in _body(WebSocketServerProtocol._connectionLost).splitlines() if line.startswith(("self.", "WebSocket"))]
+    assert server == ["self.log.debug(", "WebSocketProtocol._connectionLost(self, reason)", "self.factory.countConnections -= 1"]
+    adapter = _body(WebSocketAdapterProtocol.connectionLost)
+    clean = adapter.split("if isinstance(reason.value, ConnectionDone):")[1].split("elif")[0]
+    assert [line for line in clean.splitlines() if line.startswith("self.")] == ["self.log.debug("]
+    calls = [line for line in adapter.splitlines() if line.startswith("self.") and "log" not in line]
+    assert calls == ["self._connectionLost(reason)"], adapter
+
+
+def test_a_plain_write_is_a_transport_write_and_two_counters() -> None:
+    # `ParsecServerProtocol.sendData` writes itself when nothing is queued or chopped.
+    body = _body(WebSocketProtocol.sendData)
+    plain = body.split("if sync or len(self.send_queue) > 0:")[1].split("else:", 1)[1]
+    statements = [line for line in plain.splitlines() if line and not line.startswith(("func=", "peer=", "data_len=", ")", '"'))]
+    assert statements == [
+        "self.transport.write(data)",
+        "self.log.debug(",
+        "if self.state == WebSocketProtocol.STATE_OPEN:",
+        "self.trafficStats.outgoingOctetsWireLevel += len(data)",
+        "elif (",
+        "self.state == WebSocketProtocol.STATE_CONNECTING",
+        "or self.state == WebSocketProtocol.STATE_PROXY_CONNECTING",
+        "self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)",
+        "if self.logOctets:",
+        "self.logTxOctets(data, False)",
+    ], plain
+
+
+def test_connection_made_of_the_twisted_and_server_layers_is_what_ours_does() -> None:
+    # `ParsecServerProtocol.connectionMade` does the same minus the debug lines.
+    adapter = [
+        line
+        for line in _body(WebSocketAdapterProtocol.connectionMade).splitlines()
+        if line.startswith(("self.", "TransportDetails", "try", "except", "pass"))
+    ]
+    assert adapter == [
+        "self._transport_details = create_transport_details(",
+        "self.transport, self.is_server",
+        "self._transport_details.channel_framing = (",
+        "TransportDetails.CHANNEL_FRAMING_WEBSOCKET",
+        "self.peer = self._transport_details.peer",
+        "try:",
+        "self.transport.setTcpNoDelay(self.tcpNoDelay)",
+        "except:  # don't touch this! does not work: AttributeError, OSError",
+        "pass",
+        "self._connectionMade()",
+        "self.log.debug(",
+    ], adapter
+    server = [line for line in _body(WebSocketServerProtocol._connectionMade).splitlines() if line.startswith(("self.", "WebSocket"))]
+    assert server == ["self.log.debug(", "WebSocketProtocol._connectionMade(self)", "self.factory.countConnections += 1"]
+    assert ParsecServerProtocol.connectionMade is not WebSocketServerProtocol.connectionMade
