@@ -95,7 +95,7 @@ from parsec.limits import Limits
 from parsec.logging import debug_enabled
 from parsec.metrics import UNKNOWN_COMMAND as UNKNOWN_COMMAND_LABEL
 from parsec.web.access import Access
-from parsec.web.listener import HttpGuard, half_close
+from parsec.web.listener import HttpGuard, half_close, lowest_transport
 
 if TYPE_CHECKING:
     from parsec.backend.app import BackendApp
@@ -197,13 +197,6 @@ def binary_frame(message: dict[str, Any], limit: int) -> bytes | list[bytes] | N
         return pack_prefixed(message, header)
     except MessageTooLarge:
         return None
-
-
-def _lowest_transport(transport: Any) -> Any:
-    """The socket transport under any protocol wrappers (TLS, the listener's guard)."""
-    while isinstance(transport, ProtocolWrapper):
-        transport = transport.transport
-    return transport
 
 
 @implementer(interfaces.IPushProducer)
@@ -311,7 +304,7 @@ class ParsecServerProtocol(WebSocketServerProtocol):
         # The HTTP channel that answered the upgrade was the transport's producer: we are now.
         transport.unregisterProducer()
         transport.registerProducer(_OutputWatch(self), True)
-        lowest = _lowest_transport(transport)
+        lowest = lowest_transport(transport)
         if isinstance(lowest, abstract.FileDescriptor):
             lowest.bufferSize = self.limits.outgoing_buffer_bytes
         self._deadline = self.factory.reactor.callLater(self.limits.handshake_timeout, self._handshake_expired)
@@ -1093,7 +1086,7 @@ class ParsecWebSocketFactory(WebSocketServerFactory):
         # not read never sends: close the socket beneath (in order, our close_notify is out).
         left = await self._wait_gone(left, timeout, reactor)
         for proto in left:
-            socket = _lowest_transport(proto.transport)
+            socket = lowest_transport(proto.transport)
             if socket is not None:
                 socket.loseConnection()
         # A peer that reads nothing at all (its window full, our FIN stuck behind the data):

@@ -18,11 +18,16 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from twisted.internet import abstract, tcp
 from twisted.web.http_headers import Headers
 
 from parsec.api.codec import unpackb
-from parsec.web.websocket import _lowest_transport, plain_upgrade
+from parsec.config import ListenConfig
+from parsec.web.listener import SEND_BYTES_PER_CALL, lowest_transport
+from parsec.web.websocket import plain_upgrade
+from tests.tlsutil import client_options, make_self_signed
 from tests.transport.test_hostile import raw_closed, raw_connect, until
+from tests.wsclient import WsClient
 
 ok = pytest_twisted.ensureDeferred
 
@@ -83,7 +88,7 @@ async def test_plain_upgrade_is_answered_101_then_the_challenge(server):
     _assert_opened(key, conn)
     # Nagle off on the websocket's socket (set by twisted.web's channel, not again by Autobahn).
     (proto,) = server.service.ws_factory.connections
-    sock = _lowest_transport(proto.transport).getHandle()
+    sock = lowest_transport(proto.transport).getHandle()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     conn.transport.loseConnection()
     await raw_closed(conn)
@@ -185,3 +190,28 @@ def test_plain_upgrade_takes_only_what_needs_no_further_check() -> None:
         {"cookie": [b"a\x7fb"]},
     ]:
         assert plain_upgrade(_parsed(**changes)) is None, changes
+
+
+@ok
+async def test_socket_sends_a_whole_block_per_call_over_tcp_and_tls(server_factory, tmp_path) -> None:
+    """Twisted's TCP transport sends at most `SEND_LIMIT` bytes per call (128 KiB by default,
+    one call per turn of the event loop): the listener raises it on every accepted socket,
+    under TLS too, so that a block reply goes in one call as far as the socket buffer takes it."""
+    assert SEND_BYTES_PER_CALL > 1024 * 1024  # the largest reply: a 1 MiB block, and its frame
+    # What the setting relies on: Twisted's TCP transport reads it per instance.
+    assert abstract.FileDescriptor.SEND_LIMIT == 128 * 1024
+    assert "SEND_LIMIT" in (tcp.Connection.writeSomeData.__doc__ or "")
+
+    key, cert = make_self_signed(tmp_path)
+    plain = await server_factory()
+    secure = await server_factory(
+        listen=ListenConfig(host="127.0.0.1", port=0, ssl_keyfile=str(key), ssl_certfile=str(cert))
+    )
+    for server, options in ((plain, None), (secure, client_options(cert))):
+        client = await WsClient.connect(server.port, host="127.0.0.1", tls_options=options)
+        assert (await client.challenge())["handshake"] == "challenge"
+        (proto,) = server.service.ws_factory.connections
+        socket_transport = lowest_transport(proto.transport)
+        assert isinstance(socket_transport, tcp.Server)
+        assert socket_transport.SEND_LIMIT == SEND_BYTES_PER_CALL
+        await client.close()
