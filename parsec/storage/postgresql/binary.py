@@ -12,9 +12,10 @@ wrapper module; psycopg 3's own connection classes, which need asyncio, are not 
   other value as its text form;
 * results come back binary: a bytea is its bytes, copied once out of libpq's result.
 
-Measured on the test cluster, per 512 KiB block, our CPU and PostgreSQL's (README.rst,
-Performance): a read 920-1,030 / 1,100 us through psycopg2 against 270-300 / 300-500 us
-here; a write 1,780 / 5,500 us (base64 literal) against 100 / 1,900 us.
+Per 512 KiB block (benchmarks/pg_block_bytes.py; figures in benchmarks/README.rst): a read,
+our CPU + PostgreSQL's, 1,167 + 1,500 us through psycopg2 against 361 + 1,000 here; a write,
+PostgreSQL's CPU with 4 concurrent writers, 4,938-6,250 us (base64 literal) against
+2,313-2,938.
 
 `BinarySession` drives one libpq connection from the reactor (no thread), as
 `parsec.storage.postgresql.connection.Session` does for psycopg2: the reactor watches a
