@@ -18,9 +18,9 @@ PostgreSQL's CPU with 4 concurrent writers, 4,938-6,250 us (base64 literal) agai
 2,313-2,938.
 
 `BinarySession` drives one libpq connection from the reactor (no thread), as
-`parsec.storage.postgresql.connection.Session` does for psycopg2: the reactor watches a
-duplicate of libpq's socket (libpq may close or replace its own), the socket stays registered
-for reading while connected (a dead session is noticed while idle), for writing only while
+`parsec.storage.postgresql.connection.Session` does for psycopg2, on the same
+`WatchedSocket`: the reactor watches a duplicate of libpq's socket (libpq may close or replace
+its own), the socket stays registered for reading while connected (a dead session is noticed while idle), for writing only while
 libpq has unsent bytes, and a result is always delivered from the reactor's read callback.
 `BinaryPool` is a `ConnectionPool` of them: the same bounds (acquire timeout, waiters,
 statement and lock timeouts, reconnection after a loss) and the same rule (never wait for a
@@ -33,7 +33,6 @@ only by servers with a POSTGRESQL blockstore.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -47,14 +46,14 @@ from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from parsec import limits
 from parsec.storage.postgresql.connection import (
-    DatabaseTimeout,
     DatabaseUnavailable,
     PooledConnection,
     PreparedStatement,
+    WatchedSocket,
     error_summary,
     shield,
+    timeout_of,
 )
 from parsec.storage.postgresql.pool import ConnectionPool, PostgreSQLPool
 
@@ -191,29 +190,20 @@ def conninfo(kwargs: Mapping[str, str]) -> bytes:
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
-class BinarySession:
+class BinarySession(WatchedSocket):
     """One libpq connection driven by the reactor (see the module doc). One cycle at a time
     (the connection attempt, or one statement); its Deferred fires with the statement's
     results (`PGresult`s) from the reactor, the session being back at rest."""
 
     def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
+        super().__init__(reactor)
         self.pgconn: Any = None
         self.owner: BinaryConnection | None = None
         self._waiting: defer.Deferred[list[Any]] | None = None
         self._results: list[Any] = []
         self._connecting = False
-        self._connected = False
-        self._fd = -1  # our duplicate of libpq's socket, what the reactor watches
-        self._libpq_fd = -1
-        self._reading = False
-        self._writing = False
-        self._gone = False
 
     # IReadDescriptor / IWriteDescriptor
-
-    def fileno(self) -> int:
-        return self._fd
 
     def logPrefix(self) -> str:
         return "postgresql-binary"
@@ -353,43 +343,14 @@ class BinarySession:
     # the socket
 
     def _track_socket(self) -> bool:
-        """Follow libpq's socket (it may replace it while connecting: next address)."""
+        """`_follow_socket` of libpq's current socket."""
         try:
             current = int(self.pgconn.socket)
         except Exception:
             current = -1
-        if current < 0:
-            self._release_fd()
-            return False
-        if self._fd >= 0 and current == self._libpq_fd and (self._connected or _same_file(current, self._fd)):
-            return True
-        self._release_fd()
-        self._fd = os.dup(current)
-        self._libpq_fd = current
-        return True
+        return self._follow_socket(current)
 
-    def _want(self, *, read: bool, write: bool) -> None:
-        if read != self._reading:
-            self._reading = read
-            (self.reactor.addReader if read else self.reactor.removeReader)(self)
-        if write != self._writing:
-            self._writing = write
-            (self.reactor.addWriter if write else self.reactor.removeWriter)(self)
-
-    def _release_fd(self) -> None:
-        if self._fd < 0:
-            return
-        self._want(read=False, write=False)
-        os.close(self._fd)
-        self._fd = self._libpq_fd = -1
-
-    def _die(self, reason: Failure) -> None:
-        first = not self._gone
-        self._shut(reason)
-        if first and self.owner is not None:
-            self.owner._lost(reason)
-
-    def _shut(self, reason: Failure | None) -> None:
+    def _shut(self, reason: Failure | None) -> None:  # None: nothing to fail (a refused start)
         self._gone = True
         self._connected = False
         self._release_fd()
@@ -398,11 +359,6 @@ class BinarySession:
         waiting, self._waiting = self._waiting, None
         if waiting is not None and reason is not None:
             waiting.errback(reason)
-
-
-def _same_file(a: int, b: int) -> bool:
-    first, second = os.fstat(a), os.fstat(b)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 # --- the connection and the pool --------------------------------------------------------------
@@ -449,12 +405,9 @@ class BinaryConnection(PooledConnection):
         for result in results:
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 error = _sql_error(result)
-                if isinstance(error, (psycopg2.errors.QueryCanceled, psycopg2.errors.LockNotAvailable)):
-                    limits.hit(
-                        "db_lock_timeout" if isinstance(error, psycopg2.errors.LockNotAvailable)
-                        else "db_statement_timeout"
-                    )
-                    raise DatabaseTimeout(f"database did not answer in time: {error_summary(error)}") from error
+                timeout = timeout_of(error)
+                if timeout is not None:
+                    raise timeout from error
                 raise error
             last = result
         if last is None:

@@ -46,8 +46,10 @@ __all__ = [
     "Query",
     "Transaction",
     "Session",
+    "WatchedSocket",
     "error_summary",
     "shield",
+    "timeout_of",
 ]
 
 _log = Logger(namespace="parsec.storage.postgresql")
@@ -74,6 +76,15 @@ _TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
     psycopg2.errors.QueryCanceled,
     psycopg2.errors.LockNotAvailable,
 )
+
+
+def timeout_of(exc: BaseException) -> DatabaseTimeout | None:
+    """The DatabaseTimeout a statement's error stands for (counted as its limit hit), or None.
+    The session survives it (a transaction is left aborted: rolled back by its owner)."""
+    if not isinstance(exc, _TIMEOUT_ERRORS):
+        return None
+    limits.hit("db_lock_timeout" if isinstance(exc, psycopg2.errors.LockNotAvailable) else "db_statement_timeout")
+    return DatabaseTimeout(f"database did not answer in time: {error_summary(exc)}")
 
 
 def error_summary(exc: BaseException | None) -> str:
@@ -130,8 +141,80 @@ Query = str | PreparedStatement
 # --- sessions ---------------------------------------------------------------------------------
 
 
+class WatchedSocket:
+    """What the reactor-driven sessions share (`Session`, and `BinarySession` of
+    parsec.storage.postgresql.binary): the descriptor the reactor watches, its registration for
+    reading and writing, and the end of the session.
+
+    The reactor watches a duplicate of libpq's socket, not libpq's own descriptor: libpq
+    closes its socket by itself (a dead connection, a connection attempt moving on to the
+    next address), and a descriptor closed under the reactor's feet would make it fail on
+    EBADF or, once the number is reused, watch another socket. Ours stays valid until we
+    close it, after telling the reactor.
+    """
+
+    owner: Any  # the pooled connection told of a loss (`_lost`)
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._fd = -1  # our duplicate of libpq's socket, what the reactor watches
+        self._libpq_fd = -1
+        self._reading = False
+        self._writing = False
+        self._connected = False
+        self._gone = False  # closed by us, or dead
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _follow_socket(self, current: int) -> bool:
+        """Follow libpq's socket `current` (-1: none): False once it is gone. While
+        connecting, libpq may replace it (next address): the reactor then watches a
+        duplicate of the new one."""
+        if current < 0:
+            self._release_fd()
+            return False
+        if self._fd >= 0 and (self._connected or current == self._libpq_fd and _same_file(current, self._fd)):
+            return True
+        self._release_fd()
+        self._fd = os.dup(current)
+        self._libpq_fd = current
+        return True
+
+    def _want(self, *, read: bool, write: bool) -> None:
+        if read != self._reading:
+            self._reading = read
+            (self.reactor.addReader if read else self.reactor.removeReader)(self)
+        if write != self._writing:
+            self._writing = write
+            (self.reactor.addWriter if write else self.reactor.removeWriter)(self)
+
+    def _release_fd(self) -> None:
+        if self._fd < 0:
+            return
+        self._want(read=False, write=False)
+        os.close(self._fd)
+        self._fd = self._libpq_fd = -1
+
+    def _die(self, reason: Failure) -> None:
+        """The connection is dead: as `_shut`, and the loss is reported (once)."""
+        first = not self._gone
+        self._shut(reason)
+        if first and self.owner is not None:
+            self.owner._lost(reason)
+
+    def _shut(self, reason: Failure) -> None:
+        """Forget the socket, close the connection, fail the cycle in progress."""
+        raise NotImplementedError
+
+
+def _same_file(a: int, b: int) -> bool:
+    first, second = os.fstat(a), os.fstat(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
 @implementer(IReadDescriptor, IWriteDescriptor)
-class Session:
+class Session(WatchedSocket):
     """A psycopg2 connection in asynchronous mode, driven by the reactor (no threads).
 
     One poll cycle at a time (connecting, or one statement): `connect` and `execute` return a
@@ -145,13 +228,8 @@ class Session:
     epoll around every statement and fires each result one reactor turn later through
     `callLater(0)`: 92-110 -> 29-38 us of CPU per `SELECT 1` round trip through the pool
     (README.rst, Performance). The session is back at rest before its Deferred fires, so a
-    callback may send the next statement at once.
-
-    The reactor watches a duplicate of libpq's socket, not libpq's own descriptor: libpq
-    closes its socket by itself (a dead connection, a connection attempt moving on to the
-    next address), and a descriptor closed under the reactor's feet would make it fail on
-    EBADF or, once the number is reused, watch another socket. Ours stays valid until we
-    close it, after telling the reactor.
+    callback may send the next statement at once. The reactor watches a duplicate of libpq's
+    socket (`WatchedSocket`).
 
     NOTIFYs go to `owner.notify_handler` synchronously, in arrival order, after each poll;
     those libpq read together with a statement's result are collected by one more (idle)
@@ -159,22 +237,13 @@ class Session:
     """
 
     def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
+        super().__init__(reactor)
         self.raw: Any = None  # the psycopg2 connection
         self.owner: PgConnection | None = None
         self._waiting: defer.Deferred[None] | None = None
-        self._fd = -1  # our duplicate of libpq's socket, what the reactor watches
-        self._libpq_fd = -1
-        self._reading = False
-        self._writing = False
-        self._connected = False
         self._starting = False  # within `_start`'s own poll
-        self._gone = False  # closed by us, or dead
 
     # IReadDescriptor / IWriteDescriptor
-
-    def fileno(self) -> int:
-        return self._fd
 
     def logPrefix(self) -> str:
         return "postgresql"
@@ -267,47 +336,15 @@ class Session:
             self._die(Failure(psycopg2.OperationalError(f"unexpected poll() state {state}")))
 
     def _socket_alive(self) -> bool:
-        """Follow libpq's socket: False once it is gone. While connecting, libpq may replace
-        it (next address): the reactor then watches a duplicate of the new one."""
+        """`_follow_socket` of libpq's current socket."""
         raw = self.raw
         try:
             current = -1 if raw.closed else int(raw.fileno())
         except psycopg2.Error:
             current = -1
-        if current < 0:
-            self._release_fd()
-            return False
-        if self._fd >= 0 and (self._connected or current == self._libpq_fd and _same_file(current, self._fd)):
-            return True
-        self._release_fd()
-        self._fd = os.dup(current)
-        self._libpq_fd = current
-        return True
-
-    def _want(self, *, read: bool, write: bool) -> None:
-        if read != self._reading:
-            self._reading = read
-            (self.reactor.addReader if read else self.reactor.removeReader)(self)
-        if write != self._writing:
-            self._writing = write
-            (self.reactor.addWriter if write else self.reactor.removeWriter)(self)
-
-    def _release_fd(self) -> None:
-        if self._fd < 0:
-            return
-        self._want(read=False, write=False)
-        os.close(self._fd)
-        self._fd = self._libpq_fd = -1
-
-    def _die(self, reason: Failure) -> None:
-        """The connection is dead: as `_shut`, and the loss is reported (once)."""
-        first = not self._gone
-        self._shut(reason)
-        if first and self.owner is not None:
-            self.owner._lost(reason)
+        return self._follow_socket(current)
 
     def _shut(self, reason: Failure) -> None:
-        """Forget the socket, close the connection, fail the cycle in progress."""
         self._gone = True
         self._release_fd()
         if self.raw is not None and not self.raw.closed:
@@ -352,11 +389,6 @@ class Session:
                 handler(notify)
             except Exception:
                 _log.failure("NOTIFY handler failed")
-
-
-def _same_file(a: int, b: int) -> bool:
-    first, second = os.fstat(a), os.fstat(b)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def shield(inner: defer.Deferred[Any], on_cancel: Callable[[], None]) -> defer.Deferred[Any]:
@@ -487,10 +519,9 @@ class PgConnection(PooledConnection):
                 self.broken = True
                 self._lost(Failure(exc))
                 raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
-            if isinstance(exc, _TIMEOUT_ERRORS):
-                # The session survives (a transaction is left aborted: rolled back by its owner).
-                limits.hit("db_lock_timeout" if isinstance(exc, psycopg2.errors.LockNotAvailable) else "db_statement_timeout")
-                raise DatabaseTimeout(f"database did not answer in time: {error_summary(exc)}") from exc
+            timeout = timeout_of(exc)
+            if timeout is not None:
+                raise timeout from exc
             raise
         return cursor
 
