@@ -78,15 +78,27 @@ LEFT JOIN realm_user AS ru
     ON ru.organization_id = b.organization_id AND ru.realm_id = b.realm_id AND ru.user_id = %(user)s::text
 """
 
+# realm_rules.check_block_create on a creation's facts (encryption_revision, maintenance_type,
+# role), but for the block id's use, which each statement checks its own way.
+_MAY_CREATE = """encryption_revision IS NOT NULL
+      AND maintenance_type IS NULL
+      AND coalesce(role = ANY(%(write_roles)s::text[]), false)"""
+
+# The creation's `block` row, if its `allowed` CTE has a row (nothing if the id is taken).
+_NEW_BLOCK = """INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
+    SELECT %(org)s::text, %(block)s::uuid, %(realm)s::uuid, %(author)s::text, %(size)s::integer,
+           %(created_on)s::timestamptz
+    FROM allowed
+    ON CONFLICT DO NOTHING
+    RETURNING 1"""
+
 # Sent together, one round trip (`fetchrow_batch`).
 _BLOCK_CLAIM = PreparedStatement(f"""
 WITH facts AS ({_BLOCK_FACTS}
 ), allowed AS MATERIALIZED (
     -- realm_rules.check_block_create.
     SELECT 1 FROM facts
-    WHERE encryption_revision IS NOT NULL
-      AND maintenance_type IS NULL
-      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
+    WHERE {_MAY_CREATE}
       AND NOT used
 )
 INSERT INTO block_claim (organization_id, block_id, claim, author, claimed_on)
@@ -126,17 +138,10 @@ WITH {_SHARE_LOCKED_ROWS}, facts AS (
 ), allowed AS MATERIALIZED (
     -- realm_rules.check_block_create, again, on the current role and realm state.
     SELECT 1 FROM facts
-    WHERE encryption_revision IS NOT NULL
-      AND maintenance_type IS NULL
-      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
+    WHERE {_MAY_CREATE}
       AND EXISTS (SELECT 1 FROM ended)
 ), new_block AS (
-    INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
-    SELECT %(org)s::text, %(block)s::uuid, %(realm)s::uuid, %(author)s::text, %(size)s::integer,
-           %(created_on)s::timestamptz
-    FROM allowed
-    ON CONFLICT DO NOTHING
-    RETURNING 1
+    {_NEW_BLOCK}
 )
 SELECT facts.*, EXISTS (SELECT 1 FROM ended), EXISTS (SELECT 1 FROM new_block),
        EXISTS (SELECT 1 FROM block WHERE organization_id = %(org)s::text AND block_id = %(block)s::uuid)
@@ -164,18 +169,11 @@ WITH {_SHARE_LOCKED_ROWS}, facts AS (
 ), allowed AS MATERIALIZED (
     -- realm_rules.check_block_create, and no other device's claim standing.
     SELECT 1 FROM facts
-    WHERE encryption_revision IS NOT NULL
-      AND maintenance_type IS NULL
-      AND coalesce(role = ANY(%(write_roles)s::text[]), false)
+    WHERE {_MAY_CREATE}
       AND NOT used
       AND NOT claimed
 ), new_block AS (
-    INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
-    SELECT %(org)s::text, %(block)s::uuid, %(realm)s::uuid, %(author)s::text, %(size)s::integer,
-           %(created_on)s::timestamptz
-    FROM allowed
-    ON CONFLICT DO NOTHING
-    RETURNING 1
+    {_NEW_BLOCK}
 ), new_data AS (
     -- Bytes already there belong to no block (a three-step write refused or failed after
     -- its bytes landed): this creation's replace them.
