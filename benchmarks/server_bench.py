@@ -43,6 +43,9 @@ connection; an operation is one reply, one delivered event or one connection):
                       one `pinged` event delivered, its latency from the ping to the delivery
   connect             connect, websocket upgrade, authenticated handshake, close; 16 loops
   raw_insert_16 / raw_insert_7 / raw_select_16 / raw_select_7      (raw baseline only)
+  raw_block_select_512k / raw_block_insert_512k   (raw baseline only, `--block-conns`): a
+                      512 KiB bytea read and written by libpq in binary, the database's own
+                      share of a block on the POSTGRESQL blockstore
 
 Then, unless `--no-connections`, ours alone: `idle10k` (`--many-conns`, 10,000 idle
 authenticated event listeners from 80 loopback addresses, while 16 clients ping: the ping p99
@@ -707,6 +710,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload("raw_insert_7", ("raw",), ("postgresql",), "7", "row"),
         Workload("raw_select_16", ("raw",), ("postgresql",), "16", "row"),
         Workload("raw_select_7", ("raw",), ("postgresql",), "7", "row"),
+        Workload("raw_block_select_512k", ("raw",), ("postgresql",), "block_conns", "row"),
+        Workload("raw_block_insert_512k", ("raw",), ("postgresql",), "block_conns", "row"),
     )
 }
 # Not run: the reference deadlocks for good (see the module doc).
@@ -1562,7 +1567,8 @@ def label(target: Target, workload: str, round_no: int) -> str:
 
 async def run_raw(args: argparse.Namespace, target: Target, workload: Workload, round_no: int) -> None:
     assert target.dsn is not None and target.probes is not None
-    mode = "insert" if "insert" in workload.name else "select"
+    mode = ("block_" if "block" in workload.name else "") + ("insert" if "insert" in workload.name else "select")
+    row_bytes = 512 * KiB if "block" in workload.name else args.vlob_size
     conns = connection_count(workload, args)
     result = PhaseResult(workload.name, conns, args.duration)
     proc = await asyncio.create_subprocess_exec(
@@ -1573,7 +1579,7 @@ async def run_raw(args: argparse.Namespace, target: Target, workload: Workload, 
         str(conns),
         str(args.warmup),
         str(args.duration),
-        str(args.vlob_size),
+        str(row_bytes),
         stdout=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
     )
@@ -2111,6 +2117,24 @@ def print_targets(runs: list[RunResult]) -> None:
                             f"vs per raw INSERT {r.us_per_op('postgres'):.0f} us (PostgreSQL) + "
                             f"{r.us_per_op('client'):.0f} us (psycopg2 client)"
                         )
+    if ours and raw:
+        # The database's own share of a 512 KiB block, from the raw binary baseline: what
+        # no server on this blockstore can go below, whatever it does itself.
+        ref = find(runs, "reference", "postgresql")
+        for name, floor_name in (("block_read_512k", "raw_block_select_512k"), ("block_create_512k", "raw_block_insert_512k")):
+            a, r = ours.best(name), raw.best(floor_name)
+            b = ref.best(name) if ref else None
+            if not (a and a.ops and r and r.ops):
+                continue
+            db_floor = r.us_per_op("postgres")
+            text = (
+                f"postgresql {name}: ours {a.total_us_per_op():.0f} us per block (server "
+                f"{a.us_per_op('server'):.0f} + PostgreSQL {a.us_per_op('postgres'):.0f}); the database alone, "
+                f"raw binary {floor_name.split('_')[2].upper()}: {db_floor:.0f} us (+ {r.us_per_op('client'):.0f} us of libpq client)"
+            )
+            if b and b.ops:
+                text += f"; the reference {b.total_us_per_op():.0f} us = {b.total_us_per_op() / db_floor:.1f}x that floor"
+            lines.append(text)
     many = find(runs, "ours", "connections")
     if many:
         conns = many.best("idle10k")
