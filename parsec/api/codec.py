@@ -281,9 +281,14 @@ def scan(raw: bytes | bytearray) -> None:
             remaining = stack.pop()
 
 
-def unpackb(raw: bytes | bytearray, *, root_map: bool = True) -> Any:
-    """Decode one message. Raises DecodeError (with a short, fixed text)."""
-    scan(raw)
+def unpackb(raw: bytes | bytearray, *, root_map: bool = True, scanned: bool = True) -> Any:
+    """Decode one message. Raises DecodeError (with a short, fixed text).
+
+    `scanned=False` skips `scan`, a pass in Python over the document, for documents this
+    server wrote and whose size something else bounds (NOTIFY payloads, under 8000 bytes
+    by PostgreSQL's own limit); msgpack's length limits below still apply."""
+    if scanned:
+        scan(raw)
     try:
         value = msgpack.unpackb(
             raw,
