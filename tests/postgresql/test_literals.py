@@ -1,0 +1,129 @@
+"""The arguments of an EXECUTE, written by `execute_literals` instead of psycopg2's adaptation
+(parsec.storage.postgresql.connection): every value must reach PostgreSQL as the same value
+psycopg2's own quoting gives, and whatever it does not write must go through psycopg2."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import pytest
+import pytest_twisted
+
+from parsec.storage.postgresql.connection import PreparedStatement, execute_literals
+from parsec.storage.postgresql.pool import PostgreSQLPool
+
+ID = uuid.UUID("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+STRINGS = [
+    "",
+    "plain",
+    "it's",
+    "''",
+    "back\\slash",
+    "\\' both \\\\'",
+    "é unicode ☃ \U0001f600",
+    "new\nline\ttab\r",
+    "-- comment",
+    "/* comment */",
+    "$$ dollar $tag$",
+    "%s %(name)s %% percent",
+    "E'x'",
+    "'); DROP TABLE realm; --",
+]
+VALUES: list[Any] = [
+    *STRINGS,
+    ID,
+    uuid.uuid4(),
+    0,
+    1,
+    -1,
+    2**31,
+    -(2**63),
+    2**63,  # beyond bigint: a numeric for both
+    None,
+    True,
+    False,
+    b"",
+    bytes(range(256)),
+    b"\\x00'\\",
+    datetime(2026, 12, 6, 20, 30, 1, 234567, tzinfo=UTC),
+    datetime(2026, 12, 6, 22, 30, 1, tzinfo=timezone(timedelta(hours=2))),
+    datetime(1999, 1, 2, 3, 4, 5),
+    ["OWNER", "it's", "back\\slash"],
+    [ID, uuid.uuid4()],
+    [1, -2, 2**40],
+    [None, "x"],
+    [b"\x00\xff", b""],
+]
+
+
+@pytest.fixture
+def cursor(pg_dsn: str) -> Iterator[Any]:
+    psycopg2.extras.register_uuid()
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+            yield cur
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_each_value_reaches_postgresql_as_psycopg2_sends_it(cursor: Any, value: Any) -> None:
+    assert cursor.connection.get_parameter_status("standard_conforming_strings") == "on"
+    literal = execute_literals([value])
+    assert literal is not None
+    cursor.execute("SELECT %s, pg_typeof(%s)::text", (value, value))
+    expected = cursor.fetchone()
+    cursor.execute(f"SELECT ({literal}), pg_typeof({literal})::text")
+    assert cursor.fetchone() == expected
+
+
+def test_an_argument_list_and_a_negative_number_after_a_minus(cursor: Any) -> None:
+    literals = execute_literals(["a", -5, None, ID])
+    cursor.execute(f"SELECT {literals}")
+    assert cursor.fetchone() == ("a", -5, None, ID)
+    cursor.execute(f"SELECT 1-{execute_literals([-1])}")  # `1--1` would be 1 and a comment
+    assert cursor.fetchone() == (2,)
+
+
+def test_other_types_are_left_to_psycopg2() -> None:
+    assert execute_literals([1.5]) is None
+    assert execute_literals(["a", [[1]]]) is None
+    assert execute_literals([bytearray(b"x")]) is None
+    assert execute_literals([psycopg2.extensions.AsIs("1")]) is None
+    with pytest.raises(ValueError, match="NUL"):  # as psycopg2 refuses it, nothing sent
+        execute_literals(["a\x00b"])
+
+
+_ECHO = PreparedStatement(
+    "SELECT %(text)s::text, %(id)s::uuid, %(number)s::bigint, %(data)s::bytea, %(when)s::timestamptz, %(roles)s::text[]"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_prepared_statements_with_and_without_standard_conforming_strings(pool: PostgreSQLPool) -> None:
+    when = datetime(2026, 12, 6, 20, 30, tzinfo=UTC)
+    params = {
+        "text": "back\\slash 'quote'", "id": ID, "number": -3, "data": b"\\'\x00", "when": when,
+        "roles": ["a\\b", "c'd"],
+    }
+    expected = ("back\\slash 'quote'", ID, -3, b"\\'\x00", when, ["a\\b", "c'd"])
+    async with pool.connection() as conn:
+        assert await conn.fetchrow(_ECHO, params) == expected
+        # A session where backslashes escape in strings: psycopg2 writes the arguments.
+        await conn.execute("SET standard_conforming_strings = off")
+        try:
+            assert await conn.fetchrow(_ECHO, params) == expected
+        finally:
+            await conn.execute("RESET standard_conforming_strings")
+        assert await conn.fetchrow(_ECHO, {**params, "number": 1.5}) == (*expected[:2], 2, *expected[3:])
+        with pytest.raises(ValueError, match="NUL"):
+            await conn.fetchrow(_ECHO, {**params, "text": "\x00"})
+        assert await conn.fetchrow(_ECHO, params) == expected  # the session is fine
