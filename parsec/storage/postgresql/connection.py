@@ -563,7 +563,8 @@ class PgConnection(PooledConnection):
         """One round trip (plus a PREPARE the first time a PreparedStatement meets this
         connection); `prefix` is prepended to the statement (e.g. "BEGIN; ")."""
         if isinstance(query, PreparedStatement):
-            await self._ensure_prepared(query)
+            if query.name not in self._prepared:
+                await self._ensure_prepared(query)
             values = query.bind(params)
             if values and self._raw.raw.get_parameter_status("standard_conforming_strings") == "on":
                 literals = execute_literals(values)

@@ -572,21 +572,40 @@ class ConnectionPool(Generic[C]):
         self._in_use.add(conn)
         waiter.callback(conn)
 
-    @asynccontextmanager
-    async def connection(self, *, nested_ok: bool = False) -> AsyncIterator[C]:
+    def connection(self, *, nested_ok: bool = False) -> Checkout[C]:
         """`async with pool.connection() as conn:` exclusive use of one session (autocommit)."""
-        conn = await self.acquire(nested_ok=nested_ok)
-        token = _held.set(conn)
+        return Checkout(self, nested_ok)
+
+class Checkout(Generic[C]):
+    """`ConnectionPool.connection()`: a connection acquired on entry, released on exit, marked
+    in `_held` meanwhile. A class rather than an `asynccontextmanager`: one per statement, the
+    generator's frames and steps cost more than what it guards."""
+
+    __slots__ = ("_conn", "_nested_ok", "_pool", "_token")
+
+    def __init__(self, pool: ConnectionPool[C], nested_ok: bool) -> None:
+        self._pool = pool
+        self._nested_ok = nested_ok
+        self._conn: C | None = None
+        self._token: contextvars.Token[PooledConnection | None] | None = None
+
+    async def __aenter__(self) -> C:
+        conn = self._conn = await self._pool.acquire(nested_ok=self._nested_ok)
+        self._token = _held.set(conn)
+        return conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        conn, token = self._conn, self._token
+        assert conn is not None and token is not None
+        self._conn = self._token = None
         try:
-            yield conn
-        except BaseException:
             # Not knowing what was interrupted, never reuse a session left inside a transaction.
-            if conn.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            if kind is not None and conn.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
                 conn.broken = True
-            raise
         finally:
             _held.reset(token)
-            self.release(conn)
+            self._pool.release(conn)
+
 
 class PostgreSQLPool(ConnectionPool[PgConnection]):
     """The pool of psycopg2 sessions every storage runs on."""
