@@ -2121,7 +2121,10 @@ def print_targets(runs: list[RunResult]) -> None:
         # The database's own share of a 512 KiB block, from the raw binary baseline: what
         # no server on this blockstore can go below, whatever it does itself.
         ref = find(runs, "reference", "postgresql")
-        for name, floor_name in (("block_read_512k", "raw_block_select_512k"), ("block_create_512k", "raw_block_insert_512k")):
+        for name, floor_name, verb in (
+            ("block_read_512k", "raw_block_select_512k", "SELECT"),
+            ("block_create_512k", "raw_block_insert_512k", "INSERT"),
+        ):
             a, r = ours.best(name), raw.best(floor_name)
             b = ref.best(name) if ref else None
             if not (a and a.ops and r and r.ops):
@@ -2130,7 +2133,7 @@ def print_targets(runs: list[RunResult]) -> None:
             text = (
                 f"postgresql {name}: ours {a.total_us_per_op():.0f} us per block (server "
                 f"{a.us_per_op('server'):.0f} + PostgreSQL {a.us_per_op('postgres'):.0f}); the database alone, "
-                f"raw binary {floor_name.split('_')[2].upper()}: {db_floor:.0f} us (+ {r.us_per_op('client'):.0f} us of libpq client)"
+                f"raw binary {verb}: {db_floor:.0f} us (+ {r.us_per_op('client'):.0f} us of libpq client)"
             )
             if b and b.ops:
                 text += f"; the reference {b.total_us_per_op():.0f} us = {b.total_us_per_op() / db_floor:.1f}x that floor"

@@ -576,6 +576,7 @@ class ConnectionPool(Generic[C]):
         """`async with pool.connection() as conn:` exclusive use of one session (autocommit)."""
         return Checkout(self, nested_ok)
 
+
 class Checkout(Generic[C]):
     """`ConnectionPool.connection()`: a connection acquired on entry, released on exit, marked
     in `_held` meanwhile. A class rather than an `asynccontextmanager`: one per statement, the
