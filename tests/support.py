@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from parsec.config import BackendAddr, BackendConfig
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
+from parsec.storage.postgresql.binary import PqConnection
 from parsec.storage.postgresql.connection import PgConnection
 from parsec.storage.postgresql.migrations import migrate_command
 from parsec.storage.postgresql.pool import PostgreSQLPool
@@ -154,13 +155,23 @@ class CountingPool(PostgreSQLPool):
     async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
         conn = await super().acquire(nested_ok=nested_ok)
         if not getattr(conn, "_counted", False):
-            send = conn._send
+            if isinstance(conn, PqConnection):
+                # Every round trip of these goes through `_round_trip`, named by its text.
+                trip = conn._round_trip
 
-            async def counting_send(sql: str, params: Any, **options: Any) -> Any:
-                self.sent.append(sql)
-                return await send(sql, params, **options)
+                async def counting_trip(text: str, start: Any = None) -> Any:
+                    self.sent.append(text)
+                    return await trip(text, start)
 
-            conn._send = counting_send  # type: ignore[method-assign]
+                conn._round_trip = counting_trip  # type: ignore[method-assign]
+            else:
+                send = conn._send
+
+                async def counting_send(sql: str, params: Any, **options: Any) -> Any:
+                    self.sent.append(sql)
+                    return await send(sql, params, **options)
+
+                conn._send = counting_send  # type: ignore[method-assign]
             conn._counted = True  # type: ignore[attr-defined]
         return conn
 

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 import pytest
 import pytest_twisted
 
-from parsec.storage.postgresql.connection import PreparedStatement, execute_literals
+from parsec.storage.postgresql.binary import PqConnection
+from parsec.storage.postgresql.connection import (
+    PgConnection,
+    PreparedStatement,
+    Transaction,
+    execute_literals,
+    render_statement,
+)
 from parsec.storage.postgresql.pool import PostgreSQLPool
 
 ID = uuid.UUID("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
@@ -108,14 +117,18 @@ _ECHO = PreparedStatement(
 
 
 @pytest_twisted.ensureDeferred
-async def test_prepared_statements_with_and_without_standard_conforming_strings(pool: PostgreSQLPool) -> None:
+async def test_prepared_statements_on_a_psycopg2_session_with_and_without_standard_conforming_strings(
+    pool: PostgreSQLPool,
+) -> None:
     when = datetime(2026, 12, 6, 20, 30, tzinfo=UTC)
     params = {
         "text": "back\\slash 'quote'", "id": ID, "number": -3, "data": b"\\'\x00", "when": when,
         "roles": ["a\\b", "c'd"],
     }
     expected = ("back\\slash 'quote'", ID, -3, b"\\'\x00", when, ["a\\b", "c'd"])
-    async with pool.connection() as conn:
+    conn = await pool.open_dedicated()  # the LISTEN session's kind: psycopg2
+    try:
+        assert type(conn) is PgConnection
         assert await conn.fetchrow(_ECHO, params) == expected
         # A session where backslashes escape in strings: psycopg2 writes the arguments.
         await conn.execute("SET standard_conforming_strings = off")
@@ -127,3 +140,103 @@ async def test_prepared_statements_with_and_without_standard_conforming_strings(
         with pytest.raises(ValueError, match="NUL"):
             await conn.fetchrow(_ECHO, {**params, "text": "\x00"})
         assert await conn.fetchrow(_ECHO, params) == expected  # the session is fine
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_sessions_send_parameters_apart_and_refuse_literals_without_standard_strings(
+    pool: PostgreSQLPool,
+) -> None:
+    when = datetime(2026, 12, 6, 20, 30, tzinfo=UTC)
+    params = {
+        "text": "back\\slash 'quote'", "id": ID, "number": -3, "data": b"\\'\x00", "when": when,
+        "roles": ["a\\b", "c'd"],
+    }
+    expected = ("back\\slash 'quote'", ID, -3, b"\\'\x00", when, ["a\\b", "c'd"])
+    async with pool.connection() as conn:
+        assert type(conn) is PqConnection
+        assert await conn.fetchrow(_ECHO, params) == expected
+        # The first statement of a transaction goes with its BEGIN: EXECUTE with literals.
+        tx = Transaction(conn, None, False)
+        assert await tx.fetchrow(_ECHO, params) == expected
+        assert await tx.fetchrow(_ECHO, params) == expected  # then on its own, in the transaction
+        await tx._commit()
+        await conn.execute("SET standard_conforming_strings = off")
+        try:
+            # Protocol-level parameters do not depend on it; literals would: refused, unsent.
+            assert await conn.fetchrow(_ECHO, params) == expected
+            with pytest.raises(psycopg2.ProgrammingError, match="standard_conforming_strings"):
+                await conn.fetchrow("SELECT %s", ("it's",))
+        finally:
+            await conn.execute("RESET standard_conforming_strings")
+        with pytest.raises(psycopg2.errors.InvalidTextRepresentation):
+            await conn.fetchrow(_ECHO, {**params, "number": 1.5})  # no client-side cast
+        with pytest.raises(ValueError, match="NUL"):  # libpq would cut it there: refused
+            await conn.fetchrow(_ECHO, {**params, "text": "\x00"})
+        with pytest.raises(ValueError, match="NUL"):
+            await conn.fetchrow("SELECT %s", ("a\x00b",))
+        assert await conn.fetchrow(_ECHO, params) == expected  # the session is fine
+
+
+def _as_pool_reads(row: Any) -> tuple[Any, ...]:
+    """psycopg2's row as the pool returns it: bytea as bytes (the pool's own cast)."""
+
+    def one(value: Any) -> Any:
+        if type(value) is memoryview:
+            return bytes(value)
+        if type(value) is list:
+            return [one(item) for item in value]
+        return value
+
+    return tuple(one(value) for value in row)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+async def test_each_value_written_in_a_pool_statement_reads_back_as_through_psycopg2(
+    pool: PostgreSQLPool, cursor: Any, value: Any
+) -> None:
+    cursor.execute("SELECT %s, pg_typeof(%s)::text", (value, value))
+    expected = _as_pool_reads(cursor.fetchone())
+    assert await pool.fetchrow("SELECT %s, pg_typeof(%s)::text", (value, value)) == expected
+    assert await pool.fetchrow("SELECT %(v)s, pg_typeof(%(v)s)::text", {"v": value}) == expected
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2, None), ("a", "it's"), 1.5, -0.0, float("inf"), float("nan"), Decimal("12.50"), Decimal("NaN"),
+     date(2026, 12, 6), bytearray(b"\x00\xff"), memoryview(b"ab")],
+    ids=lambda v: type(v).__name__,
+)
+async def test_the_other_statement_parameter_types_read_back_as_through_psycopg2(
+    pool: PostgreSQLPool, cursor: Any, value: Any
+) -> None:
+    sql = "SELECT 1 WHERE %s IN %s" if type(value) is tuple else "SELECT %s, pg_typeof(%s)::text"
+    params = (value[0], value) if type(value) is tuple else (value, value)
+    cursor.execute(sql, params)
+    expected = cursor.fetchall()
+    got = await pool.fetch(sql, params)
+    if value != value:  # NaN
+        assert got[0][1] == expected[0][1] and got[0][0] != got[0][0]
+    else:
+        assert got == [_as_pool_reads(row) for row in expected]
+
+
+def test_statement_placeholders_as_psycopg2_reads_them() -> None:
+    assert render_statement("SELECT '%%' || %s", ("x",)) == "SELECT '%' || 'x'"
+    assert render_statement("SELECT '%%'", None) == "SELECT '%%'"  # no parameters: as it is
+    assert render_statement("SELECT %(a)s, %(a)s, %%", {"a": 1}) == "SELECT 1, 1, %"
+    with pytest.raises(KeyError):
+        render_statement("SELECT %(a)s", {})
+    with pytest.raises(TypeError):
+        render_statement("SELECT %s, %s", (1,))
+    with pytest.raises(TypeError):
+        render_statement("SELECT %s", (1, 2))
+    with pytest.raises(TypeError):
+        render_statement("SELECT %s", {"a": 1})
+    with pytest.raises(ValueError):
+        render_statement("SELECT %d", (1,))
+    with pytest.raises(TypeError, match="no SQL literal"):
+        render_statement("SELECT %s", (object(),))

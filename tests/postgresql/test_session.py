@@ -124,12 +124,15 @@ async def test_answers_already_there_are_delivered_from_the_reactor(pg_dsn: str)
     pool = PostgreSQLPool(pg_dsn, min_connections=1, max_connections=1)
     await pool.start()
     try:
-        async with pool.connection() as conn:
+        conn = await pool.open_dedicated()  # psycopg2's session (the pool's: test_binary.py)
+        try:
             session = conn._raw
             session.raw = _AnswerAlreadyThere(session.raw)
             answered = session.execute(session.raw.cursor(), "SELECT 1", None)
             assert not answered.called  # not within execute: from the next reactor turn
             await answered
+        finally:
+            conn.close()
         # Requests queued on the only connection, each answered at once: each is delivered
         # from the reactor, none within the previous one's release (a stack growing by one
         # request per statement, RecursionError before).

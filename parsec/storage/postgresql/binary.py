@@ -1,16 +1,26 @@
-"""A binary PostgreSQL session for block bytes, and its pool.
+"""Binary PostgreSQL sessions: the pool's metadata sessions, the blockstore's, and their pools.
 
-psycopg2 has neither binary parameters nor binary results: a block written through it travels
-as text inside the statement (base64, which PostgreSQL's parser then scans and decodes) and
-comes back as the bytea hex text (twice its size, which PostgreSQL encodes and psycopg2
-decodes). The block statements of the POSTGRESQL blockstore run here instead, on libpq's
-extended protocol through psycopg 3's low-level libpq binding (`psycopg.pq`, its public
-wrapper module; psycopg 3's own connection classes, which need asyncio, are not used):
+psycopg2 has only the simple query protocol: a statement's parameters are written into its
+text (a block as base64, which PostgreSQL's parser then scans and decodes; a prepared
+statement's arguments as an `EXECUTE name(...)` command that PostgreSQL parses, transforms and
+evaluates for every call), and results come back as text (a bytea as hex, twice its size).
+The sessions here run on libpq's extended protocol through psycopg 3's low-level libpq binding
+(`psycopg.pq`, its public wrapper module; psycopg 3's own connection classes, which need
+asyncio, are not used):
 
 * statements are prepared once per session at the protocol level and executed with
   parameters sent apart from the statement: `bytes` as binary (the block as it is), every
   other value as its text form;
 * results come back binary: a bytea is its bytes, copied once out of libpq's result.
+
+`PqConnection` is what `PostgreSQLPool` hands out for every storage: prepared statements as
+above, any other statement through the simple protocol as before (see its doc), rows read by
+psycopg 3's C loaders. PostgreSQL's CPU per `vlob_create`, one session, 3,000 in a row:
+223-247 us through psycopg2's `EXECUTE`, 199-216 here; our server's instructions per request
+(callgrind, 400 requests on 4 connections): `vlob_create` 706k -> 650k, `vlob_read`
+539k -> 465k, `connect` 2,606k -> 2,431k (README.rst, Performance). The LISTEN session of the
+event bus stays on psycopg2 (`parsec.storage.postgresql.connection.Session`, whose NOTIFY
+handling it is).
 
 Per 512 KiB block (benchmarks/pg_block_bytes.py; figures in benchmarks/README.rst): a read,
 our CPU + PostgreSQL's, 1,167 + 1,500 us through psycopg2 against 361 + 1,000 here; a write,
@@ -20,15 +30,15 @@ PostgreSQL's CPU with 4 concurrent writers, 4,938-6,250 us (base64 literal) agai
 `BinarySession` drives one libpq connection from the reactor (no thread), as
 `parsec.storage.postgresql.connection.Session` does for psycopg2, on the same
 `WatchedSocket`: the reactor watches a duplicate of libpq's socket (libpq may close or replace
-its own), the socket stays registered for reading while connected (a dead session is noticed while idle), for writing only while
-libpq has unsent bytes, and a result is always delivered from the reactor's read callback.
-`BinaryPool` is a `ConnectionPool` of them: the same bounds (acquire timeout, waiters,
-statement and lock timeouts, reconnection after a loss) and the same rule (never wait for a
-connection while holding one, of any pool). SQL errors are raised as psycopg2's exception
-classes (`psycopg2.errors.lookup` of the SQLSTATE), so that callers handle one vocabulary.
+its own), the socket stays registered for reading while connected (a dead session is noticed
+while idle), for writing only while libpq has unsent bytes, and a result is always delivered
+from the reactor's read callback. `BinaryPool` (the blockstore's) is a `ConnectionPool` of
+them: the same bounds (acquire timeout, waiters, statement and lock timeouts, reconnection
+after a loss) and the same rule (never wait for a connection while holding one, of any pool).
+SQL errors are raised as psycopg2's exception classes (`psycopg2.errors.lookup` of the
+SQLSTATE), so that callers handle one vocabulary.
 
-psycopg is imported when the first session connects: it costs about 0.1 s of start-up, paid
-only by servers with a POSTGRESQL blockstore.
+psycopg is imported when the first session connects (about 0.1 s of start-up).
 """
 
 from __future__ import annotations
@@ -36,11 +46,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
@@ -48,16 +60,20 @@ from zope.interface import implementer
 
 from parsec.storage.postgresql.connection import (
     DatabaseUnavailable,
+    Params,
+    PgConnection,
     PooledConnection,
     PreparedStatement,
+    Query,
     WatchedSocket,
     error_summary,
+    render_statement,
     shield,
     timeout_of,
 )
 from parsec.storage.postgresql.pool import ConnectionPool, PostgreSQLPool
 
-__all__ = ["BinaryConnection", "BinaryPool", "BinarySession"]
+__all__ = ["BinaryConnection", "BinaryPool", "BinarySession", "PqConnection"]
 
 
 _PQ: Any = None
@@ -79,15 +95,24 @@ def _pq() -> Any:
 def _array_item(value: Any) -> str:
     if value is None:
         return "NULL"
+    if type(value) is bytes:
+        return '"\\\\x' + value.hex() + '"'  # "\\x..." in the array's text: a bytea's hex form
     text = value if type(value) is str else _text(value).decode("utf-8")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _utf8_param(text: str) -> bytes:
+    # libpq reads a text parameter up to its first NUL: refused like psycopg2 refuses it.
+    if "\x00" in text:
+        raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+    return text.encode("utf-8")
 
 
 def _text(value: Any) -> bytes:
     """A parameter's text form, as PostgreSQL reads it for the parameter's type."""
     kind = type(value)
     if kind is str:
-        return value.encode("utf-8")  # type: ignore[no-any-return]
+        return _utf8_param(value)
     if kind is UUID:
         return value.hex.encode("ascii")  # type: ignore[no-any-return]  # PostgreSQL reads it without dashes
     if kind is int:
@@ -97,7 +122,9 @@ def _text(value: Any) -> bytes:
     if kind is bool:
         return b"t" if value else b"f"
     if kind is list or kind is tuple:
-        return ("{" + ",".join([_array_item(item) for item in value]) + "}").encode("utf-8")
+        return _utf8_param("{" + ",".join([_array_item(item) for item in value]) + "}")
+    if kind is float or kind is Decimal:
+        return str(value).encode("ascii")
     raise TypeError(f"no text form for a {kind.__name__} parameter")
 
 
@@ -111,7 +138,7 @@ def encode_params(values: list[Any]) -> tuple[list[bytes | None], list[int]]:
             encoded.append(value)
             formats.append(1)
         elif kind is str:
-            encoded.append(value.encode("utf-8"))
+            encoded.append(_utf8_param(value))
             formats.append(0)
         elif value is None:
             encoded.append(None)
@@ -198,7 +225,7 @@ class BinarySession(WatchedSocket):
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor)
         self.pgconn: Any = None
-        self.owner: BinaryConnection | None = None
+        self.owner: PooledConnection | None = None
         self._waiting: defer.Deferred[list[Any]] | None = None
         self._results: list[Any] = []
         self._connecting = False
@@ -434,6 +461,154 @@ class BinaryConnection(PooledConnection):
         result = await self._run(statement, params)
         count = result.command_tuples
         return -1 if count is None else int(count)
+
+
+class _Rows:
+    """A statement's rows, read the way the storages read a psycopg2 cursor."""
+
+    __slots__ = ("_next", "rowcount", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+        self._next = 0
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows = self.rows[self._next :]
+        self._next = len(self.rows)
+        return rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._next >= len(self.rows):
+            return None
+        self._next += 1
+        return self.rows[self._next - 1]
+
+
+class PqConnection(PgConnection):
+    """A pooled metadata session on libpq's extended protocol (`BinarySession`), with the API
+    of `PgConnection` (whose psycopg2 session remains for LISTEN, `open_dedicated`).
+
+    * A `PreparedStatement` is prepared once per session at the protocol level and executed
+      with its parameters apart from its text (`bytes` binary, the rest as text) and a binary
+      result: PostgreSQL neither parses the arguments nor the `EXECUTE` command that carries
+      them, and a bytea comes back as its bytes.
+    * Any other statement, and a prepared one that must go in the same message as the
+      transaction's `BEGIN`, is sent as text through the simple protocol, its parameters
+      written in as psycopg2 writes them (`render_statement`, `EXECUTE name(...)`): several
+      statements may share one round trip, as before.
+    * Rows are read by psycopg 3's C loaders, text or binary alike, into the same Python
+      types as before (bytea -> bytes, uuid -> UUID, timestamptz -> aware UTC datetime,
+      numeric -> Decimal, arrays -> lists).
+
+    The session settings (`TimeZone=UTC`, `DateStyle=ISO`, `standard_conforming_strings=on`,
+    UTF8) come with the connection request (`parsec.storage.postgresql.pool`)."""
+
+    def __init__(self, session: BinarySession, generation: int, on_lost: Callable[[Any, Failure], None]) -> None:
+        PooledConnection.__init__(self, generation, on_lost)
+        self._session = session
+        session.owner = self
+        self._prepared: set[str] = set()
+        self.notify_handler = None  # pool sessions never LISTEN
+        from psycopg.adapt import Transformer
+
+        self._loader = Transformer()
+
+    @property
+    def backend_pid(self) -> int:
+        return int(self._session.pgconn.backend_pid)
+
+    @property
+    def transaction_status(self) -> int:
+        pgconn = self._session.pgconn
+        if pgconn is None or self._session._gone:
+            return psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+        return int(pgconn.transaction_status)
+
+    def close(self) -> None:
+        self._closing = True
+        self.broken = True
+        self._session.close()
+
+    async def _round_trip(self, text: str, start: Callable[[Any], None] | None = None) -> _Rows:
+        """One message: `start(pgconn)` queues it, by default the simple query `text` (else
+        `text` only names it: the statement's PREPARE or EXECUTE form). SQL errors are raised
+        as psycopg2's; returns the rows of its last result."""
+        if start is None:
+            query = text.encode("utf-8")
+
+            def start(pgconn: Any) -> None:
+                pgconn.send_query(query)
+
+        if self.broken:
+            raise DatabaseUnavailable("database connection lost")
+        self.round_trips += 1
+        try:
+            results = await shield(self._session.send(start), self.close)
+        except defer.CancelledError:
+            self.broken = True
+            raise
+        except Exception as exc:
+            self.broken = True
+            self._lost(Failure(exc))
+            raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
+        fatal = _pq().ExecStatus.FATAL_ERROR
+        last = None
+        for result in results:
+            if result.status == fatal:
+                error = _sql_error(result)
+                timeout = timeout_of(error)
+                if timeout is not None:
+                    raise timeout from error
+                raise error
+            last = result
+        if last is None:
+            raise psycopg2.DatabaseError("no result")
+        count = last.ntuples
+        rows: list[tuple[Any, ...]] = []
+        if count:
+            loader = self._loader
+            loader.set_pgresult(last)
+            rows = loader.load_rows(0, count, tuple)
+            loader.set_pgresult(None)
+        affected = last.command_tuples
+        return _Rows(rows, -1 if affected is None else int(affected))
+
+    async def _ensure_prepared(self, query: Query) -> None:
+        if isinstance(query, PreparedStatement) and query.name not in self._prepared:
+            name, body = query.name_bytes, query.body_bytes
+            await self._round_trip(query.prepare_sql, lambda pgconn: pgconn.send_prepare(name, body))
+            self._prepared.add(query.name)
+
+    async def _execute(self, query: Query, params: Params, prefix: str = "") -> Any:
+        if isinstance(query, PreparedStatement):
+            if query.name not in self._prepared:
+                await self._ensure_prepared(query)
+            values = query.bind(params)
+            if not prefix:
+                encoded, formats = encode_params(values)
+                name = query.name_bytes
+                return await self._round_trip(
+                    query.execute_sql, lambda pgconn: pgconn.send_query_prepared(name, encoded, formats, result_format=1)
+                )
+            if not values:
+                return await self._round_trip(f"{prefix}EXECUTE {query.name}")
+            return await self._round_trip(prefix + self._render(query.execute_sql, values))
+        return await self._round_trip(prefix + self._render(query, params))
+
+    async def _send(self, sql: str, params: Params) -> Any:
+        return await self._round_trip(self._render(sql, params))
+
+    def _render(self, sql: str, params: Params) -> str:
+        """`render_statement`, in a session that reads its literals as they are written
+        (libpq's view of the setting, which the server reports whenever it changes)."""
+        if params is not None:
+            pgconn = self._session.pgconn
+            if pgconn is None or pgconn.parameter_status(b"standard_conforming_strings") != b"on":
+                raise psycopg2.ProgrammingError(
+                    "statement parameters need standard_conforming_strings = on in the session"
+                )
+        return render_statement(sql, params)
 
 
 class BinaryPool(ConnectionPool[BinaryConnection]):

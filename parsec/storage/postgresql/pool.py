@@ -134,9 +134,12 @@ def _connect_kwargs(
         # The message of libpq may quote the DSN (and so a password): do not chain it.
         raise ValueError("invalid PostgreSQL URL") from None
     params.setdefault("application_name", application_name)
-    # Sessions in UTC: timestamptz values come back with a +00:00 offset. The timeouts are
-    # session settings sent with the connection request: no extra round trip.
-    settings = " -c TimeZone=UTC"
+    # Sessions in UTC: timestamptz values come back with a +00:00 offset; ISO dates, UTF8 and
+    # standard strings are what the text forms read and written by `PqConnection` assume
+    # (the literals it writes are refused in a session where the last one is off). The
+    # timeouts are session settings sent with the connection request: no extra round trip.
+    settings = " -c TimeZone=UTC -c DateStyle=ISO -c standard_conforming_strings=on"
+    params["client_encoding"] = "UTF8"
     if statement_timeout > 0:
         settings += f" -c statement_timeout={_milliseconds(statement_timeout)}"
     if lock_timeout > 0:
@@ -366,9 +369,13 @@ class ConnectionPool(Generic[C]):
     def _connected(self, conn: C) -> None:
         """`conn` is connected, and not used yet."""
 
-    async def _open_raw(self) -> C:
+    def _new_dedicated_connection(self) -> tuple[C, defer.Deferred[None]]:
+        """`_new_connection`, for a connection outside the pool."""
+        return self._new_connection()
+
+    async def _open_raw(self, *, dedicated: bool = False) -> C:
         """A new connection (not registered anywhere). Raises DatabaseUnavailable."""
-        conn, connecting = self._new_connection()
+        conn, connecting = self._new_dedicated_connection() if dedicated else self._new_connection()
         timed_out = False
 
         def on_timeout() -> None:
@@ -609,23 +616,33 @@ class Checkout(Generic[C]):
 
 
 class PostgreSQLPool(ConnectionPool[PgConnection]):
-    """The pool of psycopg2 sessions every storage runs on."""
+    """The pool of sessions every storage runs on (`PqConnection`s; `open_dedicated`: psycopg2)."""
 
     def _new_connection(self) -> tuple[PgConnection, defer.Deferred[None]]:
+        # Imported here: the binary module builds its own pool on this one.
+        from parsec.storage.postgresql.binary import BinarySession, PqConnection, conninfo
+
+        session = BinarySession(self.reactor)
+        conn = PqConnection(session, self._generation, self._connection_lost)
+        return conn, session.connect(conninfo(self._kwargs))
+
+    def _new_dedicated_connection(self) -> tuple[PgConnection, defer.Deferred[None]]:
+        # psycopg2 in asynchronous mode: its NOTIFYs are what the event bus's LISTEN reads.
         raw = Session(self.reactor)
         conn = PgConnection(raw, self._generation, self._connection_lost)
         return conn, raw.connect(**self._kwargs)
 
     def _connected(self, conn: PgConnection) -> None:
-        raw = conn._raw.raw
-        psycopg2.extensions.register_type(_BYTES, raw)
-        psycopg2.extensions.register_type(_BYTES_ARRAY, raw)
+        if type(conn) is PgConnection:
+            raw = conn._raw.raw
+            psycopg2.extensions.register_type(_BYTES, raw)
+            psycopg2.extensions.register_type(_BYTES_ARRAY, raw)
 
     async def open_dedicated(self) -> PgConnection:
         """A connection outside the pool (e.g. for LISTEN), one attempt; the caller closes it."""
         if self._closed:
             raise PoolClosedError("pool closed")
-        return await self._open_raw()
+        return await self._open_raw(dedicated=True)
 
     # --- transactions -------------------------------------------------------------------------
 
