@@ -114,18 +114,19 @@ def test_other_types_are_left_to_psycopg2() -> None:
 _ECHO = PreparedStatement(
     "SELECT %(text)s::text, %(id)s::uuid, %(number)s::bigint, %(data)s::bytea, %(when)s::timestamptz, %(roles)s::text[]"
 )
+_WHEN = datetime(2026, 12, 6, 20, 30, tzinfo=UTC)
+_ECHO_PARAMS: dict[str, Any] = {
+    "text": "back\\slash 'quote'", "id": ID, "number": -3, "data": b"\\'\x00", "when": _WHEN,
+    "roles": ["a\\b", "c'd"],
+}
+_ECHO_EXPECTED = ("back\\slash 'quote'", ID, -3, b"\\'\x00", _WHEN, ["a\\b", "c'd"])
 
 
 @pytest_twisted.ensureDeferred
 async def test_prepared_statements_on_a_psycopg2_session_with_and_without_standard_conforming_strings(
     pool: PostgreSQLPool,
 ) -> None:
-    when = datetime(2026, 12, 6, 20, 30, tzinfo=UTC)
-    params = {
-        "text": "back\\slash 'quote'", "id": ID, "number": -3, "data": b"\\'\x00", "when": when,
-        "roles": ["a\\b", "c'd"],
-    }
-    expected = ("back\\slash 'quote'", ID, -3, b"\\'\x00", when, ["a\\b", "c'd"])
+    params, expected = _ECHO_PARAMS, _ECHO_EXPECTED
     conn = await pool.open_dedicated()  # the LISTEN session's kind: psycopg2
     try:
         assert type(conn) is PgConnection
@@ -148,12 +149,7 @@ async def test_prepared_statements_on_a_psycopg2_session_with_and_without_standa
 async def test_pool_sessions_send_parameters_apart_and_refuse_literals_without_standard_strings(
     pool: PostgreSQLPool,
 ) -> None:
-    when = datetime(2026, 12, 6, 20, 30, tzinfo=UTC)
-    params = {
-        "text": "back\\slash 'quote'", "id": ID, "number": -3, "data": b"\\'\x00", "when": when,
-        "roles": ["a\\b", "c'd"],
-    }
-    expected = ("back\\slash 'quote'", ID, -3, b"\\'\x00", when, ["a\\b", "c'd"])
+    params, expected = _ECHO_PARAMS, _ECHO_EXPECTED
     async with pool.connection() as conn:
         assert type(conn) is PqConnection
         assert await conn.fetchrow(_ECHO, params) == expected

@@ -391,21 +391,26 @@ class BinarySession(WatchedSocket):
 # --- the connection and the pool --------------------------------------------------------------
 
 
-class BinaryConnection(PooledConnection):
-    """A pooled `BinarySession`: prepared statements only (each prepared once per session,
-    one extra round trip the first time), one round trip per call."""
+class _OnBinarySession:
+    """What `BinaryConnection` and `PqConnection` share: a `BinarySession` under a pooled
+    connection (`PooledConnection`'s attributes, set by the connection class)."""
 
-    def __init__(self, session: BinarySession, generation: int, on_lost: Callable[[Any, Failure], None]) -> None:
-        super().__init__(generation, on_lost)
+    _session: BinarySession
+    _closing: bool
+    broken: bool
+    round_trips: int
+    _lost: Callable[[Failure], None]
+
+    def _attach(self, session: BinarySession) -> None:
         self._session = session
-        session.owner = self
+        session.owner = self  # type: ignore[assignment]
         self._prepared: set[str] = set()
 
     @property
     def transaction_status(self) -> int:
         pgconn = self._session.pgconn
         if pgconn is None or self._session._gone:
-            return 4  # PQTRANS_UNKNOWN
+            return psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
         return int(pgconn.transaction_status)
 
     def close(self) -> None:
@@ -413,8 +418,9 @@ class BinaryConnection(PooledConnection):
         self.broken = True
         self._session.close()
 
-    async def _round_trip(self, start: Callable[[Any], None]) -> Any:
-        """One statement; its last result (SQL errors raised as psycopg2's)."""
+    async def _exchange(self, start: Callable[[Any], None]) -> Any:
+        """One message on the session (`start(pgconn)` queues it); the last of its results,
+        SQL errors raised as psycopg2's, a lost connection as DatabaseUnavailable."""
         if self.broken:
             raise DatabaseUnavailable("database connection lost")
         self.round_trips += 1
@@ -427,10 +433,10 @@ class BinaryConnection(PooledConnection):
             self.broken = True
             self._lost(Failure(exc))
             raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
-        pq = _pq()
+        fatal = _pq().ExecStatus.FATAL_ERROR
         last = None
         for result in results:
-            if result.status == pq.ExecStatus.FATAL_ERROR:
+            if result.status == fatal:
                 error = _sql_error(result)
                 timeout = timeout_of(error)
                 if timeout is not None:
@@ -440,6 +446,18 @@ class BinaryConnection(PooledConnection):
         if last is None:
             raise psycopg2.DatabaseError("no result")
         return last
+
+
+class BinaryConnection(_OnBinarySession, PooledConnection):
+    """A pooled `BinarySession`: prepared statements only (each prepared once per session,
+    one extra round trip the first time), one round trip per call."""
+
+    def __init__(self, session: BinarySession, generation: int, on_lost: Callable[[Any, Failure], None]) -> None:
+        PooledConnection.__init__(self, generation, on_lost)
+        self._attach(session)
+
+    async def _round_trip(self, start: Callable[[Any], None]) -> Any:
+        return await self._exchange(start)
 
     async def _run(self, statement: PreparedStatement, params: Mapping[str, Any] | None) -> Any:
         name = statement.name.encode("ascii")
@@ -485,7 +503,7 @@ class _Rows:
         return self.rows[self._next - 1]
 
 
-class PqConnection(PgConnection):
+class PqConnection(_OnBinarySession, PgConnection):
     """A pooled metadata session on libpq's extended protocol (`BinarySession`), with the API
     of `PgConnection` (whose psycopg2 session remains for LISTEN, `open_dedicated`).
 
@@ -506,9 +524,7 @@ class PqConnection(PgConnection):
 
     def __init__(self, session: BinarySession, generation: int, on_lost: Callable[[Any, Failure], None]) -> None:
         PooledConnection.__init__(self, generation, on_lost)
-        self._session = session
-        session.owner = self
-        self._prepared: set[str] = set()
+        self._attach(session)
         self.notify_handler = None  # pool sessions never LISTEN
         from psycopg.adapt import Transformer
 
@@ -517,18 +533,6 @@ class PqConnection(PgConnection):
     @property
     def backend_pid(self) -> int:
         return int(self._session.pgconn.backend_pid)
-
-    @property
-    def transaction_status(self) -> int:
-        pgconn = self._session.pgconn
-        if pgconn is None or self._session._gone:
-            return psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
-        return int(pgconn.transaction_status)
-
-    def close(self) -> None:
-        self._closing = True
-        self.broken = True
-        self._session.close()
 
     async def _round_trip(self, text: str, start: Callable[[Any], None] | None = None) -> _Rows:
         """One message: `start(pgconn)` queues it, by default the simple query `text` (else
@@ -540,30 +544,7 @@ class PqConnection(PgConnection):
             def start(pgconn: Any) -> None:
                 pgconn.send_query(query)
 
-        if self.broken:
-            raise DatabaseUnavailable("database connection lost")
-        self.round_trips += 1
-        try:
-            results = await shield(self._session.send(start), self.close)
-        except defer.CancelledError:
-            self.broken = True
-            raise
-        except Exception as exc:
-            self.broken = True
-            self._lost(Failure(exc))
-            raise DatabaseUnavailable(f"database connection lost: {error_summary(exc)}") from exc
-        fatal = _pq().ExecStatus.FATAL_ERROR
-        last = None
-        for result in results:
-            if result.status == fatal:
-                error = _sql_error(result)
-                timeout = timeout_of(error)
-                if timeout is not None:
-                    raise timeout from error
-                raise error
-            last = result
-        if last is None:
-            raise psycopg2.DatabaseError("no result")
+        last = await self._exchange(start)
         count = last.ntuples
         rows: list[tuple[Any, ...]] = []
         if count:
