@@ -116,7 +116,9 @@ async def test_socket_is_a_duplicate_watched_for_writing_only_while_sending(bina
         session = conn._session
         assert _watched(session) == (True, False)  # idle: reading (the end of the session)
         assert session.fileno() != session.pgconn.socket  # the reactor's own descriptor
-        big = os.urandom(8 * 1024 * 1024)  # larger than the socket's buffers
+        # Far larger than the socket's buffers: with 8 MiB, a database session reading as fast
+        # as we sent sometimes took it all within libpq's first flush (CI, 2026-12-06).
+        big = os.urandom(32 * 1024 * 1024)
         sent = defer.ensureDeferred(conn.fetchrow(_LENGTH, {"data": big}))
         seen = set()
         for _ in range(SAFETY * 1000):
