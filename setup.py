@@ -27,9 +27,11 @@ setup(
         "pyOpenSSL>=24.3",
         "autobahn>=23.1",
         "treq>=23.11",
+        # The event bus's LISTEN session and the import/export tools.
         "psycopg2-binary>=2.9",
-        # The POSTGRESQL blockstore's binary sessions: psycopg 3's libpq binding (psycopg.pq)
-        # alone, with its compiled implementation and libpq (parsec.storage.postgresql.binary).
+        # Every other PostgreSQL session (the pool's and the POSTGRESQL blockstore's): psycopg
+        # 3's libpq binding (psycopg.pq) and its C loaders, with its compiled implementation
+        # and libpq (parsec.storage.postgresql.binary).
         "psycopg[binary]>=3.2,<4",
         "msgpack>=1.0",
         "pynacl>=1.5",
