@@ -38,14 +38,13 @@ after a loss) and the same rule (never wait for a connection while holding one, 
 SQL errors are raised as psycopg2's exception classes (`psycopg2.errors.lookup` of the
 SQLSTATE), so that callers handle one vocabulary.
 
-psycopg is imported when the first session connects (about 0.1 s of start-up).
+psycopg is imported when the first session is opened (about 0.1 s of start-up).
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -150,46 +149,6 @@ def encode_params(values: list[Any]) -> tuple[list[bytes | None], list[int]]:
             encoded.append(_text(value))
             formats.append(0)
     return encoded, formats
-
-
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # PostgreSQL's binary timestamps count from it
-_INT2, _INT4, _INT8 = struct.Struct(">h"), struct.Struct(">i"), struct.Struct(">q")
-
-
-def _utf8(value: bytes) -> str:
-    return value.decode("utf-8")
-
-
-# Binary result decoders by type OID: the types our block statements return.
-_DECODERS: dict[int, Callable[[bytes], Any]] = {
-    16: lambda value: value == b"\x01",  # bool
-    17: bytes,  # bytea (already `bytes`)
-    20: lambda value: _INT8.unpack(value)[0],
-    21: lambda value: _INT2.unpack(value)[0],
-    23: lambda value: _INT4.unpack(value)[0],
-    19: _utf8,  # name
-    25: _utf8,  # text
-    1043: _utf8,  # varchar
-    2950: lambda value: UUID(bytes=value),
-    1184: lambda value: _EPOCH + timedelta(microseconds=_INT8.unpack(value)[0]),  # timestamptz
-    2278: lambda value: None,  # void
-}
-
-
-def decode_row(result: Any, row: int) -> tuple[Any, ...]:
-    values: list[Any] = []
-    for column in range(result.nfields):
-        value = result.get_value(row, column)
-        if value is None:
-            values.append(None)
-            continue
-        oid = result.ftype(column)
-        try:
-            decoder = _DECODERS[oid]
-        except KeyError:
-            raise TypeError(f"no binary decoding for PostgreSQL type {oid}") from None
-        values.append(decoder(value))
-    return tuple(values)
 
 
 def _sql_error(result: Any) -> Exception:
@@ -405,6 +364,22 @@ class _OnBinarySession:
         self._session = session
         session.owner = self  # type: ignore[assignment]
         self._prepared: set[str] = set()
+        from psycopg.adapt import Transformer
+
+        self._loader = Transformer()
+
+    def _rows_of(self, result: Any) -> list[tuple[Any, ...]]:
+        """A result's rows, read by psycopg 3's C loaders (text or binary alike) into the
+        types psycopg2 gives: bytea -> bytes, uuid -> UUID, timestamptz -> aware UTC
+        datetime, numeric -> Decimal, arrays -> lists."""
+        count = result.ntuples
+        if not count:
+            return []
+        loader = self._loader
+        loader.set_pgresult(result)
+        rows: list[tuple[Any, ...]] = loader.load_rows(0, count, tuple)
+        loader.set_pgresult(None)
+        return rows
 
     @property
     def transaction_status(self) -> int:
@@ -456,23 +431,20 @@ class BinaryConnection(_OnBinarySession, PooledConnection):
         PooledConnection.__init__(self, generation, on_lost)
         self._attach(session)
 
-    async def _round_trip(self, start: Callable[[Any], None]) -> Any:
-        return await self._exchange(start)
-
     async def _run(self, statement: PreparedStatement, params: Mapping[str, Any] | None) -> Any:
-        name = statement.name.encode("ascii")
+        name = statement.name_bytes
         if statement.name not in self._prepared:
-            body = statement.body.encode("utf-8")
-            await self._round_trip(lambda pgconn: pgconn.send_prepare(name, body))
+            body = statement.body_bytes
+            await self._exchange(lambda pgconn: pgconn.send_prepare(name, body))
             self._prepared.add(statement.name)
         values, formats = encode_params(statement.bind(params))
-        return await self._round_trip(
+        return await self._exchange(
             lambda pgconn: pgconn.send_query_prepared(name, values, formats, result_format=1)
         )
 
     async def fetchrow(self, statement: PreparedStatement, params: Mapping[str, Any] | None = None) -> tuple[Any, ...] | None:
-        result = await self._run(statement, params)
-        return decode_row(result, 0) if result.ntuples else None
+        rows = self._rows_of(await self._run(statement, params))
+        return rows[0] if rows else None
 
     async def execute(self, statement: PreparedStatement, params: Mapping[str, Any] | None = None) -> int:
         """Run a statement; return the number of rows it affected (-1 if not applicable)."""
@@ -526,9 +498,6 @@ class PqConnection(_OnBinarySession, PgConnection):
         PooledConnection.__init__(self, generation, on_lost)
         self._attach(session)
         self.notify_handler = None  # pool sessions never LISTEN
-        from psycopg.adapt import Transformer
-
-        self._loader = Transformer()
 
     @property
     def backend_pid(self) -> int:
@@ -545,15 +514,8 @@ class PqConnection(_OnBinarySession, PgConnection):
                 pgconn.send_query(query)
 
         last = await self._exchange(start)
-        count = last.ntuples
-        rows: list[tuple[Any, ...]] = []
-        if count:
-            loader = self._loader
-            loader.set_pgresult(last)
-            rows = loader.load_rows(0, count, tuple)
-            loader.set_pgresult(None)
         affected = last.command_tuples
-        return _Rows(rows, -1 if affected is None else int(affected))
+        return _Rows(self._rows_of(last), -1 if affected is None else int(affected))
 
     async def _ensure_prepared(self, query: Query) -> None:
         if isinstance(query, PreparedStatement) and query.name not in self._prepared:
@@ -572,9 +534,7 @@ class PqConnection(_OnBinarySession, PgConnection):
                 return await self._round_trip(
                     query.execute_sql, lambda pgconn: pgconn.send_query_prepared(name, encoded, formats, result_format=1)
                 )
-            if not values:
-                return await self._round_trip(f"{prefix}EXECUTE {query.name}")
-            return await self._round_trip(prefix + self._render(query.execute_sql, values))
+            return await self._round_trip(prefix + self._render(query.execute_sql, values or None))
         return await self._round_trip(prefix + self._render(query, params))
 
     async def _send(self, sql: str, params: Params) -> Any:
