@@ -330,7 +330,10 @@ SELECT {columns(USER_COLUMNS, "u")} FROM user_ u WHERE u.organization_id = %(org
 
 # The user, its devices, and the closure of the certifiers of both (each certifier device,
 # the certifiers and revoker of its user, ...): rows tagged U (the user), D (its devices),
-# C (trustchain devices), T (trustchain users).
+# C (trustchain devices), T (trustchain users). The chain is a handful of devices, but the
+# planner cannot know how many a recursive query finds: joined plainly, each step was a hash
+# join over every device of the database. A `LIMIT 1` subquery on a primary key keeps each
+# step a lookup (tests/postgresql_realm/test_plans.py).
 _USER_NULLS = null_columns(_USER_TYPES)
 _DEVICE_NULLS = null_columns(_DEVICE_TYPES)
 _GET_USER_WITH_TRUSTCHAIN = f"""
@@ -348,25 +351,32 @@ WITH RECURSIVE target AS (
   UNION
     SELECT next.certifier
     FROM chain
-    JOIN device d ON d.organization_id = %(org)s AND d.device_id = chain.device_id
-    JOIN user_ u ON u.organization_id = d.organization_id AND u.user_id = d.user_id
-    CROSS JOIN LATERAL (VALUES (d.device_certifier), (u.revoked_user_certifier), (u.user_certifier))
+    CROSS JOIN LATERAL (
+        SELECT d.device_certifier, u.revoked_user_certifier, u.user_certifier
+        FROM device d JOIN user_ u ON u.organization_id = d.organization_id AND u.user_id = d.user_id
+        WHERE d.organization_id = %(org)s AND d.device_id = chain.device_id
+        LIMIT 1
+    ) AS link
+    CROSS JOIN LATERAL (VALUES (link.device_certifier), (link.revoked_user_certifier), (link.user_certifier))
         AS next (certifier)
     WHERE next.certifier IS NOT NULL
+), chain_devices AS MATERIALIZED (
+    SELECT d.* FROM chain
+    CROSS JOIN LATERAL (
+        SELECT * FROM device d WHERE d.organization_id = %(org)s AND d.device_id = chain.device_id LIMIT 1
+    ) AS d
 )
 SELECT 'U', {columns(USER_COLUMNS, "t")}, {_DEVICE_NULLS} FROM target t
 UNION ALL
 SELECT 'D', {_USER_NULLS}, {columns(DEVICE_COLUMNS, "d")} FROM own_devices d
 UNION ALL
-SELECT 'C', {_USER_NULLS}, {columns(DEVICE_COLUMNS, "d")}
-FROM device d WHERE d.organization_id = %(org)s AND d.device_id IN (SELECT device_id FROM chain)
+SELECT 'C', {_USER_NULLS}, {columns(DEVICE_COLUMNS, "d")} FROM chain_devices d
 UNION ALL
 SELECT 'T', {columns(USER_COLUMNS, "u")}, {_DEVICE_NULLS}
-FROM user_ u
-WHERE u.organization_id = %(org)s AND u.user_id IN (
-    SELECT d.user_id FROM device d
-    WHERE d.organization_id = %(org)s AND d.device_id IN (SELECT device_id FROM chain)
-)
+FROM (SELECT DISTINCT user_id FROM chain_devices) AS c
+CROSS JOIN LATERAL (
+    SELECT * FROM user_ u WHERE u.organization_id = %(org)s AND u.user_id = c.user_id LIMIT 1
+) AS u
 """
 
 # Humans (matching the query) by lower-cased label then user id, then, without a query, the

@@ -1,0 +1,279 @@
+"""What a storage call costs PostgreSQL must not grow with the data of other realms, users and
+organizations: every statement a call sends alone is run first under EXPLAIN ANALYZE (in a
+transaction rolled back; a prepared statement with its generic plan, the one a pool session
+ends up using), and the rows its plan reads are counted. The same calls on the same kind of
+data, before and after the database is filled with other realms, vlobs, blocks and members
+(and planner statistics are taken), must read the same rows.
+
+A generic plan that joins a row it found earlier (a CTE) to a table on part of its key reads
+every row of the organization sharing that part: found this way in `vlob_create` and
+`vlob_update`, which updated their realm's row by scanning all the organization's realms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from typing import Any
+from uuid import uuid4
+
+import psycopg2
+import pytest
+import pytest_twisted
+
+from parsec.backend.models import ReencryptionBatchEntry
+from parsec.storage.postgresql.binary import PqConnection
+from parsec.storage.postgresql.connection import PgConnection, PreparedStatement, render_statement
+from tests.storage_contract.conftest import (
+    World,
+    make_device,
+    make_world,
+    new_organization,
+    start_postgresql_backend,
+    stop_backend,
+)
+from tests.support import CountingPool
+
+ok = pytest_twisted.ensureDeferred
+_members = itertools.count(1)
+pytestmark = pytest.mark.postgresql
+
+NOISE_USERS = 2_000  # other users of the organization (and of another one)
+NOISE_REALMS = 5_000  # their realms, each with 2 vlobs of 2 versions and 2 blocks
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows the plan's scans returned or discarded, and rows its joins discarded, all loops."""
+    loops = plan.get("Actual Loops", 1) or 0
+    total = 0
+    if "Relation Name" in plan and plan.get("Node Type") not in ("ModifyTable",):
+        total += round(
+            (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+             + plan.get("Rows Removed by Index Recheck", 0)) * loops
+        )
+    total += round(plan.get("Rows Removed by Join Filter", 0) * loops)
+    for child in plan.get("Plans", ()):
+        total += rows_read(child)
+    return total
+
+
+_EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "EXECUTE")
+
+
+class ExplainingPool(CountingPool):
+    """Runs every round trip of its sessions a first time under EXPLAIN ANALYZE, undone
+    (rolled back, or back to a savepoint inside a transaction): each statement of it that
+    reads or writes rows is explained, the others (locks, settings) run as they are. Records
+    (statement, rows read by all its statements) in `explained`; PLAN_DUMP=<file> also writes
+    the plans there, one JSON document per line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.explained: list[tuple[str, int]] = []
+
+    async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
+        conn = await super().acquire(nested_ok=nested_ok)
+        if isinstance(conn, PqConnection) and not getattr(conn, "_explaining", False):
+            execute, send = conn._execute, conn._send
+
+            async def explaining_execute(query: Any, params: Any, prefix: str = "") -> Any:
+                if isinstance(query, PreparedStatement):
+                    await conn._ensure_prepared(query)
+                    text, label = render_statement(query.execute_sql, query.bind(params) or None), query.sql
+                else:
+                    text, label = render_statement(query, params), query
+                await self._explain(conn, text, label)
+                return await execute(query, params, prefix)
+
+            async def explaining_send(sql: str, params: Any) -> Any:
+                await self._explain(conn, render_statement(sql, params), sql)
+                return await send(sql, params)
+
+            conn._execute = explaining_execute  # type: ignore[method-assign]
+            conn._send = explaining_send  # type: ignore[method-assign]
+            conn._explaining = True  # type: ignore[attr-defined]
+        return conn
+
+    async def _explain(self, conn: PqConnection, text: str, label: str) -> None:
+        trip = conn._round_trip
+        nested = conn.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        await trip("SAVEPOINT explained" if nested else "BEGIN")
+        plans = []
+        try:
+            # The plans a session uses: generic ones for its prepared statements.
+            await trip("SET LOCAL plan_cache_mode = force_generic_plan")
+            for statement in text.strip().rstrip(";").split(";"):
+                if statement.strip().upper().startswith(_EXPLAINABLE):
+                    result = await trip(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}")
+                    document = result.rows[0][0]
+                    plans.append((json.loads(document) if isinstance(document, str) else document)[0])
+                elif statement.strip().upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+                    await trip(statement)
+        finally:
+            await trip("ROLLBACK TO SAVEPOINT explained; RELEASE SAVEPOINT explained" if nested else "ROLLBACK")
+        if not plans:
+            return
+        rows = sum(rows_read(plan["Plan"]) for plan in plans)
+        self.explained.append((label, rows))
+        if os.environ.get("PLAN_DUMP"):
+            with open(os.environ["PLAN_DUMP"], "a", encoding="utf-8") as dump:
+                dump.write(json.dumps({"sql": label, "rows": rows, "plans": plans}) + "\n")
+
+
+async def scenario(world: World, pool: ExplainingPool) -> dict[str, list[int]]:
+    """The storage calls of a client's day on a new realm of alice's, shared with a new user:
+    (call -> rows read by each of its statements)."""
+    costs: dict[str, list[int]] = {}
+    member = f"member{next(_members)}"
+    await world.add_user(f"{member}@dev1")
+
+    async def call(name: str, coro: Any) -> Any:
+        start = len(pool.explained)
+        result = await coro
+        costs[name] = [rows for _, rows in pool.explained[start:]]
+        return result
+
+    realm_id = uuid4()
+    org = world.org
+    await call("realm_create", world.realm.create(org, world.grant(realm_id, "alice@dev1", "alice", "OWNER")))
+    await call("realm_update_roles", world.realm.update_roles(
+        org, world.grant(realm_id, "alice@dev1", member, "CONTRIBUTOR"), b"message"))
+    await call("realm_get_status", world.realm.get_status(org, member, realm_id))
+    await call("realm_get_stats", world.realm.get_stats(org, member, realm_id))
+    await call("realm_get_role_certificates", world.realm.get_role_certificates(org, member, realm_id))
+    await call("realm_get_realms_for_user", world.realm.get_realms_for_user(org, member))
+    vlob_id = uuid4()
+    await call("vlob_create", world.vlob.create(org, f"{member}@dev1", realm_id, 1, vlob_id, world.ts(), b"v1"))
+    await call("vlob_update", world.vlob.update(org, f"{member}@dev1", 1, vlob_id, 2, world.ts(), b"v2"))
+    await call("vlob_read", world.vlob.read(org, member, 1, vlob_id, None, None))
+    await call("vlob_read_version", world.vlob.read(org, member, 1, vlob_id, 1, None))
+    await call("vlob_poll_changes", world.vlob.poll_changes(org, member, realm_id, 0))
+    await call("vlob_list_versions", world.vlob.list_versions(org, member, vlob_id))
+    block_id = uuid4()
+    held = await call("block_claim_create", world.block.claim_create(
+        org, f"{member}@dev1", realm_id, block_id, world.ts(), 300.0))
+    await call("block_record_create", world.block.record_create(
+        org, f"{member}@dev1", realm_id, block_id, 3, world.ts(), held))
+    await call("block_check_read", world.block.check_read(org, member, block_id))
+    await call("message_get", world.message.get(org, member, 0))
+    await call("user_get_user", world.user.get_user(org, member))
+    await call("user_get_user_with_trustchain", world.user.get_user_with_trustchain(org, member))
+    await call("user_get_authenticated_identity", world.user.get_authenticated_identity(org, f"{member}@dev1"))
+    await call("user_create_device", world.user.create_device(org, make_device(f"{member}@dev2")))
+    await call("user_is_email_used", world.user.is_email_used_by_active_user(org, f"{member}@example.com", world.ts()))
+    await call("organization_get", world.organization.get(org))
+    invitation = await call("invite_new", world.invite.new(org, member, None, "DEVICE", None, world.ts()))
+    await call("invite_info", world.invite.info(org, invitation.token))
+    await call("invite_list", world.invite.list(org, member))
+    await call("invite_conduit_talk", world.invite.conduit_talk(org, invitation.token, member, "1_WAIT_PEERS", b"k"))
+    await call("invite_delete", world.invite.delete(org, member, invitation.token, world.ts(), "CANCELLED"))
+    now = world.ts()
+    await call("realm_start_reencryption", world.realm.start_reencryption_maintenance(
+        org, "alice@dev1", realm_id, 2, {"alice": b"a", member: b"m"}, now, now))
+    batch = await call("vlob_get_reencryption_batch", world.vlob.get_reencryption_batch(org, "alice", realm_id, 2, 100))
+    await call("vlob_save_reencryption_batch", world.vlob.save_reencryption_batch(
+        org, "alice", realm_id, 2, [ReencryptionBatchEntry(e.vlob_id, e.version, b"x") for e in batch]))
+    await call("realm_finish_reencryption", world.realm.finish_reencryption_maintenance(org, "alice@dev1", realm_id, 2))
+    await call("user_revoke", world.user.revoke_user(org, member, b"revoked", "alice@dev1", world.ts()))
+    return costs
+
+
+# Other organizations (not bootstrapped) and users (certified by alice@dev1) with a device, a
+# message and an invitation each, and realms of
+# theirs, bob reading them, each with vlobs of two versions, their changes and blocks.
+_FILL = """
+INSERT INTO user_ (organization_id, user_id, profile, public_key, user_certificate, redacted_user_certificate,
+                   user_certifier, created_on)
+SELECT %(org)s, 'n' || i, 'STANDARD', '\\x00', '\\x00', '\\x00', 'alice@dev1', now()
+FROM generate_series(1, %(users)s) AS i;
+INSERT INTO device (organization_id, device_id, user_id, verify_key, device_certificate, redacted_device_certificate,
+                    device_certifier, created_on)
+SELECT %(org)s, 'n' || i || '@dev1', 'n' || i, '\\x00', '\\x00', '\\x00', 'alice@dev1', now()
+FROM generate_series(1, %(users)s) AS i;
+INSERT INTO message (organization_id, recipient, message_index, sender, sent_on, body)
+SELECT %(org)s, 'n' || i, 1, 'alice@dev1', now(), '\\x00' FROM generate_series(1, %(users)s) AS i;
+UPDATE user_ SET message_count = 1 WHERE organization_id = %(org)s AND user_id LIKE 'n%%';
+INSERT INTO invitation (organization_id, token, type, greeter_user_id, created_on)
+SELECT %(org)s, gen_random_uuid(), 'DEVICE', 'n' || i, now() FROM generate_series(1, %(users)s) AS i;
+INSERT INTO organization (organization_id, bootstrap_token, created_on)
+SELECT %(org)s || '_' || i, 'token', now() FROM generate_series(1, %(users)s) AS i;
+CREATE TEMPORARY TABLE noise AS
+SELECT i, gen_random_uuid() AS realm_id, 'n' || (i %% %(users)s + 1) AS owner FROM generate_series(1, %(realms)s) AS i;
+INSERT INTO realm (organization_id, realm_id, checkpoint, created_on)
+SELECT %(org)s, realm_id, 4, now() FROM noise;
+INSERT INTO vlob_encryption_revision (organization_id, realm_id, encryption_revision, started_on, started_by)
+SELECT %(org)s, realm_id, 1, now(), owner || '@dev1' FROM noise;
+INSERT INTO realm_role (organization_id, realm_id, user_id, role, certificate, certified_by, certified_on)
+SELECT %(org)s, realm_id, u, r, '\\x00', owner || '@dev1', now()
+FROM noise, LATERAL (VALUES (owner, 'OWNER'), ('bob', 'READER')) AS m(u, r);
+INSERT INTO realm_user (organization_id, realm_id, user_id, role, role_certified_on)
+SELECT %(org)s, realm_id, u, r, now()
+FROM noise, LATERAL (VALUES (owner, 'OWNER'), ('bob', 'READER')) AS m(u, r);
+CREATE TEMPORARY TABLE noise_vlob AS
+SELECT realm_id, owner, gen_random_uuid() AS vlob_id, v FROM noise, generate_series(1, 2) AS v;
+INSERT INTO vlob (organization_id, vlob_id, realm_id, latest_version, latest_timestamp, created_on)
+SELECT %(org)s, vlob_id, realm_id, 2, now(), now() FROM noise_vlob;
+INSERT INTO vlob_atom (organization_id, vlob_id, encryption_revision, version, realm_id, blob, author, created_on)
+SELECT %(org)s, vlob_id, 1, version, realm_id, '\\x00', owner || '@dev1', now()
+FROM noise_vlob, generate_series(1, 2) AS version;
+INSERT INTO realm_vlob_update (organization_id, realm_id, checkpoint, vlob_id, version)
+SELECT %(org)s, realm_id, (v - 1) * 2 + version, vlob_id, version FROM noise_vlob, generate_series(1, 2) AS version;
+INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
+SELECT %(org)s, gen_random_uuid(), realm_id, owner || '@dev1', 1, now() FROM noise_vlob;
+DROP TABLE noise_vlob;
+DROP TABLE noise
+"""
+
+
+async def fill(pool: ExplainingPool, org: str) -> None:
+    async with pool.connection() as conn:
+        for statement in _FILL.split(";\n"):
+            await conn.execute(statement, {"org": org, "users": NOISE_USERS, "realms": NOISE_REALMS})
+
+
+@pytest_twisted.async_yield_fixture
+async def explaining_backend(fresh_pg_dsn: str) -> Any:
+    backend = await start_postgresql_backend(ExplainingPool(fresh_pg_dsn, min_connections=1, max_connections=1))
+    try:
+        yield backend
+    finally:
+        await stop_backend(backend)
+
+
+@ok
+async def test_calls_read_no_more_rows_as_other_data_grows(explaining_backend):
+    backend = explaining_backend
+    pool = backend.pool
+    world = await make_world(backend)
+    # Warm up (every statement prepared, the generic plans built), then measure.
+    await scenario(world, pool)
+    before = await scenario(world, pool)
+
+    await fill(pool, world.org)
+    other = World(backend, await new_organization(backend, "Noise"))
+    await other.add_user("bob@dev1")
+    await fill(pool, other.org)
+    async with pool.connection() as conn:
+        await conn.execute("ANALYZE")
+    after = await scenario(world, pool)
+
+    grown = {
+        name: (before[name], after[name])
+        for name in before
+        if len(before[name]) != len(after[name]) or any(a > b for a, b in zip(after[name], before[name], strict=True))
+    }
+    assert not grown, grown
+
+
+def test_rows_read_counts_discarded_rows() -> None:
+    plan = {
+        "Node Type": "Nested Loop", "Actual Rows": 1, "Actual Loops": 1, "Rows Removed by Join Filter": 9,
+        "Plans": [
+            {"Node Type": "Bitmap Heap Scan", "Relation Name": "realm", "Actual Rows": 10, "Actual Loops": 1},
+            {"Node Type": "Index Scan", "Relation Name": "vlob", "Actual Rows": 1, "Actual Loops": 2,
+             "Rows Removed by Filter": 0.5},
+        ],
+    }
+    assert rows_read(plan) == 9 + 10 + 3
+
