@@ -1331,7 +1331,7 @@ class Databases:
 
             self.cluster = start_cluster(work_dir / "pg")
             self.admin_dsn = self.cluster.dsn
-            self._load_statement_stats()
+            self._load_statement_stats(args.pg_conf)
             if args.pin:
                 self.pin(0)
         self._open_statement_stats(create=self.cluster is not None)
@@ -1342,17 +1342,22 @@ class Databases:
             postmaster = int((self.cluster.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
             os.sched_setaffinity(postmaster, {cpu})
 
-    def _load_statement_stats(self) -> None:
-        """Preload pg_stat_statements in the throwaway cluster (one restart), when installed."""
+    def _load_statement_stats(self, settings: list[str]) -> None:
+        """Preload pg_stat_statements in the throwaway cluster, when installed, and apply
+        `--pg-conf` (one restart)."""
         from tests.pg_cluster import find_bindir
 
-        if not (find_bindir().parent / "lib" / "pg_stat_statements.so").exists():
+        lines = [f"{key.strip()} = {value.strip()}\n" for key, _, value in (s.partition("=") for s in settings)]
+        if (find_bindir().parent / "lib" / "pg_stat_statements.so").exists():
+            lines[:0] = [
+                "shared_preload_libraries = 'pg_stat_statements'\n",
+                "pg_stat_statements.max = 10000\n",
+                "pg_stat_statements.track_utility = on\n",
+            ]
+        if not lines:
             return
         with open(self.cluster.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
-            conf.write(
-                "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.max = 10000\n"
-                "pg_stat_statements.track_utility = on\n"
-            )
+            conf.writelines(lines)
         self.cluster.stop()
         self.cluster.start()
 
@@ -1407,15 +1412,17 @@ class Databases:
             return []
         with self.stats_conn.cursor() as cursor:
             cursor.execute(
-                "SELECT s.calls, s.total_exec_time, s.rows, regexp_replace(s.query, '\\s+', ' ', 'g') "
+                "SELECT s.calls, s.total_exec_time, s.rows, s.shared_blks_read, s.shared_blks_written, "
+                "regexp_replace(s.query, '\\s+', ' ', 'g') "
                 "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
                 "ORDER BY s.total_exec_time DESC LIMIT %s",
                 (dsn.rsplit("/", 1)[1], limit),
             )
             return [
                 f"{calls:8} calls {total_ms:9.0f} ms {1000 * total_ms / calls if calls else 0:7.0f} us/call "
-                f"{rows:8} rows  {query[:150]}"
-                for calls, total_ms, rows, query in cursor.fetchall()
+                f"{rows:8} rows {read / calls if calls else 0:5.2f} read {written / calls if calls else 0:5.2f} "
+                f"written  {query[:150]}"
+                for calls, total_ms, rows, read, written, query in cursor.fetchall()
             ]
 
     def _admin(self, sql: str) -> None:
@@ -2291,6 +2298,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stall-timeout", type=float, default=10.0, help="abort a phase after this long without a reply (default 10)"
     )
     parser.add_argument("--dsn", default=None, help="PostgreSQL cluster where databases may be created")
+    parser.add_argument(
+        "--pg-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a postgresql.conf setting of the throwaway cluster (repeatable)",
+    )
     parser.add_argument("--pg-top", type=int, default=0, help="print the N statements that cost PostgreSQL most")
     parser.add_argument("--ours-args", default="", help="extra arguments for our server (one string)")
     parser.add_argument("--ref-args", default="", help="extra arguments for the reference server (one string)")
