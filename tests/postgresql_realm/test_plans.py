@@ -23,7 +23,8 @@ import pytest
 import pytest_twisted
 
 from parsec.backend.models import ReencryptionBatchEntry
-from parsec.storage.postgresql.binary import PqConnection
+from parsec.storage.postgresql.binary import BinaryConnection, BinaryPool, PqConnection
+from parsec.storage.postgresql.block import PgBlockBytes
 from parsec.storage.postgresql.connection import PgConnection, PreparedStatement, render_statement
 from tests.storage_contract.conftest import (
     World,
@@ -61,42 +62,28 @@ def rows_read(plan: dict[str, Any]) -> int:
 _EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "EXECUTE")
 
 
-class ExplainingPool(CountingPool):
-    """Runs every round trip of its sessions a first time under EXPLAIN ANALYZE, undone
-    (rolled back, or back to a savepoint inside a transaction): each statement of it that
-    reads or writes rows is explained, the others (locks, settings) run as they are. Records
-    (statement, rows read by all its statements) in `explained`; PLAN_DUMP=<file> also writes
-    the plans there, one JSON document per line."""
+class Explainer:
+    """Runs a round trip of a session a first time under EXPLAIN ANALYZE, undone (rolled back,
+    or back to a savepoint inside a transaction): each statement of it that reads or writes
+    rows is explained, the others (locks, settings) run as they are. Records (statement, rows
+    read by all its statements) in `explained`; PLAN_DUMP=<file> also writes the plans there,
+    one JSON document per line."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self.explained: list[tuple[str, int]] = []
 
-    async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
-        conn = await super().acquire(nested_ok=nested_ok)
-        if isinstance(conn, PqConnection) and not getattr(conn, "_explaining", False):
-            execute, send = conn._execute, conn._send
+    async def prepared(self, conn: Any, statement: PreparedStatement, params: Any) -> None:
+        if statement.name not in conn._prepared:
+            name, body = statement.name_bytes, statement.body_bytes
+            await conn._exchange(lambda pgconn: pgconn.send_prepare(name, body))
+            conn._prepared.add(statement.name)
+        await self.explain(conn, render_statement(statement.execute_sql, statement.bind(params) or None), statement.sql)
 
-            async def explaining_execute(query: Any, params: Any, prefix: str = "") -> Any:
-                if isinstance(query, PreparedStatement):
-                    await conn._ensure_prepared(query)
-                    text, label = render_statement(query.execute_sql, query.bind(params) or None), query.sql
-                else:
-                    text, label = render_statement(query, params), query
-                await self._explain(conn, text, label)
-                return await execute(query, params, prefix)
+    async def explain(self, conn: Any, text: str, label: str) -> None:
+        async def trip(sql: str) -> list[tuple[Any, ...]]:
+            query = sql.encode("utf-8")
+            return conn._rows_of(await conn._exchange(lambda pgconn: pgconn.send_query(query)))  # type: ignore[no-any-return]
 
-            async def explaining_send(sql: str, params: Any) -> Any:
-                await self._explain(conn, render_statement(sql, params), sql)
-                return await send(sql, params)
-
-            conn._execute = explaining_execute  # type: ignore[method-assign]
-            conn._send = explaining_send  # type: ignore[method-assign]
-            conn._explaining = True  # type: ignore[attr-defined]
-        return conn
-
-    async def _explain(self, conn: PqConnection, text: str, label: str) -> None:
-        trip = conn._round_trip
         nested = conn.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE
         await trip("SAVEPOINT explained" if nested else "BEGIN")
         plans = []
@@ -105,8 +92,7 @@ class ExplainingPool(CountingPool):
             await trip("SET LOCAL plan_cache_mode = force_generic_plan")
             for statement in text.strip().rstrip(";").split(";"):
                 if statement.strip().upper().startswith(_EXPLAINABLE):
-                    result = await trip(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}")
-                    document = result.rows[0][0]
+                    document = (await trip(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"))[0][0]
                     plans.append((json.loads(document) if isinstance(document, str) else document)[0])
                 elif statement.strip().upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
                     await trip(statement)
@@ -121,7 +107,55 @@ class ExplainingPool(CountingPool):
                 dump.write(json.dumps({"sql": label, "rows": rows, "plans": plans}) + "\n")
 
 
-async def scenario(world: World, pool: ExplainingPool) -> dict[str, list[int]]:
+class ExplainingPool(CountingPool):
+    """Every round trip of its sessions explained first (`Explainer`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.explainer = Explainer()
+
+    async def acquire(self, *, nested_ok: bool = False) -> PgConnection:
+        conn = await super().acquire(nested_ok=nested_ok)
+        if isinstance(conn, PqConnection) and not getattr(conn, "_explaining", False):
+            execute, send, explainer = conn._execute, conn._send, self.explainer
+
+            async def explaining_execute(query: Any, params: Any, prefix: str = "") -> Any:
+                if isinstance(query, PreparedStatement):
+                    await explainer.prepared(conn, query, params)
+                else:
+                    await explainer.explain(conn, render_statement(query, params), query)
+                return await execute(query, params, prefix)
+
+            async def explaining_send(sql: str, params: Any) -> Any:
+                await explainer.explain(conn, render_statement(sql, params), sql)
+                return await send(sql, params)
+
+            conn._execute = explaining_execute  # type: ignore[method-assign]
+            conn._send = explaining_send  # type: ignore[method-assign]
+            conn._explaining = True  # type: ignore[attr-defined]
+        return conn
+
+
+class ExplainingBinaryPool(BinaryPool):
+    """The POSTGRESQL blockstore's sessions, every statement explained first (`Explainer`)."""
+
+    explainer: Explainer
+
+    async def acquire(self, *, nested_ok: bool = False) -> BinaryConnection:
+        conn = await super().acquire(nested_ok=nested_ok)
+        if not getattr(conn, "_explaining", False):
+            run, explainer = conn._run, self.explainer
+
+            async def explaining_run(statement: PreparedStatement, params: Any) -> Any:
+                await explainer.prepared(conn, statement, params)
+                return await run(statement, params)
+
+            conn._run = explaining_run  # type: ignore[method-assign]
+            conn._explaining = True  # type: ignore[attr-defined]
+        return conn
+
+
+async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> dict[str, list[int]]:
     """The storage calls of a client's day on a new realm of alice's, shared with a new user:
     (call -> rows read by each of its statements)."""
     costs: dict[str, list[int]] = {}
@@ -129,9 +163,9 @@ async def scenario(world: World, pool: ExplainingPool) -> dict[str, list[int]]:
     await world.add_user(f"{member}@dev1")
 
     async def call(name: str, coro: Any) -> Any:
-        start = len(pool.explained)
+        start = len(pool.explainer.explained)
         result = await coro
-        costs[name] = [rows for _, rows in pool.explained[start:]]
+        costs[name] = [rows for _, rows in pool.explainer.explained[start:]]
         return result
 
     realm_id = uuid4()
@@ -156,6 +190,9 @@ async def scenario(world: World, pool: ExplainingPool) -> dict[str, list[int]]:
     await call("block_record_create", world.block.record_create(
         org, f"{member}@dev1", realm_id, block_id, 3, world.ts(), held))
     await call("block_check_read", world.block.check_read(org, member, block_id))
+    block_id = uuid4()
+    await call("block_create_with_data", blocks.create_with_data(org, f"{member}@dev1", realm_id, block_id, b"b", world.ts(), 300.0))
+    await call("block_read_with_data", blocks.read_with_data(org, member, block_id))
     await call("message_get", world.message.get(org, member, 0))
     await call("user_get_user", world.user.get_user(org, member))
     await call("user_get_user_with_trustchain", world.user.get_user_with_trustchain(org, member))
@@ -221,6 +258,8 @@ INSERT INTO realm_vlob_update (organization_id, realm_id, checkpoint, vlob_id, v
 SELECT %(org)s, realm_id, (v - 1) * 2 + version, vlob_id, version FROM noise_vlob, generate_series(1, 2) AS version;
 INSERT INTO block (organization_id, block_id, realm_id, author, size, created_on)
 SELECT %(org)s, gen_random_uuid(), realm_id, owner || '@dev1', 1, now() FROM noise_vlob;
+INSERT INTO block_data (organization_id, block_id, data)
+SELECT organization_id, block_id, '\\x00' FROM block WHERE organization_id = %(org)s ON CONFLICT DO NOTHING;
 DROP TABLE noise_vlob;
 DROP TABLE noise
 """
@@ -245,18 +284,25 @@ async def explaining_backend(fresh_pg_dsn: str) -> Any:
 async def test_calls_read_no_more_rows_as_other_data_grows(explaining_backend):
     backend = explaining_backend
     pool = backend.pool
-    world = await make_world(backend)
-    # Warm up (every statement prepared, the generic plans built), then measure.
-    await scenario(world, pool)
-    before = await scenario(world, pool)
+    bytes_pool = ExplainingBinaryPool.like(pool, max_connections=1)
+    bytes_pool.explainer = pool.explainer
+    await bytes_pool.start()
+    blocks = PgBlockBytes(bytes_pool)
+    try:
+        world = await make_world(backend)
+        # Warm up (every statement prepared, the generic plans built), then measure.
+        await scenario(world, pool, blocks)
+        before = await scenario(world, pool, blocks)
 
-    await fill(pool, world.org)
-    other = World(backend, await new_organization(backend, "Noise"))
-    await other.add_user("bob@dev1")
-    await fill(pool, other.org)
-    async with pool.connection() as conn:
-        await conn.execute("ANALYZE")
-    after = await scenario(world, pool)
+        await fill(pool, world.org)
+        other = World(backend, await new_organization(backend, "Noise"))
+        await other.add_user("bob@dev1")
+        await fill(pool, other.org)
+        async with pool.connection() as conn:
+            await conn.execute("ANALYZE")
+        after = await scenario(world, pool, blocks)
+    finally:
+        await bytes_pool.close()
 
     grown = {
         name: (before[name], after[name])
