@@ -167,6 +167,35 @@ def test_select_vlob_version():
         rules.select_vlob_version([], None, None)
 
 
+def test_memory_storage_selects_versions_by_the_rule():
+    """The memory storage's lookup (no sort per read) picks what the rule picks, timestamps
+    out of order included (data written elsewhere)."""
+    import random
+
+    from parsec.storage.memory.realm import _Atom, _select_version
+
+    chooser = random.Random(15)
+    for _ in range(300):
+        count = chooser.randint(0, 8)
+        stamps = [T0 + timedelta(seconds=chooser.randint(0, 10)) for _ in range(count)]
+        if chooser.random() < 0.7:
+            stamps.sort()
+        atoms = {v: _Atom(b"", "a@d", ts) for v, ts in enumerate(stamps, start=1)}
+        for version in (None, 0, 1, count, count + 1):
+            for timestamp in (None, T0 - timedelta(seconds=1), T0 + timedelta(seconds=chooser.randint(0, 11))):
+                try:
+                    expected: int | type[Exception] = rules.select_vlob_version(
+                        [(v, a.timestamp) for v, a in atoms.items()], version, timestamp
+                    )
+                except BadVersionError:
+                    expected = BadVersionError
+                try:
+                    got: int | type[Exception] = _select_version(atoms, version, timestamp)
+                except BadVersionError:
+                    got = BadVersionError
+                assert got == expected, (stamps, version, timestamp)
+
+
 def facts(**overrides) -> RoleUpdateFacts:
     base = dict(
         target_profile="STANDARD",

@@ -54,8 +54,15 @@ class OrgData:
     organization: Organization
     users: dict[str, User] = attrs.field(factory=dict)
     devices: dict[str, Device] = attrs.field(factory=dict)
+    # user id -> its devices, in creation order (`add_device`): a user's devices without a
+    # scan of the organization's (user_get reads them on every call).
+    devices_of_user: dict[str, list[Device]] = attrs.field(factory=dict)
     # Free-form per-domain state (realms, vlobs, invitations...), keyed by domain name.
     domains: dict[str, Any] = attrs.field(factory=dict)
+
+    def add_device(self, device: Device) -> None:
+        self.devices[device.device_id] = device
+        self.devices_of_user.setdefault(device.user_id, []).append(device)
 
     def active_users_count(self) -> int:
         return sum(1 for u in self.users.values() if u.revoked_on is None)
@@ -83,7 +90,7 @@ def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) ->
     if device.device_id in data.devices:
         raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
     data.users[user.user_id] = user
-    data.devices[device.device_id] = device
+    data.add_device(device)
 
 
 class MemoryDatastore:
@@ -194,7 +201,7 @@ class MemoryOrganizationStorage:
         if org.active_users_limit is not None and data.active_users_count() >= org.active_users_limit:
             raise ActiveUsersLimitReachedError()
         data.users[user.user_id] = user
-        data.devices[device.device_id] = device
+        data.add_device(device)
         data.organization = attrs.evolve(
             org, root_verify_key=root_verify_key, bootstrapped_on=bootstrapped_on
         )
@@ -238,7 +245,7 @@ class MemoryUserStorage:
             raise NotFoundError()
         if device.device_id in data.devices:
             raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
-        data.devices[device.device_id] = device
+        data.add_device(device)
         self._store.publish(events.device_created(organization_id, device.device_id))
 
     async def revoke_user(
@@ -275,9 +282,7 @@ class MemoryUserStorage:
         user = data.users.get(user_id)
         if user is None:
             raise NotFoundError()
-        devices = sorted(
-            (d for d in data.devices.values() if d.user_id == user_id), key=lambda d: d.created_on
-        )
+        devices = sorted(data.devices_of_user.get(user_id, ()), key=lambda d: d.created_on)
         chain_users: dict[str, User] = {}
         chain_devices: dict[str, Device] = {}
         todo = [user.user_certifier, user.revoked_user_certifier, *(d.device_certifier for d in devices)]

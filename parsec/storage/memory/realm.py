@@ -31,6 +31,7 @@ from parsec.backend.realm_rules import RealmState, RoleUpdateFacts
 from parsec.backend.storage import (
     DEFAULT_MESSAGE_BOUNDS,
     AlreadyExistsError,
+    BadVersionError,
     BlockClaimedError,
     MessageBounds,
     MessageBoxFullError,
@@ -138,6 +139,13 @@ class MemoryRealmState:
         self.blocks: dict[UUID, _Block] = {}
         self.block_claims: dict[UUID, _BlockClaim] = {}  # block creations in progress
         self.metadata_size = 0  # every stored vlob atom, re-encrypted copies included
+        # user -> the realms where it was ever granted a role (`grant`): a user's realms
+        # without a scan of the organization's (read on every events_subscribe).
+        self.realms_of_user: dict[str, dict[UUID, _Realm]] = {}
+
+    def grant(self, realm: _Realm, grant: RealmGrant) -> None:
+        realm.add_grant(grant)
+        self.realms_of_user.setdefault(grant.user_id, {})[realm.realm_id] = realm
 
     def stats(self) -> tuple[int, int, int]:
         """(data_size, metadata_size, realms), read by the organization stats."""
@@ -210,6 +218,24 @@ def _latest(atoms: dict[int, _Atom]) -> int:
     return next(reversed(atoms))
 
 
+def _select_version(atoms: dict[int, _Atom], version: int | None, timestamp: datetime | None) -> int:
+    """`rules.select_vlob_version` on a revision's atoms, which are in ascending versions: a
+    lookup, or a walk back from the latest, where sorting every version of the vlob on every
+    read grew with its history (tests/backend_realm/test_rules.py compares both)."""
+    if version is not None:
+        if version in atoms:
+            return version
+        raise BadVersionError()
+    if timestamp is None:
+        if not atoms:
+            raise BadVersionError()
+        return _latest(atoms)
+    for candidate in reversed(atoms):
+        if atoms[candidate].timestamp <= timestamp:
+            return candidate
+    raise BadVersionError()
+
+
 def _roles_updated(organization_id: str, grant: RealmGrant) -> events.BackendEvent:
     return events.realm_roles_updated(organization_id, grant.granted_by, grant.realm_id, grant.user_id, grant.role)
 
@@ -231,7 +257,7 @@ class MemoryRealmStorage(_Base):
         if grant.realm_id in data.realms:
             raise AlreadyExistsError()
         realm = _Realm(grant.realm_id)
-        realm.add_grant(grant)
+        data.grant(realm, grant)
         data.realms[grant.realm_id] = realm
         self._store.publish(_roles_updated(organization_id, grant))
 
@@ -287,7 +313,7 @@ class MemoryRealmStorage(_Base):
         # Production stores no message for nil nor for an empty one.
         if recipient_message and not messages.can_take(grant.user_id, [recipient_message], bounds):
             raise MessageBoxFullError()
-        realm.add_grant(grant)
+        data.grant(realm, grant)
         if not recipient_message:
             self._store.publish(_roles_updated(organization_id, grant))
             return None
@@ -371,7 +397,7 @@ class MemoryRealmStorage(_Base):
             return {}
         return {
             realm_id: role
-            for realm_id, realm in data.realms.items()
+            for realm_id, realm in data.realms_of_user.get(user_id, {}).items()
             if (role := realm.role_of(user_id)) is not None
         }
 
@@ -463,9 +489,7 @@ class MemoryVlobStorage(_Base):
         rules.check_vlob_read(_state(realm), _role(realm, user_id), encryption_revision)
         assert vlob is not None and realm is not None
         atoms = vlob.revisions.get(rules.readable_revision(realm.state), {})
-        selected = rules.select_vlob_version(
-            sorted((v, atom.timestamp) for v, atom in atoms.items()), version, timestamp
-        )
+        selected = _select_version(atoms, version, timestamp)
         atom = atoms[selected]
         granted_on = realm.last_role_granted_on(user_of(atom.author))
         return VlobVersion(
