@@ -160,7 +160,6 @@ async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> 
     (call -> rows read by each of its statements)."""
     costs: dict[str, list[int]] = {}
     member = f"member{next(_members)}"
-    await world.add_user(f"{member}@dev1")
 
     async def call(name: str, coro: Any) -> Any:
         start = len(pool.explainer.explained)
@@ -168,6 +167,7 @@ async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> 
         costs[name] = [rows for _, rows in pool.explainer.explained[start:]]
         return result
 
+    await call("user_create_user", world.add_user(f"{member}@dev1"))
     realm_id = uuid4()
     org = world.org
     await call("realm_create", world.realm.create(org, world.grant(realm_id, "alice@dev1", "alice", "OWNER")))

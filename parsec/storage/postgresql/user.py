@@ -221,14 +221,20 @@ new_user AS (
 
 
 # The checks of a user creation (memory: `insert_new_user`), evaluated after the organization
-# lock: one row `new_user_facts` (none if the organization does not exist), and the CTE
-# `new_user_allowed` (one row iff every check passes).
+# lock: one row `new_user_facts` (none if the organization does not exist; `active_users` NULL
+# without a limit), and the CTE `new_user_allowed` (one row iff every check passes).
 NEW_USER_FACTS = """
 new_user_facts AS (
     SELECT
         o.active_users_limit AS active_users_limit,
-        (SELECT count(*) FROM user_ u
-         WHERE u.organization_id = o.organization_id AND u.revoked_on IS NULL) AS active_users,
+        -- Counted only against a limit, and only up to it (not every user at each creation).
+        CASE WHEN o.active_users_limit IS NOT NULL THEN (
+            SELECT count(*) FROM (
+                SELECT 1 FROM user_ u
+                WHERE u.organization_id = o.organization_id AND u.revoked_on IS NULL
+                LIMIT o.active_users_limit
+            ) AS active
+        ) END AS active_users,
         EXISTS (SELECT 1 FROM user_ u
                 WHERE u.organization_id = o.organization_id AND u.user_id = %(user_id)s) AS user_exists,
         (%(human_email)s::text IS NOT NULL AND EXISTS (
