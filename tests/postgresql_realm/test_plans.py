@@ -23,12 +23,14 @@ import pytest
 import pytest_twisted
 
 from parsec.backend.models import ReencryptionBatchEntry
+from parsec.backend.storage import PkiAcceptance, PkiEnrollment
 from parsec.storage.postgresql.binary import BinaryConnection, BinaryPool, PqConnection
 from parsec.storage.postgresql.block import PgBlockBytes
 from parsec.storage.postgresql.connection import PgConnection, PreparedStatement, render_statement
 from tests.storage_contract.conftest import (
     World,
     make_device,
+    make_user,
     make_world,
     new_organization,
     start_postgresql_backend,
@@ -165,6 +167,7 @@ async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> 
         start = len(pool.explainer.explained)
         result = await coro
         costs[name] = [rows for _, rows in pool.explainer.explained[start:]]
+        assert costs[name], f"{name}: no statement explained"
         return result
 
     await call("user_create_user", world.add_user(f"{member}@dev1"))
@@ -212,12 +215,18 @@ async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> 
     await call("vlob_save_reencryption_batch", world.vlob.save_reencryption_batch(
         org, "alice", realm_id, 2, [ReencryptionBatchEntry(e.vlob_id, e.version, b"x") for e in batch]))
     await call("realm_finish_reencryption", world.realm.finish_reencryption_maintenance(org, "alice@dev1", realm_id, 2))
+    submitted = PkiEnrollment(uuid4(), f"cert-{member}".encode(), b"sig", b"payload", world.ts())
+    await call("pki_submit", world.pki.submit(org, submitted, False, None, world.ts()))
+    await call("pki_info", world.pki.info(org, submitted.enrollment_id))
+    pki_user, pki_device = make_user(f"{member}pki", "STANDARD")
+    acceptance = PkiAcceptance("alice@dev1", b"acert", b"asig", b"apayload", world.ts())
+    await call("pki_accept", world.pki.accept(org, submitted.enrollment_id, acceptance, pki_user, pki_device, world.ts()))
     await call("user_revoke", world.user.revoke_user(org, member, b"revoked", "alice@dev1", world.ts()))
     return costs
 
 
 # Other organizations (not bootstrapped) and users (certified by alice@dev1) with a device, a
-# message and an invitation each, and realms of
+# message, an invitation and a (rejected) PKI enrollment each, and realms of
 # theirs, bob reading them, each with vlobs of two versions, their changes and blocks.
 _FILL = """
 INSERT INTO user_ (organization_id, user_id, profile, public_key, user_certificate, redacted_user_certificate,
@@ -233,6 +242,10 @@ SELECT %(org)s, 'n' || i, 1, 'alice@dev1', now(), '\\x00' FROM generate_series(1
 UPDATE user_ SET message_count = 1 WHERE organization_id = %(org)s AND user_id LIKE 'n%%';
 INSERT INTO invitation (organization_id, token, type, greeter_user_id, created_on)
 SELECT %(org)s, gen_random_uuid(), 'DEVICE', 'n' || i, now() FROM generate_series(1, %(users)s) AS i;
+INSERT INTO pki_enrollment (organization_id, enrollment_id, submitter_der_x509_certificate, submit_payload_signature,
+                            submit_payload, submitted_on, state, rejected_on)
+SELECT %(org)s, gen_random_uuid(), convert_to('noise' || i, 'UTF8'), '\\x00', '\\x00', now(), 'REJECTED', now()
+FROM generate_series(1, %(users)s) AS i;
 INSERT INTO organization (organization_id, bootstrap_token, created_on)
 SELECT %(org)s || '_' || i, 'token', now() FROM generate_series(1, %(users)s) AS i;
 CREATE TEMPORARY TABLE noise AS
