@@ -21,7 +21,7 @@ from parsec.backend.storage import (
     AlreadyMemberError,
     NotFoundError,
 )
-from parsec.storage.memory.organization import MemoryDatastore
+from parsec.storage.memory.organization import MemoryDatastore, email_used_by_active_user
 
 
 @attrs.define
@@ -36,6 +36,13 @@ class MemoryInviteStorage:
 
     def _entries(self, organization_id: str) -> dict[UUID, _Entry]:
         return self._store.domain(organization_id, "invitations", dict)
+
+    def _pending(self, organization_id: str, greeter_user_id: str) -> dict[UUID, _Entry]:
+        """The greeter's invitations not deleted (deleted ones stay in `_entries`): what a new
+        invitation and the greeter's list look at, without a scan of every invitation the
+        organization ever had."""
+        by_greeter: dict[str, dict[UUID, _Entry]] = self._store.domain(organization_id, "pending_invitations", dict)
+        return by_greeter.setdefault(greeter_user_id, {})
 
     async def info(self, organization_id: str, token: UUID) -> Invitation:
         try:
@@ -55,22 +62,12 @@ class MemoryInviteStorage:
         entries = self._entries(organization_id)
         if type == "USER":
             assert claimer_email is not None
-            data = self._store.get(organization_id)
-            for user in data.users.values():
-                if (
-                    user.human_handle
-                    and user.human_handle[0] == claimer_email
-                    and not user.is_revoked(created_on)
-                ):
-                    raise AlreadyMemberError()
-        for entry in entries.values():
+            if email_used_by_active_user(self._store.get(organization_id), claimer_email, created_on):
+                raise AlreadyMemberError()
+        pending = self._pending(organization_id, greeter_user_id)
+        for entry in pending.values():
             inv = entry.invitation
-            if (
-                not inv.is_deleted
-                and inv.greeter_user_id == greeter_user_id
-                and inv.type == type
-                and inv.claimer_email == claimer_email
-            ):
+            if inv.type == type and inv.claimer_email == claimer_email:
                 self._store.publish(events.invite_status_changed(organization_id, greeter_user_id, inv.token, "IDLE"))
                 return inv
         invitation = Invitation(
@@ -81,7 +78,7 @@ class MemoryInviteStorage:
             created_on=created_on,
             claimer_email=claimer_email,
         )
-        entries[invitation.token] = _Entry(invitation)
+        entries[invitation.token] = pending[invitation.token] = _Entry(invitation)
         self._store.publish(events.invite_status_changed(organization_id, greeter_user_id, invitation.token, "IDLE"))
         return invitation
 
@@ -94,14 +91,11 @@ class MemoryInviteStorage:
         if entry.invitation.is_deleted:
             raise AlreadyDeletedError()
         entry.invitation = attrs.evolve(entry.invitation, deleted_on=on, deleted_reason=reason)
+        del self._pending(organization_id, greeter_user_id)[token]
         self._store.publish(events.invite_status_changed(organization_id, greeter_user_id, token, "DELETED"))
 
     async def list(self, organization_id: str, greeter_user_id: str) -> list[Invitation]:
-        invitations = [
-            e.invitation
-            for e in self._entries(organization_id).values()
-            if e.invitation.greeter_user_id == greeter_user_id and not e.invitation.is_deleted
-        ]
+        invitations = [e.invitation for e in self._pending(organization_id, greeter_user_id).values()]
         return sorted(invitations, key=lambda inv: inv.created_on)
 
     def _locate(

@@ -57,8 +57,17 @@ class OrgData:
     # user id -> its devices, in creation order (`add_device`): a user's devices without a
     # scan of the organization's (user_get reads them on every call).
     devices_of_user: dict[str, list[Device]] = attrs.field(factory=dict)
+    # e-mail -> ids of the users whose human handle has it (`add_user`; revoked ones included:
+    # revocation is a date): the e-mail checks of user creations and invitations without a
+    # scan of the organization's users.
+    users_by_email: dict[str, list[str]] = attrs.field(factory=dict)
     # Free-form per-domain state (realms, vlobs, invitations...), keyed by domain name.
     domains: dict[str, Any] = attrs.field(factory=dict)
+
+    def add_user(self, user: User) -> None:
+        self.users[user.user_id] = user
+        if user.human_handle is not None:
+            self.users_by_email.setdefault(user.human_handle[0], []).append(user.user_id)
 
     def add_device(self, device: Device) -> None:
         self.devices[device.device_id] = device
@@ -70,10 +79,7 @@ class OrgData:
 
 def email_used_by_active_user(data: OrgData, email: str, now: datetime) -> bool:
     """Whether a user not revoked at `now` has a human handle with exactly this e-mail."""
-    return any(
-        u.human_handle is not None and u.human_handle[0] == email and not u.is_revoked(now)
-        for u in data.users.values()
-    )
+    return any(not data.users[user_id].is_revoked(now) for user_id in data.users_by_email.get(email, ()))
 
 
 def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) -> None:
@@ -89,7 +95,7 @@ def insert_new_user(data: OrgData, user: User, device: Device, now: datetime) ->
         raise AlreadyExistsError(human_handle_taken_reason(user.human_handle))
     if device.device_id in data.devices:
         raise AlreadyExistsError(f"Device `{device.device_id}` already exists")
-    data.users[user.user_id] = user
+    data.add_user(user)
     data.add_device(device)
 
 
@@ -200,7 +206,7 @@ class MemoryOrganizationStorage:
             raise NotFoundError()
         if org.active_users_limit is not None and data.active_users_count() >= org.active_users_limit:
             raise ActiveUsersLimitReachedError()
-        data.users[user.user_id] = user
+        data.add_user(user)
         data.add_device(device)
         data.organization = attrs.evolve(
             org, root_verify_key=root_verify_key, bootstrapped_on=bootstrapped_on
