@@ -48,6 +48,16 @@ class _PkiState:
     enrollments: dict[UUID, PkiEnrollment] = attrs.field(factory=dict)
     # certificate digest -> id of the latest enrollment submitted with that certificate
     latest_by_certificate: dict[bytes, UUID] = attrs.field(factory=dict)
+    # The ids of the enrollments still SUBMITTED, in submission order (`put`): counted at each
+    # submission and listed, without a scan of every enrollment the organization ever had.
+    submitted: dict[UUID, None] = attrs.field(factory=dict)
+
+    def put(self, enrollment: PkiEnrollment) -> None:
+        self.enrollments[enrollment.enrollment_id] = enrollment
+        if enrollment.status == "SUBMITTED":
+            self.submitted[enrollment.enrollment_id] = None
+        else:
+            self.submitted.pop(enrollment.enrollment_id, None)
 
 
 class MemoryPkiStorage:
@@ -83,15 +93,15 @@ class MemoryPkiStorage:
                 raise AlreadyEnrolledError()
         if email and email_used_by_active_user(data, email, now):
             raise EmailAlreadyUsedError()
-        pending = sum(1 for e in state.enrollments.values() if e.status == "SUBMITTED")
+        pending = len(state.submitted)
         if pending - (to_cancel is not None) >= max_pending:
             raise TooManyPendingEnrollmentsError()
         # Every check passed: write.
         if to_cancel is not None:
-            state.enrollments[to_cancel] = attrs.evolve(
+            state.put(attrs.evolve(
                 state.enrollments[to_cancel], status="CANCELLED", cancelled_on=enrollment.submitted_on
-            )
-        state.enrollments[enrollment.enrollment_id] = attrs.evolve(
+            ))
+        state.put(attrs.evolve(
             enrollment,
             status="SUBMITTED",
             cancelled_on=None,
@@ -102,7 +112,7 @@ class MemoryPkiStorage:
             accept_payload=None,
             accepter=None,
             accepted_device=None,
-        )
+        ))
         state.latest_by_certificate[digest] = enrollment.enrollment_id
         updated = events.pki_enrollment_updated(organization_id)
         self._store.publish(*([updated] * (2 if to_cancel is not None else 1)))
@@ -115,7 +125,8 @@ class MemoryPkiStorage:
             raise NotFoundError() from None
 
     async def list_submitted(self, organization_id: str) -> list[PkiEnrollment]:
-        return [e for e in self._state(organization_id).enrollments.values() if e.status == "SUBMITTED"]
+        state = self._state(organization_id)
+        return [state.enrollments[enrollment_id] for enrollment_id in state.submitted]
 
     def _submitted(self, state: _PkiState, enrollment_id: UUID) -> PkiEnrollment:
         enrollment = state.enrollments.get(enrollment_id)
@@ -128,9 +139,9 @@ class MemoryPkiStorage:
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
         state = self._state(organization_id)
         enrollment = self._submitted(state, enrollment_id)
-        state.enrollments[enrollment_id] = attrs.evolve(
+        state.put(attrs.evolve(
             enrollment, status="REJECTED", rejected_on=rejected_on
-        )
+        ))
         self._store.publish(events.pki_enrollment_updated(organization_id))
 
     async def accept(
@@ -147,7 +158,7 @@ class MemoryPkiStorage:
         enrollment = self._submitted(state, enrollment_id)
         # Raises before writing anything when the user cannot be created.
         insert_new_user(data, user, device, now)
-        state.enrollments[enrollment_id] = attrs.evolve(
+        state.put(attrs.evolve(
             enrollment,
             status="ACCEPTED",
             accepted_on=acceptance.accepted_on,
@@ -156,7 +167,7 @@ class MemoryPkiStorage:
             accept_payload=acceptance.accept_payload,
             accepter=acceptance.accepter,
             accepted_device=device.device_id,
-        )
+        ))
         self._store.publish(
             events.user_created(organization_id, user.user_id), events.pki_enrollment_updated(organization_id)
         )
