@@ -19,8 +19,7 @@ from tests.storage_contract.conftest import (
     World,
     make_world,
     new_pool,
-    start_postgresql_backend,
-    stop_backend,
+    running_postgresql_backend,
 )
 
 
@@ -33,11 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest_twisted.async_yield_fixture
 async def pg_backend(pg_dsn: str) -> Any:
     """PostgreSQL, with a pool big enough for the concurrency tests."""
-    backend = await start_postgresql_backend(new_pool(pg_dsn, max_connections=24))
-    try:
+    async with running_postgresql_backend(new_pool(pg_dsn, max_connections=24)) as backend:
         yield backend
-    finally:
-        await stop_backend(backend)
 
 
 @pytest_twisted.async_fixture

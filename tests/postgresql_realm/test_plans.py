@@ -33,8 +33,7 @@ from tests.storage_contract.conftest import (
     make_user,
     make_world,
     new_organization,
-    start_postgresql_backend,
-    stop_backend,
+    running_postgresql_backend,
 )
 from tests.support import CountingPool
 
@@ -286,11 +285,8 @@ async def fill(pool: ExplainingPool, org: str) -> None:
 
 @pytest_twisted.async_yield_fixture
 async def explaining_backend(fresh_pg_dsn: str) -> Any:
-    backend = await start_postgresql_backend(ExplainingPool(fresh_pg_dsn, min_connections=1, max_connections=1))
-    try:
+    async with running_postgresql_backend(ExplainingPool(fresh_pg_dsn, min_connections=1, max_connections=1)) as backend:
         yield backend
-    finally:
-        await stop_backend(backend)
 
 
 @ok

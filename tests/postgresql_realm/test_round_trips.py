@@ -14,7 +14,7 @@ from parsec.backend import storage as st
 from parsec.backend.models import ReencryptionBatchEntry
 from parsec.storage.postgresql.binary import BinaryPool
 from parsec.storage.postgresql.block import PgBlockBytes
-from tests.storage_contract.conftest import make_world, new_pool, start_postgresql_backend, stop_backend
+from tests.storage_contract.conftest import make_world, new_pool, running_postgresql_backend
 from tests.support import statement_count
 
 ok = pytest_twisted.ensureDeferred
@@ -24,11 +24,8 @@ pytestmark = pytest.mark.postgresql
 @pytest_twisted.async_yield_fixture
 async def one_connection_backend(pg_dsn: str) -> Any:
     """A single connection: PREPAREs happen once, then every call reuses them."""
-    backend = await start_postgresql_backend(new_pool(pg_dsn, max_connections=1))
-    try:
+    async with running_postgresql_backend(new_pool(pg_dsn, max_connections=1)) as backend:
         yield backend
-    finally:
-        await stop_backend(backend)
 
 
 @ok

@@ -15,9 +15,10 @@ The PostgreSQL half carries the `postgresql` marker.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -143,6 +144,16 @@ async def stop_backend(backend: Backend) -> None:
     await backend.storage.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_postgresql_backend(pool: CountingPool) -> AsyncIterator[Backend]:
+    """`start_postgresql_backend(pool)`, stopped on the way out."""
+    backend = await start_postgresql_backend(pool)
+    try:
+        yield backend
+    finally:
+        await stop_backend(backend)
+
+
 @pytest.fixture(params=KINDS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -163,11 +174,8 @@ async def backend(backend_dsn: str | None) -> Any:
             setattr(storage, domain, _NeverSuspends(getattr(storage, domain)))
         yield Backend("memory", storage, Recorder(bus))
         return
-    pg_backend = await start_postgresql_backend(new_pool(backend_dsn))
-    try:
+    async with running_postgresql_backend(new_pool(backend_dsn)) as pg_backend:
         yield pg_backend
-    finally:
-        await stop_backend(pg_backend)
 
 
 def new_pool(dsn: str, max_connections: int = 8) -> CountingPool:
