@@ -205,7 +205,10 @@ async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> 
     invitation = await call("invite_new", world.invite.new(org, member, None, "DEVICE", None, world.ts()))
     await call("invite_info", world.invite.info(org, invitation.token))
     await call("invite_list", world.invite.list(org, member))
-    await call("invite_conduit_talk", world.invite.conduit_talk(org, invitation.token, member, "1_WAIT_PEERS", b"k"))
+    talk = await call(
+        "invite_conduit_talk", world.invite.conduit_talk(org, invitation.token, member, "1_WAIT_PEERS", b"k")
+    )
+    await call("invite_conduit_listen", world.invite.conduit_listen(org, invitation.token, member, talk))
     await call("invite_delete", world.invite.delete(org, member, invitation.token, world.ts(), "CANCELLED"))
     now = world.ts()
     await call("realm_start_reencryption", world.realm.start_reencryption_maintenance(
@@ -220,6 +223,16 @@ async def scenario(world: World, pool: ExplainingPool, blocks: PgBlockBytes) -> 
     pki_user, pki_device = make_user(f"{member}pki", "STANDARD")
     acceptance = PkiAcceptance("alice@dev1", b"acert", b"asig", b"apayload", world.ts())
     await call("pki_accept", world.pki.accept(org, submitted.enrollment_id, acceptance, pki_user, pki_device, world.ts()))
+    rejected = PkiEnrollment(uuid4(), f"cert-{member}-2".encode(), b"sig", b"payload", world.ts())
+    await world.pki.submit(org, rejected, False, None, world.ts())
+    await call("pki_reject", world.pki.reject(org, rejected.enrollment_id, world.ts()))
+    new_org = f"{member}org"
+    await call("organization_create", world.organization.create(new_org, "token", None, True, world.ts()))
+    founder, founder_device = make_user("founder", "ADMIN", certifier=None)
+    await call(
+        "organization_bootstrap",
+        world.organization.bootstrap(new_org, "token", b"rvk", founder, founder_device, world.ts()),
+    )
     await call("user_revoke", world.user.revoke_user(org, member, b"revoked", "alice@dev1", world.ts()))
     return costs
 
