@@ -78,6 +78,7 @@ import atexit
 import base64
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -122,7 +123,7 @@ MiB = 1024 * KiB
 S3_BUCKET = "bench"
 # Source addresses of the many-connection phases: the server caps connections per address.
 IDLE_SOURCES = [f"127.0.4.{i}" for i in range(1, 81)]
-CONNECT_SOURCES = [f"127.0.5.{i}" for i in range(1, 41)]  # connect: TIME_WAIT spread over them
+CONNECT_SOURCES = [f"127.0.5.{i}" for i in range(1, 41)]  # connect: TIME_WAIT spread over them, in turn
 PER_SOURCE = 150  # below the server's default max_connections_per_address (200)
 
 # Targets of the performance issue (ratio = the reference's CPU per operation / ours).
@@ -935,7 +936,9 @@ class ParsecLoad:
         name = self.phase.workload.name
         count = self.phase.result.connections
         if name == "connect":
-            addresses = sources(CONNECT_SOURCES)
+            # Each connection is closed before the next: the addresses can go round again (a
+            # fast server used more than one round in a phase).
+            addresses = itertools.cycle(CONNECT_SOURCES)
             return [functools_partial(self.loop_connect, addresses) for _ in range(count)]
         if name == "events":
             return await self.prepare_events(count)
