@@ -25,6 +25,7 @@ Revocation is final (docs/protocol/DECISIONS.md):
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -342,14 +343,14 @@ class BackendApp:
             raise HandshakeFailed("revoked_device", HELP_REVOKED_DEVICE)
         hs.check_signature(answer, device.verify_key)
         assert hs.backend_api_version is not None
+        # An idle connection keeps its context: the organization id and the profile are the
+        # same strings for all connections (the database's rows give new ones each time).
         return AuthenticatedContext(
-            organization_id=org.organization_id,
+            organization_id=sys.intern(org.organization_id),
             device_id=device.device_id,
             user_id=user.user_id,
-            profile=user.profile,
+            profile=sys.intern(user.profile),
             human_handle=user.human_handle,
-            device_label=device.device_label,
-            public_key=user.public_key,
             verify_key=device.verify_key,
             api_version=hs.backend_api_version,
         )

@@ -66,8 +66,6 @@ class AuthenticatedContext:
     user_id: str
     profile: str
     human_handle: HumanHandle | None
-    device_label: str | None
-    public_key: bytes
     verify_key: bytes
     api_version: tuple[int, int]
     conn_id: int = 0
