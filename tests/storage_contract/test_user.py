@@ -128,6 +128,18 @@ async def test_user_with_trustchain(world: World) -> None:
         "carol@dev1",
     ]
     assert sorted(u.user_id for u in result.trustchain_users) == ["alice", "bob", "carol"]
+    # The revoker of a user of the chain is in the chain too (ruth, who revokes bob).
+    await world.add_user("ruth@dev1")
+    await world.revoke("bob", world.ts(), "ruth@dev1")
+    result = await users.get_user_with_trustchain(org, "frank")
+    assert sorted(d.device_id for d in result.trustchain_devices) == [
+        "alice@dev1",
+        "alice@dev2",
+        "bob@dev1",
+        "carol@dev1",
+        "ruth@dev1",
+    ]
+    assert sorted(u.user_id for u in result.trustchain_users) == ["alice", "bob", "carol", "ruth"]
     # alice was certified by the root: her chain is empty.
     alice = await users.get_user_with_trustchain(org, "alice")
     assert [d.device_id for d in alice.devices] == ["alice@dev1", "alice@dev2"]
