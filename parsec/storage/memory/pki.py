@@ -98,10 +98,9 @@ class MemoryPkiStorage:
             raise TooManyPendingEnrollmentsError()
         # Every check passed: write.
         if to_cancel is not None:
-            state.put(attrs.evolve(
-                state.enrollments[to_cancel], status="CANCELLED", cancelled_on=enrollment.submitted_on
-            ))
-        state.put(attrs.evolve(
+            cancelled = state.enrollments[to_cancel]
+            state.put(attrs.evolve(cancelled, status="CANCELLED", cancelled_on=enrollment.submitted_on))
+        submitted = attrs.evolve(
             enrollment,
             status="SUBMITTED",
             cancelled_on=None,
@@ -112,7 +111,8 @@ class MemoryPkiStorage:
             accept_payload=None,
             accepter=None,
             accepted_device=None,
-        ))
+        )
+        state.put(submitted)
         state.latest_by_certificate[digest] = enrollment.enrollment_id
         updated = events.pki_enrollment_updated(organization_id)
         self._store.publish(*([updated] * (2 if to_cancel is not None else 1)))
@@ -139,9 +139,7 @@ class MemoryPkiStorage:
     async def reject(self, organization_id: str, enrollment_id: UUID, rejected_on: datetime) -> None:
         state = self._state(organization_id)
         enrollment = self._submitted(state, enrollment_id)
-        state.put(attrs.evolve(
-            enrollment, status="REJECTED", rejected_on=rejected_on
-        ))
+        state.put(attrs.evolve(enrollment, status="REJECTED", rejected_on=rejected_on))
         self._store.publish(events.pki_enrollment_updated(organization_id))
 
     async def accept(
@@ -158,7 +156,7 @@ class MemoryPkiStorage:
         enrollment = self._submitted(state, enrollment_id)
         # Raises before writing anything when the user cannot be created.
         insert_new_user(data, user, device, now)
-        state.put(attrs.evolve(
+        accepted = attrs.evolve(
             enrollment,
             status="ACCEPTED",
             accepted_on=acceptance.accepted_on,
@@ -167,7 +165,8 @@ class MemoryPkiStorage:
             accept_payload=acceptance.accept_payload,
             accepter=acceptance.accepter,
             accepted_device=device.device_id,
-        ))
+        )
+        state.put(accepted)
         self._store.publish(
             events.user_created(organization_id, user.user_id), events.pki_enrollment_updated(organization_id)
         )
