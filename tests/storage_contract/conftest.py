@@ -144,6 +144,15 @@ async def stop_backend(backend: Backend) -> None:
     await backend.storage.stop()
 
 
+def memory_backend() -> Backend:
+    """The memory storage, every call of which must complete without yielding."""
+    bus = MemoryEventBus()
+    storage = build_memory_storage(bus)
+    for domain in ("organization", "user", "invite", "realm", "vlob", "block", "message", "pki"):
+        setattr(storage, domain, _NeverSuspends(getattr(storage, domain)))
+    return Backend("memory", storage, Recorder(bus))
+
+
 @contextlib.asynccontextmanager
 async def running_postgresql_backend(pool: CountingPool) -> AsyncIterator[Backend]:
     """`start_postgresql_backend(pool)`, stopped on the way out."""
@@ -168,11 +177,7 @@ def backend_dsn(request: pytest.FixtureRequest, backend_kind: str) -> str | None
 @pytest_twisted.async_yield_fixture
 async def backend(backend_dsn: str | None) -> Any:
     if backend_dsn is None:
-        bus = MemoryEventBus()
-        storage = build_memory_storage(bus)
-        for domain in ("organization", "user", "invite", "realm", "vlob", "block", "message", "pki"):
-            setattr(storage, domain, _NeverSuspends(getattr(storage, domain)))
-        yield Backend("memory", storage, Recorder(bus))
+        yield memory_backend()
         return
     async with running_postgresql_backend(new_pool(backend_dsn)) as pg_backend:
         yield pg_backend
