@@ -20,7 +20,7 @@ from twisted.internet import defer
 from parsec.config import BackendAddr, BackendConfig
 from parsec.limits import DEFAULT as DEFAULT_LIMITS
 from parsec.storage.postgresql.binary import PqConnection
-from parsec.storage.postgresql.connection import PgConnection
+from parsec.storage.postgresql.connection import PgConnection, PreparedStatement
 from parsec.storage.postgresql.migrations import migrate_command
 from parsec.storage.postgresql.pool import PostgreSQLPool
 from tests.pg_cluster import PgCluster, free_port
@@ -156,14 +156,21 @@ class CountingPool(PostgreSQLPool):
         conn = await super().acquire(nested_ok=nested_ok)
         if not getattr(conn, "_counted", False):
             if isinstance(conn, PqConnection):
-                # Every round trip of these goes through `_round_trip`, named by its text.
-                trip = conn._round_trip
+                # Every round trip of these goes through `_round_trip`, named by its text,
+                # except a statement's preparation, recorded as its PREPARE form.
+                trip, prepare = conn._round_trip, conn._ensure_prepared
 
                 async def counting_trip(text: str, start: Any = None) -> Any:
                     self.sent.append(text)
                     return await trip(text, start)
 
+                async def counting_prepare(query: Any) -> None:
+                    if isinstance(query, PreparedStatement) and query.name not in conn._prepared:
+                        self.sent.append(query.prepare_sql)
+                    await prepare(query)
+
                 conn._round_trip = counting_trip  # type: ignore[method-assign]
+                conn._ensure_prepared = counting_prepare  # type: ignore[method-assign]
             else:
                 send = conn._send
 

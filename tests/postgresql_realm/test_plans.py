@@ -70,10 +70,7 @@ class Explainer:
         self.enabled = True
 
     async def prepared(self, conn: Any, statement: PreparedStatement, params: Any) -> None:
-        if statement.name not in conn._prepared:
-            name, body = statement.name_bytes, statement.body_bytes
-            await conn._exchange(lambda pgconn: pgconn.send_prepare(name, body))
-            conn._prepared.add(statement.name)
+        await conn._ensure_prepared(statement)
         await self.explain(conn, render_statement(statement.execute_sql, statement.bind(params) or None), statement.sql)
 
     async def explain(self, conn: Any, text: str, label: str) -> None:

@@ -368,6 +368,14 @@ class _OnBinarySession:
 
         self._loader = Transformer()
 
+    async def _ensure_prepared(self, query: Query) -> None:
+        """A statement is prepared once per session, at the protocol level (one extra round
+        trip the first time it meets the session)."""
+        if isinstance(query, PreparedStatement) and query.name not in self._prepared:
+            name, body = query.name_bytes, query.body_bytes
+            await self._exchange(lambda pgconn: pgconn.send_prepare(name, body))
+            self._prepared.add(query.name)
+
     def _rows_of(self, result: Any) -> list[tuple[Any, ...]]:
         """A result's rows, read by psycopg 3's C loaders (text or binary alike) into the
         types psycopg2 gives: bytea -> bytes, uuid -> UUID, timestamptz -> aware UTC
@@ -432,11 +440,9 @@ class BinaryConnection(_OnBinarySession, PooledConnection):
         self._attach(session)
 
     async def _run(self, statement: PreparedStatement, params: Mapping[str, Any] | None) -> Any:
-        name = statement.name_bytes
         if statement.name not in self._prepared:
-            body = statement.body_bytes
-            await self._exchange(lambda pgconn: pgconn.send_prepare(name, body))
-            self._prepared.add(statement.name)
+            await self._ensure_prepared(statement)
+        name = statement.name_bytes
         values, formats = encode_params(statement.bind(params))
         return await self._exchange(
             lambda pgconn: pgconn.send_query_prepared(name, values, formats, result_format=1)
@@ -516,12 +522,6 @@ class PqConnection(_OnBinarySession, PgConnection):
         last = await self._exchange(start)
         affected = last.command_tuples
         return _Rows(self._rows_of(last), -1 if affected is None else int(affected))
-
-    async def _ensure_prepared(self, query: Query) -> None:
-        if isinstance(query, PreparedStatement) and query.name not in self._prepared:
-            name, body = query.name_bytes, query.body_bytes
-            await self._round_trip(query.prepare_sql, lambda pgconn: pgconn.send_prepare(name, body))
-            self._prepared.add(query.name)
 
     async def _execute(self, query: Query, params: Params, prefix: str = "") -> Any:
         if isinstance(query, PreparedStatement):
