@@ -20,8 +20,9 @@ Vocabulary:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import TypeVar
 
 import attrs
 
@@ -43,6 +44,8 @@ from parsec.backend.storage import (
     UserRevokedError,
     VlobNotFoundError,
 )
+
+T = TypeVar("T")
 
 OWNER = "OWNER"
 MANAGER = "MANAGER"
@@ -215,23 +218,25 @@ def check_vlob_read(state: RealmState | None, role: str | None, encryption_revis
 
 
 def select_vlob_version(
-    versions: Sequence[tuple[int, datetime]], version: int | None, timestamp: datetime | None
+    versions: dict[int, T], timestamp_of: Callable[[T], datetime], version: int | None, timestamp: datetime | None
 ) -> int:
-    """Which version vlob_read returns, from the (version, timestamp) pairs in version order:
-    `version` if given, else the highest version whose timestamp is at or before `timestamp`,
-    else the latest. Raises BadVersionError when there is none."""
+    """Which version vlob_read returns, from a vlob's versions in ascending order (version ->
+    what `timestamp_of` reads the version's timestamp from): `version` if given, else the
+    highest version whose timestamp is at or before `timestamp`, else the latest. Raises
+    BadVersionError when there is none. A lookup, or a walk back from the latest version:
+    a read does not sort the vlob's whole history."""
     if version is not None:
-        if any(v == version for v, _ in versions):
+        if version in versions:
             return version
         raise BadVersionError()
-    if timestamp is not None:
-        candidates = [v for v, ts in versions if ts <= timestamp]
-        if not candidates:
+    if timestamp is None:
+        if not versions:
             raise BadVersionError()
-        return max(candidates)
-    if not versions:
-        raise BadVersionError()
-    return max(v for v, _ in versions)
+        return next(reversed(versions))
+    for candidate in reversed(versions):
+        if timestamp_of(versions[candidate]) <= timestamp:
+            return candidate
+    raise BadVersionError()
 
 
 def check_poll_changes(state: RealmState | None, role: str | None) -> None:

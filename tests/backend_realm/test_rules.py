@@ -153,26 +153,29 @@ def test_vlob_update_order():
 
 
 def test_select_vlob_version():
-    versions = [(1, T0), (2, T0 + timedelta(seconds=2)), (3, T0 + timedelta(seconds=4))]
-    assert rules.select_vlob_version(versions, None, None) == 3
-    assert rules.select_vlob_version(versions, 2, None) == 2
-    assert rules.select_vlob_version(versions, 2, T0) == 2
-    assert rules.select_vlob_version(versions, None, T0 + timedelta(seconds=3)) == 2
-    assert rules.select_vlob_version(versions, None, T0) == 1
+    versions = {1: T0, 2: T0 + timedelta(seconds=2), 3: T0 + timedelta(seconds=4)}
+
+    def select(versions: dict, version, timestamp):
+        return rules.select_vlob_version(versions, lambda ts: ts, version, timestamp)
+
+    assert select(versions, None, None) == 3
+    assert select(versions, 2, None) == 2
+    assert select(versions, 2, T0) == 2
+    assert select(versions, None, T0 + timedelta(seconds=3)) == 2
+    assert select(versions, None, T0) == 1
     with pytest.raises(BadVersionError):
-        rules.select_vlob_version(versions, None, T0 - timedelta(microseconds=1))
+        select(versions, None, T0 - timedelta(microseconds=1))
     with pytest.raises(BadVersionError):
-        rules.select_vlob_version(versions, 4, None)
+        select(versions, 4, None)
     with pytest.raises(BadVersionError):
-        rules.select_vlob_version([], None, None)
+        select({}, None, None)
 
 
-def test_memory_storage_selects_versions_by_the_rule():
-    """The memory storage's lookup (no sort per read) picks what the rule picks, timestamps
-    out of order included (data written elsewhere)."""
+def test_select_vlob_version_as_defined():
+    """Its lookup and walk back pick what the definition picks on random histories,
+    timestamps out of order included (data written elsewhere): `version` if it exists, else
+    the highest version at or before `timestamp`, else the highest."""
     import random
-
-    from parsec.storage.memory.realm import _Atom, _select_version
 
     chooser = random.Random(15)
     for _ in range(300):
@@ -180,17 +183,18 @@ def test_memory_storage_selects_versions_by_the_rule():
         stamps = [T0 + timedelta(seconds=chooser.randint(0, 10)) for _ in range(count)]
         if chooser.random() < 0.7:
             stamps.sort()
-        atoms = {v: _Atom(b"", "a@d", ts) for v, ts in enumerate(stamps, start=1)}
+        versions = dict(enumerate(stamps, start=1))
         for version in (None, 0, 1, count, count + 1):
             for timestamp in (None, T0 - timedelta(seconds=1), T0 + timedelta(seconds=chooser.randint(0, 11))):
+                if version is not None:
+                    candidates = [version] if version in versions else []
+                elif timestamp is not None:
+                    candidates = [v for v, ts in versions.items() if ts <= timestamp]
+                else:
+                    candidates = list(versions)
+                expected: int | type[Exception] = max(candidates) if candidates else BadVersionError
                 try:
-                    expected: int | type[Exception] = rules.select_vlob_version(
-                        [(v, a.timestamp) for v, a in atoms.items()], version, timestamp
-                    )
-                except BadVersionError:
-                    expected = BadVersionError
-                try:
-                    got: int | type[Exception] = _select_version(atoms, version, timestamp)
+                    got: int | type[Exception] = rules.select_vlob_version(versions, lambda ts: ts, version, timestamp)
                 except BadVersionError:
                     got = BadVersionError
                 assert got == expected, (stamps, version, timestamp)

@@ -31,7 +31,6 @@ from parsec.backend.realm_rules import RealmState, RoleUpdateFacts
 from parsec.backend.storage import (
     DEFAULT_MESSAGE_BOUNDS,
     AlreadyExistsError,
-    BadVersionError,
     BlockClaimedError,
     MessageBounds,
     MessageBoxFullError,
@@ -213,27 +212,13 @@ class _Base:
 _claim_numbers = itertools.count(1)
 
 
+def _timestamp_of(atom: _Atom) -> datetime:
+    return atom.timestamp
+
+
 def _latest(atoms: dict[int, _Atom]) -> int:
     """The latest version of a non-empty revision: its last key (see `_Vlob.revisions`)."""
     return next(reversed(atoms))
-
-
-def _select_version(atoms: dict[int, _Atom], version: int | None, timestamp: datetime | None) -> int:
-    """`rules.select_vlob_version` on a revision's atoms, which are in ascending versions: a
-    lookup, or a walk back from the latest, where sorting every version of the vlob on every
-    read grew with its history (tests/backend_realm/test_rules.py compares both)."""
-    if version is not None:
-        if version in atoms:
-            return version
-        raise BadVersionError()
-    if timestamp is None:
-        if not atoms:
-            raise BadVersionError()
-        return _latest(atoms)
-    for candidate in reversed(atoms):
-        if atoms[candidate].timestamp <= timestamp:
-            return candidate
-    raise BadVersionError()
 
 
 def _roles_updated(organization_id: str, grant: RealmGrant) -> events.BackendEvent:
@@ -489,7 +474,7 @@ class MemoryVlobStorage(_Base):
         rules.check_vlob_read(_state(realm), _role(realm, user_id), encryption_revision)
         assert vlob is not None and realm is not None
         atoms = vlob.revisions.get(rules.readable_revision(realm.state), {})
-        selected = _select_version(atoms, version, timestamp)
+        selected = rules.select_vlob_version(atoms, _timestamp_of, version, timestamp)
         atom = atoms[selected]
         granted_on = realm.last_role_granted_on(user_of(atom.author))
         return VlobVersion(
