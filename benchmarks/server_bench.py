@@ -1334,7 +1334,7 @@ class Databases:
 
             self.cluster = start_cluster(work_dir / "pg")
             self.admin_dsn = self.cluster.dsn
-            self._load_statement_stats(args.pg_conf)
+            self._configure_cluster(args.pg_conf)
             if args.pin:
                 self.pin(0)
         self._open_statement_stats(create=self.cluster is not None)
@@ -1345,7 +1345,7 @@ class Databases:
             postmaster = int((self.cluster.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
             os.sched_setaffinity(postmaster, {cpu})
 
-    def _load_statement_stats(self, settings: list[str]) -> None:
+    def _configure_cluster(self, settings: list[str]) -> None:
         """Preload pg_stat_statements in the throwaway cluster, when installed, and apply
         `--pg-conf` (one restart)."""
         from tests.pg_cluster import find_bindir
