@@ -144,6 +144,10 @@ TABLE: tuple[Limit, ...] = (
     Limit("event_outbox_bytes", 4 * MiB, "bytes",
           "PostgreSQL: notifications not tied to a write (`ping`, invitation status) waiting "
           "to be sent; beyond it they are dropped"),
+    _tunable("block_cache_bytes", 64 * MiB, "bytes",
+             "block bytes kept in memory by each server process, with a blockstore outside it "
+             "(POSTGRESQL, S3, SWIFT, RAID), to serve reads again without the store; the least "
+             "recently read leave first; 0: no cache", "--block-cache-size"),
     Limit("block_create_claim", 300.0, "seconds",
           "a `block_create` in progress holds its block id against other devices (a claim "
           "left by a crashed server expires after this)"),
@@ -223,6 +227,7 @@ class Limits:
     event_queue_events: int = _default("event_queue_events")
     event_queue_bytes: int = _default("event_queue_bytes")
     event_outbox_bytes: int = _default("event_outbox_bytes")
+    block_cache_bytes: int = _default("block_cache_bytes")
     block_create_claim: float = _default("block_create_claim")
     db_statement_timeout: float = _default("db_statement_timeout")
     db_lock_timeout: float = _default("db_lock_timeout")

@@ -34,6 +34,9 @@ The metrics (README.rst, "Metrics"):
   `parsec_blockstore_operation_duration_seconds{backend,node,operation}`: `read`/`create` of
   the configured store (`node=""`) and of each RAID node (`node="0"`, ...); `result` is `ok`,
   `error` or `cancelled` (a RAID request no longer needed);
+* `parsec_block_cache_reads_total{result}` (`hit`, `miss`), `parsec_block_cache_evictions_total`,
+  `parsec_block_cache_bytes` and `parsec_block_cache_blocks`: the cache of block bytes
+  (parsec.backend.block_cache; absent without one);
 * `parsec_emails_total{result}` (`sent`, `bad_recipient`, `not_available`),
   `parsec_webhooks_total{result}` (`sent`, `failed`);
 * `parsec_limits_hit_total{limit}`: how often each limit of parsec/limits.py was reached in
@@ -49,7 +52,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet.defer import CancelledError
 
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics import MetricWrapperBase
 
+    from parsec.backend.block_cache import BlockCache
     from parsec.storage.postgresql.pool import ConnectionPool, PostgreSQLPool
     from parsec.web.access import Access
     from parsec.web.listener import Listener
@@ -154,6 +158,9 @@ class NoMetrics:
         pass
 
     def watch_connections(self, listener: Listener, websockets: ParsecWebSocketFactory) -> None:
+        pass
+
+    def watch_block_cache(self, source: _CacheSource) -> None:
         pass
 
 
@@ -275,6 +282,9 @@ class Metrics(NoMetrics):
 
     def watch_connections(self, listener: Listener, websockets: ParsecWebSocketFactory) -> None:
         self.registry.register(_ConnectionsCollector(listener, websockets))
+
+    def watch_block_cache(self, source: _CacheSource) -> None:
+        self.registry.register(_BlockCacheCollector(source))
 
 
 def _backend_name(store: Any) -> str:
@@ -443,6 +453,37 @@ class _PoolCollector:
         for error in ("connect", "lost", "timeout"):
             family.add_metric([error], errors[error])
         yield family
+
+
+class _CacheSource(Protocol):
+    @property
+    def cache(self) -> BlockCache | None: ...
+
+
+class _BlockCacheCollector:
+    """The block cache of parsec.backend.block (none with the memory blockstore: nothing
+    yielded)."""
+
+    def __init__(self, source: _CacheSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cache = self._source.cache
+        if cache is None:
+            return
+        reads = CounterMetricFamily("parsec_block_cache_reads", "Block reads, by cache result", labels=["result"])
+        reads.add_metric(["hit"], cache.hits)
+        reads.add_metric(["miss"], cache.misses)
+        yield reads
+        yield CounterMetricFamily(
+            "parsec_block_cache_evictions", "Blocks evicted from the cache to make room", value=cache.evictions
+        )
+        yield GaugeMetricFamily(
+            "parsec_block_cache_bytes", "Bytes counted for the blocks in the cache", value=cache.size
+        )
+        yield GaugeMetricFamily("parsec_block_cache_blocks", "Blocks in the cache", value=len(cache))
 
 
 class _ConnectionsCollector:

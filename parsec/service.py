@@ -49,6 +49,7 @@ from twisted.web.server import Site
 
 from parsec.allocator import tune_allocator
 from parsec.backend.app import BackendApp
+from parsec.backend.block import BlockComponent
 from parsec.backend.bus import EventBus, MemoryEventBus
 from parsec.backend.storage import Storage
 from parsec.blockstore.base import BlockStore
@@ -473,6 +474,7 @@ class ParsecService(AsyncMultiService):
         )
         self.site.listener.metrics = self.metrics
         self.metrics.watch_connections(self.site.listener, self.ws_factory)
+        self.metrics.watch_block_cache(self.app.component(BlockComponent))
         self._emfile_watch = EmfileWatch(self.reactor.seconds)
         self.drain = WebDrainService(self.ws_factory, self.site, self.http_requests, self.reactor, shutdown_grace)
 

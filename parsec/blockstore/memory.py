@@ -9,6 +9,7 @@ from parsec.blockstore.base import BlockStoreError, log_block_error
 
 class MemoryBlockStore:
     description = "MOCKED"
+    in_process = True  # parsec.blockstore.base.in_process: its bytes need no cache
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, uuid.UUID], bytes] = {}

@@ -10,7 +10,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
-from parsec.blockstore.base import BlockStoreError
+from parsec.backend.block import BlockComponent
+from parsec.backend.block_cache import ENTRY_OVERHEAD
+from parsec.blockstore.base import BlockStoreError, in_process
+from tests.backend_realm.conftest import world_with_limits
 
 ok = pytest_twisted.ensureDeferred
 
@@ -473,3 +476,135 @@ async def test_bytes_of_a_refused_creation_do_not_stay(world, fake_blockstore):
     world.app.blockstore = fake_blockstore.inner  # on PostgreSQL: the one-statement creation
     assert await create(alice, realm_id, block_id, b"accepted") == {"status": "ok"}
     assert await bob.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"accepted"}
+
+
+# ---- the cache of block bytes (parsec.backend.block_cache) ------------------------------------
+
+
+class OutsideBlockStore:
+    """The server's blockstore seen as one outside the process (the memory store gets no
+    cache): counts the blocks read from it."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+        self.reads = 0
+
+    async def create(self, organization_id: str, block_id: Any, block: bytes) -> None:
+        await self._wrapped.create(organization_id, block_id, block)
+
+    async def read(self, organization_id: str, block_id: Any) -> bytes:
+        block = bytes(await self._wrapped.read(organization_id, block_id))
+        self.reads += 1
+        return block
+
+
+def outside_store(world) -> OutsideBlockStore:
+    store = world.app.blockstore
+    inner = getattr(store, "inner", store)
+    if hasattr(inner, "read_checked"):
+        # The POSTGRESQL blockstore answers read_checked in one statement: count those too.
+        outside = OutsideBlockStore(inner)
+        outside.read_checked = _counting(outside, inner.read_checked)  # type: ignore[attr-defined]
+        outside.create_recorded = inner.create_recorded  # type: ignore[attr-defined]
+        outside.start, outside.stop, outside.check = inner.start, inner.stop, inner.check  # type: ignore[attr-defined]
+    else:
+        outside = OutsideBlockStore(inner)
+    world.app.blockstore = outside
+    return outside
+
+
+def _counting(outside: OutsideBlockStore, read_checked: Any) -> Any:
+    async def counted(*args: Any) -> bytes:
+        block = bytes(await read_checked(*args))
+        outside.reads += 1  # the bytes read (a refusal by the rules reads none)
+        return block
+
+    return counted
+
+
+@ok
+async def test_cached_reads_still_check_the_rules(world, other_org):
+    store = outside_store(world)
+    alice = await world.connect("alice@dev1")
+    bob = await world.connect("bob@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id, b"cached") == {"status": "ok"}
+    assert store.reads == 0  # a creation does not fill the cache
+    for _ in range(3):
+        assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"cached"}
+    assert store.reads == 1
+    # Each read of the kept bytes is checked: bob has no role, then READER, then none again.
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "not_allowed"}
+    await world.grant(alice, realm_id, "bob", "READER")
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"cached"}
+    await world.grant(alice, realm_id, "bob", None)
+    assert await bob.cmd("block_read", block_id=block_id) == {"status": "not_allowed"}
+    # The same id in another organization is another block.
+    other = await world.connect("alice@dev1", org=other_org)
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "not_found"}
+    foreign_realm = await world.create_realm(other)
+    assert await create(other, foreign_realm, block_id, b"foreign") == {"status": "ok"}
+    assert await other.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"foreign"}
+    assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"cached"}
+    assert store.reads == 2
+
+
+@ok
+async def test_the_cache_keeps_the_latest_read_within_its_size(server_factory):
+    capacity = 3 * (1000 + ENTRY_OVERHEAD)
+    world = await world_with_limits(server_factory, block_cache_bytes=capacity)
+    store = outside_store(world)
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    blocks = {uuid4(): bytes([n]) * 1000 for n in range(4)}
+    for block_id, block in blocks.items():
+        assert await create(alice, realm_id, block_id, block) == {"status": "ok"}
+    ids = list(blocks)
+
+    async def read(block_id: Any) -> None:
+        assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": blocks[block_id]}
+
+    for block_id in ids[:3]:
+        await read(block_id)
+    await read(ids[0])  # the least recently read is now ids[1]
+    assert store.reads == 3
+    await read(ids[3])  # evicts ids[1]
+    assert store.reads == 4
+    for block_id in (ids[0], ids[2], ids[3]):
+        await read(block_id)
+    assert store.reads == 4
+    await read(ids[1])
+    assert store.reads == 5
+    cache = world.app.component(BlockComponent).cache
+    assert cache is not None and len(cache) == 3 and cache.size <= capacity
+    # A block larger than the whole cache is served and not kept.
+    big_id = uuid4()
+    assert await create(alice, realm_id, big_id, b"x" * capacity) == {"status": "ok"}
+    for _ in range(2):
+        assert (await alice.cmd("block_read", block_id=big_id))["block"] == b"x" * capacity
+    assert store.reads == 7 and len(cache) == 3
+    await world.close_clients()
+
+
+@ok
+async def test_no_cache_at_size_zero(server_factory):
+    world = await world_with_limits(server_factory, block_cache_bytes=0)
+    store = outside_store(world)
+    alice = await world.connect("alice@dev1")
+    realm_id = await world.create_realm(alice)
+    block_id = uuid4()
+    assert await create(alice, realm_id, block_id) == {"status": "ok"}
+    for _ in range(2):
+        assert await alice.cmd("block_read", block_id=block_id) == {"status": "ok", "block": b"data"}
+    assert store.reads == 2
+    assert world.app.component(BlockComponent).cache is None
+    await world.close_clients()
+
+
+@ok
+async def test_the_memory_blockstore_has_no_cache(world):
+    # The memory storage runs with the memory blockstore, PostgreSQL with POSTGRESQL.
+    memory = world.app.config.db_type == "MOCKED"
+    assert in_process(world.app.blockstore) is memory
+    assert (world.app.component(BlockComponent).cache is None) is memory

@@ -156,6 +156,7 @@ OPTION_CASES: list[tuple[str, str, str, Getter, Any]] = [
     ("--ws-max-message-size", "PARSEC_WS_MAX_MESSAGE_SIZE", "1048576", lambda c: c.backend.limits.ws_message_bytes, 1048576),
     ("--ws-keepalive-interval", "PARSEC_WS_KEEPALIVE_INTERVAL", "0", lambda c: c.backend.limits.ws_keepalive_interval, 0.0),
     ("--ws-keepalive-timeout", "PARSEC_WS_KEEPALIVE_TIMEOUT", "90", lambda c: c.backend.limits.ws_keepalive_timeout, 90.0),
+    ("--block-cache-size", "PARSEC_BLOCK_CACHE_SIZE", "0", lambda c: c.backend.limits.block_cache_bytes, 0),
     ("--ssl-keyfile", "PARSEC_SSL_KEYFILE", THIS_FILE, lambda c: c.listen.ssl_keyfile, THIS_FILE),
     ("--ssl-certfile", "PARSEC_SSL_CERTFILE", THIS_FILE, lambda c: c.listen.ssl_certfile, THIS_FILE),
     ("--log-level", "PARSEC_LOG_LEVEL", "debug", lambda c: c.log.level, "DEBUG"),

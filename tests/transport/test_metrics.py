@@ -21,6 +21,7 @@ from twisted.web import resource
 from twisted.web import server as web_server
 
 from parsec import limits
+from parsec.backend.block_cache import ENTRY_OVERHEAD
 from parsec.config import BackendAddr, BackendConfig, ListenConfig
 from parsec.metrics import NO_METRICS
 from tests import httpclient
@@ -143,6 +144,21 @@ async def test_events_delivered_and_blockstore(server_factory) -> None:
         assert scraped.value(
             "parsec_blockstore_operation_duration_seconds_count", backend=backend, operation=operation
         ) == 1
+    if backend == "postgresql":
+        # The block cache: the first read missed and kept the block; a second read is a hit
+        # and no blockstore read.
+        assert scraped.value("parsec_block_cache_reads_total", result="miss") == 1
+        assert scraped.value("parsec_block_cache_blocks") == 1
+        assert scraped.value("parsec_block_cache_bytes") == len(block) + ENTRY_OVERHEAD
+        assert (await alice.cmd("block_read", block_id=block_id)) == {"status": "ok", "block": block}
+        again = await scrape(server)
+        assert again.value("parsec_block_cache_reads_total", result="hit") == 1
+        assert again.value(
+            "parsec_blockstore_operations_total", backend=backend, node="", operation="read", result="ok"
+        ) == 1
+        assert again.value("parsec_block_cache_evictions_total") == 0
+    else:
+        assert "parsec_block_cache_reads_total" not in scraped.names()  # the memory blockstore
     if backend == "postgresql":
         assert scraped.value("parsec_db_pool_connections", state="idle") + scraped.value(
             "parsec_db_pool_connections", state="in_use"
