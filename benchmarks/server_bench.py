@@ -34,7 +34,9 @@ connection; an operation is one reply, one delivered event or one connection):
   vlob_read           `vlob_read` (latest) of each connection's own vlob
   block_create_4k     `block_create` of 4 KiB blocks, `--block-conns` (4) connections
   block_create_512k   the same with 512 KiB blocks
-  block_read_512k     `block_read` of a 512 KiB block (one per connection)
+  block_read_512k     `block_read` of a 512 KiB block (one per connection, read again and
+                      again: ours keeps it in its block cache on PostgreSQL and S3; add
+                      `--ours-args="--block-cache-size 0"` for a block not kept)
   uploads_512k_x16    `block_create` of 512 KiB blocks on 16 connections: peak server RSS
                       (not run on the reference on PostgreSQL: it deadlocks from 7 concurrent
                       block_create, its pool holding 7 connections and each upload needing two)
