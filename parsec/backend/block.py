@@ -226,17 +226,9 @@ class BlockComponent:
         block_id = req["block_id"]
         store = self._in_metadata_database()
         cache = self._cache
-        if cache is not None:
-            block = cache.get(ctx.organization_id, block_id)
-            if block is not None:
-                try:
-                    await self._storage.check_read(ctx.organization_id, ctx.user_id, block_id)
-                except BlockNotFoundError:
-                    return status("not_found")
-                except StorageError as exc:
-                    return error_reply(exc)
-                return ok(block=block)
-        if store is not None:
+        kept = None if cache is None else cache.get(ctx.organization_id, block_id)
+        if kept is None and store is not None:
+            # The rules and the bytes in one statement.
             try:
                 block = await store.read_checked(ctx.organization_id, ctx.user_id, block_id)
             except BlockNotFoundError:
@@ -247,21 +239,21 @@ class BlockComponent:
                 raise
             except Exception as exc:
                 return self._blockstore_failure("read", ctx, block_id, exc)
-            if cache is not None:
-                cache.put(ctx.organization_id, block_id, block)
-            return ok(block=block)
-        try:
-            await self._storage.check_read(ctx.organization_id, ctx.user_id, block_id)
-        except BlockNotFoundError:
-            return status("not_found")
-        except StorageError as exc:
-            return error_reply(exc)
-        try:
-            block = await self._app.blockstore.read(ctx.organization_id, block_id)
-        except defer.CancelledError:
-            raise
-        except Exception as exc:
-            return self._blockstore_failure("read", ctx, block_id, exc)
+        else:
+            try:
+                await self._storage.check_read(ctx.organization_id, ctx.user_id, block_id)
+            except BlockNotFoundError:
+                return status("not_found")
+            except StorageError as exc:
+                return error_reply(exc)
+            if kept is not None:
+                return ok(block=kept)
+            try:
+                block = await self._app.blockstore.read(ctx.organization_id, block_id)
+            except defer.CancelledError:
+                raise
+            except Exception as exc:
+                return self._blockstore_failure("read", ctx, block_id, exc)
         if cache is not None:
             cache.put(ctx.organization_id, block_id, block)
         return ok(block=block)
