@@ -65,6 +65,10 @@ class BlockCache:
         cost = len(block) + ENTRY_OVERHEAD
         if cost > self.capacity:
             return
+        if type(block) is not bytes:
+            # Never a view pinning a larger buffer, nor a buffer someone may change (the
+            # stores return bytes: then nothing is copied).
+            block = bytes(block)
         key = (organization_id, block_id)
         previous = self._entries.pop(key, None)
         if previous is not None:

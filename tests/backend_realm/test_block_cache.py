@@ -38,3 +38,15 @@ def test_a_block_over_the_capacity_is_not_kept() -> None:
     cache = BlockCache(1000)
     cache.put("Org", uuid4(), b"x" * 1000)  # 1000 + overhead > capacity
     assert len(cache) == 0 and cache.size == 0 and cache.evictions == 0
+
+
+def test_kept_as_bytes() -> None:
+    cache = BlockCache(10_000)
+    block_id = uuid4()
+    buffer = bytearray(b"abc")
+    cache.put("Org", block_id, buffer)  # type: ignore[arg-type]
+    buffer[0] = ord("x")
+    assert cache.get("Org", block_id) == b"abc"
+    data = b"d" * 100
+    cache.put("Org", block_id, data)
+    assert cache.get("Org", block_id) is data  # bytes are kept as they are
