@@ -55,9 +55,9 @@ class BlockStore(Protocol):
 
 def in_process(store: object) -> bool:
     """Whether `store` keeps its blocks in the server process's memory (the MOCKED store,
-    whose class says `in_process = True`), seen through a wrapper that names its store
-    `inner` (parsec.metrics'). Such a store needs no cache of its bytes."""
-    return bool(getattr(getattr(store, "inner", store), "in_process", False))
+    whose class says `in_process = True`; parsec.metrics' wrapper passes the attribute on).
+    Such a store needs no cache of its bytes."""
+    return bool(getattr(store, "in_process", False))
 
 
 @runtime_checkable
