@@ -429,6 +429,28 @@ class SentryLogObserver:
                 sdk.capture_message(message, level=sentry_level)
 
 
+def _sentry_options(config: LogConfig, sdk_version: str) -> dict[str, Any]:
+    """The keywords of `sentry_sdk.init` for `config`, in the spelling of the installed SDK.
+
+    Whatever the version: no automatic instrumentation of third-party libraries, no local
+    variables in stack frames (they may hold tokens or keys), no personal data. sentry-sdk 3
+    replaced `include_local_variables` and `send_default_pii` with `data_collection`.
+    """
+    options: dict[str, Any] = {
+        "dsn": config.sentry_dsn,
+        "environment": config.sentry_environment,
+        "release": f"parsec-twisted@{__version__}",
+        "auto_enabling_integrations": False,
+    }
+    major = sdk_version.split(".", 1)[0]
+    if major.isdigit() and int(major) >= 3:
+        options["data_collection"] = {"user_info": False, "stack_frame_variables": False}
+    else:
+        options["include_local_variables"] = False
+        options["send_default_pii"] = False
+    return options
+
+
 def start_sentry(config: LogConfig) -> SentryLogObserver:
     """Initialise sentry-sdk for `config.sentry_dsn` and return the reporting observer."""
     try:
@@ -438,16 +460,7 @@ def start_sentry(config: LogConfig) -> SentryLogObserver:
             "Option '--sentry-dsn' needs the sentry-sdk package (pip install 'parsec-twisted[sentry]')"
         ) from None
     try:
-        sentry_sdk.init(
-            dsn=config.sentry_dsn,
-            environment=config.sentry_environment,
-            release=f"parsec-twisted@{__version__}",
-            # No automatic instrumentation of third-party libraries, no local variables in
-            # stack frames (they may hold tokens or keys), no personal data.
-            auto_enabling_integrations=False,
-            include_local_variables=False,
-            send_default_pii=False,
-        )
+        sentry_sdk.init(**_sentry_options(config, sentry_sdk.VERSION))
     except Exception as exc:
         raise ConfigError(f"Invalid value for '--sentry-dsn': {exc}") from None
     return SentryLogObserver(sentry_sdk)

@@ -17,7 +17,8 @@ from twisted.internet import reactor, threads
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from parsec.logging import SentryLogObserver
+from parsec.config import LogConfig
+from parsec.logging import SentryLogObserver, _sentry_options
 
 from .conftest import SUBPROCESS_TIMEOUT, clean_environ
 
@@ -123,8 +124,15 @@ from parsec.logging import setup_logging
 setup_logging(LogConfig(level="CRITICAL", sentry_dsn=sys.argv[1], sentry_environment="ci"))
 log = Logger(namespace="parsec.sentrytest")
 log.info("breadcrumb before the failure")
+
+
+def fail() -> None:
+    signing_key = "local-secret-42"  # a local variable of a failing frame: never sent
+    {}[signing_key[:0] + "missing"]
+
+
 try:
-    {}["missing"]
+    fail()
 except KeyError:
     log.failure("sentry test failure", administration_token="hunter2")
 
@@ -177,10 +185,13 @@ async def test_failure_reaches_sentry() -> None:
         assert path == b"/api/1/envelope/"
         assert "sentry_key=public" in headers.get("x-sentry-auth", "")
         events.extend(payload for header, payload in _envelope_items(body) if header.get("type") == "event")
-        assert b"hunter2" not in body
+        assert b"hunter2" not in body and b"local-secret-42" not in body
     (event,) = events
     (exception,) = event["exception"]["values"]
     assert exception["type"] == "KeyError"
+    frames = exception["stacktrace"]["frames"]
+    assert [frame["function"] for frame in frames][-1] == "fail"
+    assert not any("vars" in frame for frame in frames)  # local variables are not collected
     assert event["environment"] == "ci"
     assert event["level"] == "fatal"
     assert event["extra"]["log_message"] == "sentry test failure"
@@ -189,3 +200,17 @@ async def test_failure_reaches_sentry() -> None:
     assert event["release"].startswith("parsec-twisted@")
     crumbs = [crumb.get("message") for crumb in event.get("breadcrumbs", {}).get("values", [])]
     assert "breadcrumb before the failure" in crumbs
+
+
+def test_init_options_for_each_sdk_generation() -> None:
+    # The installed SDK runs end to end above; both spellings are checked here whatever it is.
+    config = LogConfig(sentry_dsn="http://public@127.0.0.1:1/1", sentry_environment="ci")
+    for version in ("1.40.0", "2.76.0"):
+        options = _sentry_options(config, version)
+        assert options["include_local_variables"] is False and options["send_default_pii"] is False
+        assert "data_collection" not in options
+    for version in ("3.0.0", "4.1.0"):
+        options = _sentry_options(config, version)
+        assert options["data_collection"] == {"user_info": False, "stack_frame_variables": False}
+        assert "include_local_variables" not in options and "send_default_pii" not in options
+    assert options["auto_enabling_integrations"] is False and options["environment"] == "ci"
