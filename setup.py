@@ -41,12 +41,12 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
-        "sentry": ["sentry-sdk>=1.40"],
+        "sentry": ["sentry-sdk>=2.0"],
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6",
-            "sentry-sdk>=1.40",
+            "sentry-sdk>=2.0",
             "boto3",
             "python-swiftclient",
             # tests/packaging builds the wheel without build isolation (no download).

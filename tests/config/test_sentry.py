@@ -205,7 +205,7 @@ async def test_failure_reaches_sentry() -> None:
 def test_init_options_for_each_sdk_generation() -> None:
     # The installed SDK runs end to end above; both spellings are checked here whatever it is.
     config = LogConfig(sentry_dsn="http://public@127.0.0.1:1/1", sentry_environment="ci")
-    for version in ("1.40.0", "2.76.0"):
+    for version in ("2.0.0", "2.76.0"):
         options = _sentry_options(config, version)
         assert options["include_local_variables"] is False and options["send_default_pii"] is False
         assert "data_collection" not in options
