@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from autobahn.websocket.protocol import parseHttpHeader
 from twisted.internet import abstract, tcp
 from twisted.web.http_headers import Headers
 
@@ -94,6 +95,14 @@ async def test_plain_upgrade_is_answered_101_then_the_challenge(server):
     await raw_closed(conn)
 
 
+def _autobahn_refuses(request: bytes) -> bool:
+    try:
+        parseHttpHeader(request)
+    except ValueError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -108,8 +117,10 @@ async def test_plain_upgrade_is_answered_101_then_the_challenge(server):
 @ok
 async def test_upgrade_with_something_to_negotiate_is_answered_alike(server, extra):
     key, conn = await _upgrade(server.port, extra)
-    if extra.startswith(b"Cookie"):
-        # Autobahn refuses a header value with a control character: answered, never opened.
+    if _autobahn_refuses(_request(key, extra, b"GET")):
+        # Autobahn 26.11 refuses a header value with a control character (earlier releases
+        # take it): answered, never opened, as Autobahn's own parser has it.
+        assert extra.startswith(b"Cookie")
         await raw_closed(conn)
         assert conn.data.startswith(b"HTTP/1.1 400 "), conn.data
         return
