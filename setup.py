@@ -18,22 +18,30 @@ setup(
         ],
     },
     include_package_data=True,
+    # Each lower bound is the oldest release the whole suite passes with: tox -e oldest installs
+    # exactly those (tests/oldest-constraints.txt).
     install_requires=[
         # parsec/web/listener.py completes twisted.web's bare error status lines and relies on
         # WebSocketResource swapping a ProtocolWrapper's protocol (tests/transport check both):
-        # a new Twisted year is admitted once the suite has run on it.
-        "twisted[tls]>=24.3,<27",
-        # parsec.tls hands cryptography key and certificates to pyOpenSSL's Context.
-        "pyOpenSSL>=24.3",
-        "autobahn>=23.1",
+        # a new Twisted year is admitted once the suite has run on it. Before 26.4, a TLS
+        # listener breaks on the pyOpenSSL that pip installs today (a Context may no longer be
+        # changed once it made a connection), and 24.7 answers a plain upgrade differently.
+        "twisted[tls]>=26.4,<27",
+        # parsec.tls hands cryptography key and certificates to pyOpenSSL's Context; 25.2 is
+        # also what Twisted 26.4's tls extra asks for.
+        "pyOpenSSL>=25.2",
+        # parsec.web.websocket's shortcuts are checked against this Autobahn's code
+        # (tests/transport/test_autobahn_shortcuts.py); 24.4 is written differently.
+        "autobahn>=25.9",
         "treq>=23.11",
         # The event bus's LISTEN session and the import/export tools.
-        "psycopg2-binary>=2.9",
+        "psycopg2-binary>=2.9.5",
         # Every other PostgreSQL session (the pool's and the POSTGRESQL blockstore's): psycopg
         # 3's libpq binding (psycopg.pq) and its C loaders, with its compiled implementation
-        # and libpq (parsec.storage.postgresql.binary).
-        "psycopg[binary]>=3.2,<4",
-        "msgpack>=1.0",
+        # and libpq (parsec.storage.postgresql.binary). 3.2.0's binary extra names a
+        # pre-release that was never published.
+        "psycopg[binary]>=3.2.1,<4",
+        "msgpack>=1.0.5",
         "pynacl>=1.5",
         "attrs>=23.1",
         "botocore>=1.31",

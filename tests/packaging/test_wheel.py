@@ -156,3 +156,38 @@ def test_twistd_lists_parsec_after_an_editable_compat_install(source_copy: Path,
     package, plugin = _origins(python)
     assert package.is_relative_to(source_copy.resolve())
     assert plugin == (source_copy / "twisted" / "plugins" / "parsec_plugin.py").resolve()
+
+
+def test_lower_bounds_are_the_oldest_constraints(wheel: Path) -> None:
+    # `tox -e oldest` runs the suite on tests/oldest-constraints.txt: each lower bound the
+    # wheel declares (its own requirements and the sentry extra) must be what is pinned there.
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    constraints_file = Path(__file__).parents[1] / "oldest-constraints.txt"
+    pinned = {}
+    for line in constraints_file.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pinned[canonicalize_name(name)] = Version(version)
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = archive.read(metadata).decode().splitlines()
+    checked = set()
+    for line in lines:
+        if not line.startswith("Requires-Dist: "):
+            continue
+        requirement = Requirement(line.removeprefix("Requires-Dist: "))
+        marker = str(requirement.marker or "")
+        if marker and 'extra == "sentry"' not in marker:
+            continue  # the test and lint extras are tools, not what the server runs on
+        name = canonicalize_name(requirement.name)
+        (lower,) = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
+        assert name in pinned, f"{name} has no pin in {constraints_file.name}"
+        version = pinned[name]
+        assert version in requirement.specifier, (name, str(version), str(requirement.specifier))
+        assert version.release[: len(lower.release)] == lower.release, (name, str(version), str(lower))
+        checked.add(name)
+    assert {"twisted", "autobahn", "pyopenssl", "psycopg", "sentry-sdk"} <= checked
